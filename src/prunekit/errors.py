@@ -1,0 +1,38 @@
+"""Errors prunekit raises on bad input.
+
+Every error names the thing that was wrong and what was expected, so the CLI can print it as one
+line. They all derive from :class:`PrunekitError`; each also derives from the built-in exception a
+caller would naturally catch (``ValueError``, ``KeyError``, ``FileNotFoundError``).
+"""
+
+from __future__ import annotations
+
+
+class PrunekitError(Exception):
+    """Base class of every error prunekit raises on purpose."""
+
+
+class UnknownNameError(PrunekitError, KeyError):
+    """A registry lookup of a name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(PrunekitError, ValueError):
+    """An option or argument outside its allowed range or set."""
+
+
+class DataError(PrunekitError, ValueError):
+    """A data file that is missing, truncated, corrupt or not in the expected format."""
+
+
+class MissingFileError(PrunekitError, FileNotFoundError):
+    """A file or folder that the user pointed at and that does not exist."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(PrunekitError, ValueError):
+    """A checkpoint that cannot be read or does not match what is asked of it."""
