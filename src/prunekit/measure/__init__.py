@@ -1,0 +1,28 @@
+"""Measurements: parameters, FLOPs/MACs, latency, peak memory, bytes on disk.
+
+Each function takes a model and example inputs and returns a small frozen dataclass, so the
+figures can be logged as data (:func:`summarize` gathers them into one flat dict).
+"""
+
+from __future__ import annotations
+
+from prunekit.measure.flops import FlopCount, count_flops
+from prunekit.measure.latency import Latency, measure_latency
+from prunekit.measure.memory import peak_memory
+from prunekit.measure.params import ParamCount, count_params
+from prunekit.measure.size import file_size, serialized_size
+from prunekit.measure.summary import layer_table, summarize
+
+__all__ = [
+    "FlopCount",
+    "Latency",
+    "ParamCount",
+    "count_flops",
+    "count_params",
+    "file_size",
+    "layer_table",
+    "measure_latency",
+    "peak_memory",
+    "serialized_size",
+    "summarize",
+]
