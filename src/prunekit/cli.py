@@ -1,0 +1,196 @@
+"""``prunekit`` command line: a thin layer over :mod:`prunekit.workflow`.
+
+Every command takes the same flag names (``--model NAME --data NAME --seed S --out DIR``). Errors
+print as one line and exit non-zero; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prunekit import data as pk_data
+from prunekit import measure, workflow
+from prunekit import models as pk_models
+from prunekit.configs import add_config_args, config_from_args
+from prunekit.tables import markdown_table
+from prunekit.train import TrainConfig
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _common(p: argparse.ArgumentParser, *, model: bool = True, data: bool = True) -> None:
+    if model:
+        p.add_argument(
+            "--model", default="resnet20", metavar="NAME", help="model name (default: resnet20)"
+        )
+    if data:
+        p.add_argument(
+            "--data", default="digits", metavar="NAME", help="data set name (default: digits)"
+        )
+        p.add_argument(
+            "--root", default=None, metavar="DIR", help="folder holding the data set's files"
+        )
+        p.add_argument(
+            "--image-size",
+            type=int,
+            default=None,
+            metavar="N",
+            help="input size (default: the model's)",
+        )
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="hide progress bars"
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    job = workflow.TrainJob(
+        model=args.model, data=args.data, root=args.root, image_size=args.image_size
+    )
+    config = config_from_args(TrainConfig, args)
+    metrics = workflow.train_model(job, config, out=args.out, progress=args.progress)
+    rows = [
+        [k, metrics[k]]
+        for k in ("test_top1", "val_top1", "params", "macs", "bytes", "train_time_s")
+    ]
+    print(markdown_table(["metric", "value"], rows))
+    print(f"saved to {metrics['out']}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    res = workflow.evaluate_checkpoint(
+        args.checkpoint, args.data, root=args.root, split=args.split, image_size=args.image_size
+    )
+    keys = [k for k in ("top1", "top5", "loss", "n") if k in res]
+    print(markdown_table(["split", *keys], [[args.split, *(res[k] for k in keys)]]))
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    setup = workflow.prepare(
+        args.model, args.data, root=args.root, image_size=args.image_size, augment=False
+    )
+    example = setup.example_input()
+    rows = measure.layer_table(setup.model, example)
+    protected = set(pk_models.protected_layers(setup.model))
+    table = [
+        [r.name + (" *" if r.name in protected else ""), r.kind, r.params, r.flops // 2]
+        for r in rows
+    ]
+    params = measure.count_params(setup.model)
+    flops = measure.count_flops(setup.model, example)
+    table.append(["total", "", params.total, flops.macs])
+    print(
+        f"{args.model} on {setup.info.name}: input {tuple(setup.info.input_shape)}, {setup.info.num_classes} classes"
+    )
+    print(markdown_table(["layer", "type", "params", "MACs"], table))
+    print("* protected: never pruned on its output side")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    if args.what in ("models", "all"):
+        rows = []
+        for name in pk_models.list_models():
+            info = pk_models.model_info(name)
+            rows.append([name, "x".join(map(str, info.input_size)), info.family, info.paper])
+        print(markdown_table(["model", "input", "family", "paper"], rows))
+    if args.what in ("data", "all"):
+        print(markdown_table(["data set"], [[n] for n in pk_data.list_datasets()]))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    config = config_from_args(workflow.DemoConfig, args)
+    metrics = workflow.demo(config, out=args.out, progress=args.progress)
+    print(workflow.demo_table(metrics))
+    if args.out:
+        print(f"metrics and model saved to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prunekit", description="Prune convolutional networks, measure and compare them."
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="train a small CNN on the bundled digits and report it")
+    add_config_args(p, workflow.DemoConfig)
+    p.add_argument(
+        "--out", default=None, metavar="DIR", help="write metrics.json and the model here"
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="hide progress bars"
+    )
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a model on a data set (resumes an interrupted run)")
+    _common(p)
+    add_config_args(p, TrainConfig)
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="run folder (default: runs/<model>-<data>-<hash>)",
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a data set")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="a checkpoint written by `prunekit train`",
+    )
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "trainval"])
+    _common(p, model=False)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", help="per-layer params and MACs of a model fitted to a data set")
+    _common(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("list", help="list the registered models and data sets")
+    p.add_argument("what", nargs="?", default="all", choices=["models", "data", "all"])
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def _version() -> str:
+    from prunekit import __version__
+
+    return f"prunekit {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], Any] = args.func
+    try:
+        func(args)
+    except KeyboardInterrupt:
+        print("prunekit: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # one clear line for the user; --debug for the traceback
+        if args.debug:
+            raise
+        print(f"prunekit: error: {_describe(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _describe(exc: BaseException) -> str:
+    from prunekit.errors import PrunekitError
+
+    msg = str(exc) or type(exc).__name__
+    if isinstance(exc, PrunekitError):
+        return msg
+    return f"{type(exc).__name__}: {msg} (run with --debug for the traceback)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""The jobs the CLI runs, as plain Python: fit a model to a data set, train, evaluate, report.
+
+The CLI only parses flags and prints; everything it does is one call here, so a script can do the
+same thing with the same defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from prunekit import data as pk_data
+from prunekit import measure
+from prunekit import models as pk_models
+from prunekit.configs import run_hash, to_dict
+from prunekit.errors import ConfigError
+from prunekit.io import atomic_write_json
+from prunekit.tables import markdown_table
+from prunekit.train import TrainConfig, TrainResult, evaluate, fit, load_checkpoint
+
+
+@dataclass
+class Setup:
+    """A model built to fit a data set, with the data set's three splits."""
+
+    model_name: str
+    data_name: str
+    model: nn.Module
+    info: pk_data.DataInfo
+    train_set: Dataset[Any]
+    val_set: Dataset[Any]
+    test_set: Dataset[Any]
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        return torch.zeros(batch, *self.info.input_shape)
+
+
+def fitted_size(
+    model_name: str, image_size: int | tuple[int, ...] | None = None
+) -> tuple[int, ...]:
+    """The input size a model gets: the user's ``image_size`` or the model's native size."""
+    info = pk_models.model_info(model_name)
+    if image_size is None:
+        return tuple(info.input_size)
+    return pk_models.core.as_size(image_size, info.dims, "image_size")
+
+
+def load_splits(
+    data_name: str,
+    *,
+    dims: int,
+    size: tuple[int, ...] | None,
+    root: str | None = None,
+    augment: bool = True,
+) -> tuple[Dataset[Any], Dataset[Any], Dataset[Any]]:
+    """Train (augmented if asked), val and test splits, resized to ``size`` for 2-D models.
+
+    1-D signals keep their native length: a 1-D model is built for the length of the data.
+    """
+    resize = size if dims == 2 else None
+    native = pk_data.load(data_name, root=root, split="test")
+    if native.info.dims != dims:
+        raise ConfigError(
+            f"data set {data_name!r} has {native.info.dims}-D samples of shape "
+            f"{native.info.input_shape} but the model takes {dims}-D inputs; "
+            f"pick a {native.info.dims}-D model (see `prunekit list models`)"
+        )
+    if resize is None or tuple(native.info.input_shape[1:]) == resize:
+        test = native
+    else:
+        test = pk_data.load(data_name, root=root, split="test", image_size=resize)
+    train = pk_data.load(data_name, root=root, split="train", image_size=resize, augment=augment)
+    val = pk_data.load(data_name, root=root, split="val", image_size=resize)
+    return train, val, test
+
+
+def prepare(
+    model_name: str,
+    data_name: str,
+    *,
+    root: str | None = None,
+    image_size: int | tuple[int, ...] | None = None,
+    augment: bool = True,
+    seed: int = 0,
+) -> Setup:
+    """Build ``model_name`` for ``data_name``: input channels, classes and input size all follow
+    the data set (digits are resized to 32x32 for CIFAR-style models without being asked)."""
+    minfo = pk_models.model_info(model_name)
+    size = fitted_size(model_name, image_size)
+    train, val, test = load_splits(
+        data_name, dims=minfo.dims, size=size, root=root, augment=augment
+    )
+    info: pk_data.DataInfo = train.info  # type: ignore[attr-defined]
+    torch.manual_seed(seed)  # model initialisation is part of the run's seed
+    model = pk_models.create(
+        model_name,
+        num_classes=info.num_classes,
+        in_channels=info.in_channels,
+        input_size=info.input_shape[1:],
+    )
+    return Setup(model_name, data_name, model, info, train, val, test)
+
+
+def model_figures(
+    model: nn.Module, example: torch.Tensor, *, latency: bool = True
+) -> dict[str, Any]:
+    """Params, FLOPs, MACs, bytes, peak memory and latency at batch 1 and 32 of one model."""
+    return measure.summarize(model, example, latency=latency, batch_sizes=(1, 32))
+
+
+@dataclass
+class TrainJob:
+    """What ``prunekit train`` runs: a model on a data set under a training config."""
+
+    model: str = field(default="resnet20", metadata={"help": "model name (prunekit list models)"})
+    data: str = field(default="digits", metadata={"help": "data set name (prunekit list data)"})
+    root: str | None = field(default=None, metadata={"help": "folder holding the data set's files"})
+    image_size: int | None = field(default=None, metadata={"help": "input size (default: model's)"})
+    augment: bool = field(default=True, metadata={"help": "train-time augmentation"})
+
+    def run_name(self, train: TrainConfig) -> str:
+        return f"{self.model}-{self.data}-{run_hash(self, train)}"
+
+
+def train_model(
+    job: TrainJob,
+    config: TrainConfig,
+    *,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train, evaluate on the test split, measure; write ``checkpoint.pt`` and ``metrics.json``.
+
+    ``out`` defaults to ``runs/<model>-<data>-<hash of the non-default options>``: running the same
+    command again resumes from the checkpoint instead of starting over.
+    """
+    out_dir = Path(out) if out is not None else Path("runs") / job.run_name(config)
+    setup = prepare(
+        job.model,
+        job.data,
+        root=job.root,
+        image_size=job.image_size,
+        augment=job.augment,
+        seed=config.seed,
+    )
+    result = fit(
+        setup.model,
+        setup.train_set,
+        config,
+        val_set=setup.val_set,
+        checkpoint=out_dir / "checkpoint.pt",
+        progress=progress,
+    )
+    test = evaluate(setup.model, setup.test_set)
+    metrics = {
+        "model": job.model,
+        "data": setup.info.name,
+        "synthetic_data": setup.info.synthetic,
+        "input_shape": list(setup.info.input_shape),
+        "test_top1": test["top1"],
+        "val_top1": result.final.get("top1"),
+        "train_time_s": result.train_time_s,
+        **model_figures(setup.model, setup.example_input(), latency=False),
+    }
+    atomic_write_json({"job": to_dict(job), "train": config.to_dict()}, out_dir / "config.json")
+    atomic_write_json(metrics, out_dir / "metrics.json")
+    metrics["out"] = str(out_dir)
+    return metrics
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data_name: str,
+    *,
+    root: str | None = None,
+    split: str = "test",
+    image_size: int | None = None,
+) -> dict[str, Any]:
+    """Rebuild the model a checkpoint holds and evaluate it on a split of a data set."""
+    ckpt = load_checkpoint(checkpoint)
+    arch = ckpt.get("arch")
+    if not arch:
+        raise ConfigError(
+            f"checkpoint {checkpoint} holds no architecture to rebuild the model from"
+        )
+    model = pk_models.rebuild(arch)
+    model.load_state_dict(ckpt["model"])
+    minfo = pk_models.model_info(arch["name"])
+    size = arch["kwargs"].get("input_size") or fitted_size(arch["name"], image_size)
+    dataset = pk_data.load(
+        data_name, root=root, split=split, image_size=tuple(size) if minfo.dims == 2 else None
+    )
+    return {
+        "checkpoint": str(checkpoint),
+        "data": data_name,
+        "split": split,
+        **evaluate(model, dataset),
+    }
+
+
+@dataclass
+class DemoConfig:
+    """The embedded default job: train a small CNN on the bundled digits and report it."""
+
+    model: str = field(default="resnet20", metadata={"help": "model name"})
+    data: str = field(default="digits", metadata={"help": "data set name"})
+    root: str | None = field(default=None, metadata={"help": "folder holding the data set's files"})
+    epochs: int = field(default=15, metadata={"help": "training epochs"})
+    batch_size: int = field(default=64, metadata={"help": "batch size"})
+    lr: float = field(default=0.05, metadata={"help": "peak learning rate (SGD, cosine)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+
+
+def demo(
+    config: DemoConfig, *, out: str | Path | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Train ``config.model`` on ``config.data``, then report accuracy, size and speed."""
+    setup = prepare(config.model, config.data, root=config.root, seed=config.seed)
+    train_cfg = TrainConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+        weight_decay=5e-4,
+        schedule="cosine",
+    )
+    ckpt = Path(out) / "checkpoint.pt" if out is not None else None
+    t0 = time.perf_counter()
+    result: TrainResult = fit(
+        setup.model,
+        setup.train_set,
+        train_cfg,
+        val_set=setup.val_set,
+        checkpoint=ckpt,
+        progress=progress,
+    )
+    test = evaluate(setup.model, setup.test_set)
+    metrics: dict[str, Any] = {
+        "model": config.model,
+        "data": setup.info.name,
+        "input_shape": list(setup.info.input_shape),
+        "epochs": config.epochs,
+        "seed": config.seed,
+        "acc_before": test["top1"],
+        "val_top1": result.final.get("top1"),
+        "train_time_s": time.perf_counter() - t0,
+    }
+    metrics.update(tagged(model_figures(setup.model, setup.example_input()), "before"))
+    if out is not None:
+        atomic_write_json(
+            {"demo": dataclasses.asdict(config), "train": train_cfg.to_dict()},
+            Path(out) / "config.json",
+        )
+        atomic_write_json(metrics, Path(out) / "metrics.json")
+    return metrics
+
+
+def tagged(figures: dict[str, Any], stage: str) -> dict[str, Any]:
+    """Name figures after the stage they describe: ``params_before``, ``latency_before_ms`` ...
+
+    Batch-1 latency is the headline ``latency_<stage>_ms``; other batch sizes keep their size.
+    """
+    out = {}
+    for key, value in figures.items():
+        if key.startswith("latency_b1_"):
+            key = key.replace("latency_b1_", f"latency_{stage}_")
+        elif key.startswith("latency_"):
+            key = key.replace("_ms", f"_{stage}_ms")
+        else:
+            key = f"{key}_{stage}"
+        out[key] = value
+    return out
+
+
+DEMO_ROWS = [
+    ("test accuracy (%)", "acc"),
+    ("params", "params"),
+    ("MACs", "macs"),
+    ("FLOPs", "flops"),
+    ("latency, batch 1 (ms)", "latency_{}_ms"),
+    ("latency, batch 32 (ms)", "latency_b32_{}_ms"),
+    ("peak memory, batch 1 (bytes)", "peak_memory_bytes"),
+    ("bytes on disk", "bytes"),
+]
+
+
+def demo_table(metrics: dict[str, Any], stages: tuple[str, ...] = ("before",)) -> str:
+    """The demo's report as a table with one column per stage present in ``metrics``."""
+    rows = []
+    for label, key in DEMO_ROWS:
+        names = [key.format(s) if "{}" in key else f"{key}_{s}" for s in stages]
+        rows.append([label, *(metrics.get(n) for n in names)])
+    title = f"{metrics['model']} on {metrics['data']} {tuple(metrics['input_shape'])}, {metrics['epochs']} epochs"
+    return title + "\n" + markdown_table(["", *stages], rows)
