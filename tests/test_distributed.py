@@ -83,6 +83,7 @@ def worker(out: Path) -> None:
     fit(bn_model, Subset(data, range(64)), CONFIG, progress=False)
     state["bn_weights"] = bn_model.state_dict()
     torch.save(state, out / f"rank{dist_.rank()}.pt")
+    dist_.shutdown()
 
 
 def free_port() -> int:

@@ -7,6 +7,9 @@ print as one line and exit non-zero; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,7 +19,7 @@ from prunekit import measure, workflow
 from prunekit import models as pk_models
 from prunekit.configs import add_config_args, config_from_args
 from prunekit.tables import markdown_table
-from prunekit.train import TrainConfig
+from prunekit.train import TrainConfig, shutdown
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -171,7 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], Any] = args.func
     try:
-        func(args)
+        # under torchrun every rank runs the command; only rank 0 prints its tables
+        quiet = os.environ.get("RANK", "0") != "0"
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            func(args)
     except KeyboardInterrupt:
         print("prunekit: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -180,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"prunekit: error: {_describe(exc)}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        shutdown()  # a torchrun launch must not exit with a live process group
     return 0
 
 

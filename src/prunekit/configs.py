@@ -54,6 +54,7 @@ def add_config_args(
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        choices = f.metadata.get("choices")
         if tp is bool:
             group.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
@@ -64,7 +65,9 @@ def add_config_args(
                 flag, type=item, nargs="+", default=None, metavar=f.name.upper(), help=help_text
             )
         else:
-            group.add_argument(flag, type=tp, default=None, metavar=f.name.upper(), help=help_text)
+            group.add_argument(
+                flag, type=tp, default=None, choices=choices, metavar=f.name.upper(), help=help_text
+            )
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace, **overrides: Any) -> C:

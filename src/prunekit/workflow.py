@@ -23,7 +23,7 @@ from prunekit.configs import run_hash, to_dict
 from prunekit.errors import ConfigError
 from prunekit.io import atomic_write_json
 from prunekit.tables import markdown_table
-from prunekit.train import TrainConfig, TrainResult, evaluate, fit, load_checkpoint
+from prunekit.train import TrainConfig, TrainResult, evaluate, fit, load_checkpoint, rank
 
 
 @dataclass
@@ -169,8 +169,9 @@ def train_model(
         "train_time_s": result.train_time_s,
         **model_figures(setup.model, setup.example_input(), latency=False),
     }
-    atomic_write_json({"job": to_dict(job), "train": config.to_dict()}, out_dir / "config.json")
-    atomic_write_json(metrics, out_dir / "metrics.json")
+    if rank() == 0:  # under torchrun every rank has the same figures; one writes them
+        atomic_write_json({"job": to_dict(job), "train": config.to_dict()}, out_dir / "config.json")
+        atomic_write_json(metrics, out_dir / "metrics.json")
     metrics["out"] = str(out_dir)
     return metrics
 
@@ -212,7 +213,8 @@ class DemoConfig:
     model: str = field(default="resnet20", metadata={"help": "model name"})
     data: str = field(default="digits", metadata={"help": "data set name"})
     root: str | None = field(default=None, metadata={"help": "folder holding the data set's files"})
-    epochs: int = field(default=15, metadata={"help": "training epochs"})
+    image_size: int | None = field(default=None, metadata={"help": "input size (default: model's)"})
+    epochs: int = field(default=10, metadata={"help": "training epochs"})
     batch_size: int = field(default=64, metadata={"help": "batch size"})
     lr: float = field(default=0.05, metadata={"help": "peak learning rate (SGD, cosine)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -222,7 +224,9 @@ def demo(
     config: DemoConfig, *, out: str | Path | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data``, then report accuracy, size and speed."""
-    setup = prepare(config.model, config.data, root=config.root, seed=config.seed)
+    setup = prepare(
+        config.model, config.data, root=config.root, image_size=config.image_size, seed=config.seed
+    )
     train_cfg = TrainConfig(
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -253,7 +257,7 @@ def demo(
         "train_time_s": time.perf_counter() - t0,
     }
     metrics.update(tagged(model_figures(setup.model, setup.example_input()), "before"))
-    if out is not None:
+    if out is not None and rank() == 0:
         atomic_write_json(
             {"demo": dataclasses.asdict(config), "train": train_cfg.to_dict()},
             Path(out) / "config.json",

@@ -17,6 +17,7 @@ from .distributed import (
     init_from_env,
     is_distributed,
     rank,
+    shutdown,
     world_size,
 )
 from .evaluate import evaluate
@@ -41,5 +42,6 @@ __all__ = [
     "is_distributed",
     "load_checkpoint",
     "rank",
+    "shutdown",
     "world_size",
 ]

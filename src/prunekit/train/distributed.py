@@ -23,6 +23,7 @@ __all__ = [
     "is_distributed",
     "local_rank",
     "rank",
+    "shutdown",
     "world_size",
 ]
 
@@ -102,3 +103,16 @@ def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if is_distributed():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Wait for every rank, then destroy the default process group (no-op when there is none).
+
+    A process that exits with a live gloo group can abort in the group's threads at interpreter
+    teardown ("terminate called without an active exception"), failing the whole launch; every
+    entry point that trains under ``torchrun`` calls this before it returns.
+    """
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()

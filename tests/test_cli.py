@@ -1,0 +1,165 @@
+"""The command line end to end on tiny runs: outputs, files, resume, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from prunekit import measure, workflow
+from prunekit.cli import build_parser, main
+
+COMMANDS = ["demo", "train", "eval", "info", "list"]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_on_every_command(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: prunekit " + command in capsys.readouterr().out
+
+
+def test_same_flag_names_everywhere() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in ("train", "info"):
+        flags = {o for a in sub.choices[name]._actions for o in a.option_strings}
+        assert {"--model", "--data", "--debug"} <= flags
+    for name in ("train", "demo"):
+        flags = {o for a in sub.choices[name]._actions for o in a.option_strings}
+        assert {"--model", "--data", "--seed", "--out"} <= flags
+
+
+def test_list(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["list"], capsys)
+    assert code == 0
+    for name in ("resnet56", "vgg16", "mnist1d_cnn", "digits", "cifar10", "synthetic"):
+        assert f"| {name} " in out
+
+
+def test_info_fits_model_to_data_and_totals(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["info", "--model", "resnet20", "--data", "digits"], capsys)
+    assert code == 0
+    assert "input (1, 32, 32), 10 classes" in out  # digits resized for a CIFAR-style model
+    assert "| classifier *" in out  # the protected layer is marked
+    setup = workflow.prepare("resnet20", "digits")
+    macs = measure.count_flops(setup.model, setup.example_input()).macs
+    total = next(line for line in out.splitlines() if line.startswith("| total"))
+    assert f"{measure.count_params(setup.model).total:,}" in total and f"{macs:,}" in total
+
+
+def test_model_follows_the_data() -> None:
+    s = workflow.prepare("mnist1d_cnn", "mnist1d")
+    assert tuple(s.info.input_shape) == (1, 40)
+    assert s.model(s.example_input(2)).shape == (2, 10)
+    s = workflow.prepare("lenet_300_100", "digits")
+    assert tuple(s.info.input_shape) == (1, 28, 28)
+    s = workflow.prepare("lenet5", "digits", image_size=16)
+    assert tuple(s.info.input_shape) == (1, 16, 16)
+    assert s.model(s.example_input(2)).shape == (2, 10)
+
+
+def test_train_writes_results_resumes_and_evaluates(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--model", "lenet5", "--data", "digits", "--epochs", "2", "--lr", "0.05"]
+    argv += ["--batch-size", "32", "--seed", "3", "--out", str(out), "--no-progress"]
+    code, stdout, _ = run(argv, capsys)
+    assert code == 0, stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["epochs"] == 2 and config["train"]["seed"] == 3
+    assert config["job"]["model"] == "lenet5"
+    assert metrics["test_top1"] > 50  # two epochs on digits are far above chance (10%)
+    weights = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+
+    # the same command again finds the finished checkpoint: nothing retrains, weights stay
+    assert main(argv) == 0
+    again = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    capsys.readouterr()
+
+    code, stdout, _ = run(
+        ["eval", "--checkpoint", str(out / "checkpoint.pt"), "--data", "digits"], capsys
+    )
+    assert code == 0
+    assert f"{metrics['test_top1']:.4g}" in stdout
+
+
+def test_demo_writes_metrics(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    code, stdout, _ = run(
+        ["demo", "--model", "lenet5", "--epochs", "1", "--out", str(out), "--no-progress"], capsys
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("acc_before", "params_before", "flops_before", "latency_before_ms", "bytes_before"):
+        assert key in metrics
+    setup = workflow.prepare("lenet5", "digits")
+    assert metrics["params_before"] == measure.count_params(setup.model).total
+    assert metrics["flops_before"] == measure.count_flops(setup.model, setup.example_input()).flops
+    assert "test accuracy (%)" in stdout and f"{metrics['params_before']:,}" in stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["info", "--model", "resnet21"], "unknown model 'resnet21'"),
+        (["info", "--model", "resnet20", "--data", "nope"], "unknown data set 'nope'"),
+        (["info", "--model", "resnet20", "--data", "mnist1d"], "1-D"),
+        (["info", "--model", "resnet20", "--data", "cifar10"], "needs root=DIR"),
+        (
+            ["info", "--model", "resnet20", "--data", "cifar10", "--root", "/no/such/dir"],
+            "/no/such/dir",
+        ),
+        (["train", "--model", "lenet5", "--lr", "-1", "--epochs", "1"], "lr must be > 0"),
+        (["eval", "--checkpoint", "/no/such/ckpt.pt"], "/no/such/ckpt.pt"),
+    ],
+)
+def test_errors_are_one_line(argv: list[str], needle: str, capsys, tmp_path) -> None:
+    if argv[0] == "train":
+        argv = [*argv, "--out", str(tmp_path / "x")]
+    code, _, err = run(argv, capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prunekit: error: ")
+    assert needle in lines[0]
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback() -> None:
+    with pytest.raises(KeyError, match="resnet21"):
+        main(["info", "--model", "resnet21", "--debug"])
+
+
+def test_entry_point_exit_codes() -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "prunekit.cli", "list", "models"], capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and "resnet20" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "prunekit.cli", "info", "--model", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    usage = subprocess.run(
+        [sys.executable, "-m", "prunekit.cli", "frobnicate"], capture_output=True, text=True
+    )
+    assert usage.returncode == 2
+
+
+@pytest.mark.slow
+def test_default_demo_learns_digits(tmp_path) -> None:
+    """The README's demo, as shipped: ResNet-20 on digits at 32x32."""
+    metrics = workflow.demo(workflow.DemoConfig(), out=tmp_path, progress=False)
+    assert metrics["acc_before"] > 95
