@@ -129,19 +129,22 @@ class TrainJob:
         return f"{self.model}-{self.data}-{run_hash(self, train)}"
 
 
-def train_model(
-    job: TrainJob,
-    config: TrainConfig,
-    *,
-    out: str | Path | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train, evaluate on the test split, measure; write ``checkpoint.pt`` and ``metrics.json``.
+@dataclass
+class Trained:
+    """A fitted setup with its training history and test-split metrics."""
 
-    ``out`` defaults to ``runs/<model>-<data>-<hash of the non-default options>``: running the same
-    command again resumes from the checkpoint instead of starting over.
+    setup: Setup
+    result: TrainResult
+    test: dict[str, Any]
+
+
+def train_and_test(
+    job: TrainJob, config: TrainConfig, *, checkpoint: Path | None, progress: bool = True
+) -> Trained:
+    """Fit ``job.model`` to ``job.data``, train it under ``config`` and evaluate it on the test split.
+
+    With a ``checkpoint`` path an interrupted run resumes where it stopped.
     """
-    out_dir = Path(out) if out is not None else Path("runs") / job.run_name(config)
     setup = prepare(
         job.model,
         job.data,
@@ -155,23 +158,46 @@ def train_model(
         setup.train_set,
         config,
         val_set=setup.val_set,
-        checkpoint=out_dir / "checkpoint.pt",
+        checkpoint=checkpoint,
         progress=progress,
     )
-    test = evaluate(setup.model, setup.test_set)
+    return Trained(setup, result, evaluate(setup.model, setup.test_set))
+
+
+def write_run(out_dir: Path, config: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """``config.json`` and ``metrics.json`` of a run, written atomically, by rank 0 only
+    (under torchrun every rank holds the same figures)."""
+    if rank() == 0:
+        atomic_write_json(config, out_dir / "config.json")
+        atomic_write_json(metrics, out_dir / "metrics.json")
+
+
+def train_model(
+    job: TrainJob,
+    config: TrainConfig,
+    *,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train, evaluate on the test split, measure; write ``checkpoint.pt`` and ``metrics.json``.
+
+    ``out`` defaults to ``runs/<model>-<data>-<hash of the non-default options>``: running the same
+    command again resumes from the checkpoint instead of starting over.
+    """
+    out_dir = Path(out) if out is not None else Path("runs") / job.run_name(config)
+    run = train_and_test(job, config, checkpoint=out_dir / "checkpoint.pt", progress=progress)
+    setup = run.setup
     metrics = {
         "model": job.model,
         "data": setup.info.name,
         "synthetic_data": setup.info.synthetic,
         "input_shape": list(setup.info.input_shape),
-        "test_top1": test["top1"],
-        "val_top1": result.final.get("top1"),
-        "train_time_s": result.train_time_s,
+        "test_top1": run.test["top1"],
+        "val_top1": run.result.final.get("top1"),
+        "train_time_s": run.result.train_time_s,
         **model_figures(setup.model, setup.example_input(), latency=False),
     }
-    if rank() == 0:  # under torchrun every rank has the same figures; one writes them
-        atomic_write_json({"job": to_dict(job), "train": config.to_dict()}, out_dir / "config.json")
-        atomic_write_json(metrics, out_dir / "metrics.json")
+    write_run(out_dir, {"job": to_dict(job), "train": config.to_dict()}, metrics)
     metrics["out"] = str(out_dir)
     return metrics
 
@@ -224,8 +250,8 @@ def demo(
     config: DemoConfig, *, out: str | Path | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data``, then report accuracy, size and speed."""
-    setup = prepare(
-        config.model, config.data, root=config.root, image_size=config.image_size, seed=config.seed
+    job = TrainJob(
+        model=config.model, data=config.data, root=config.root, image_size=config.image_size
     )
     train_cfg = TrainConfig(
         epochs=config.epochs,
@@ -237,32 +263,23 @@ def demo(
     )
     ckpt = Path(out) / "checkpoint.pt" if out is not None else None
     t0 = time.perf_counter()
-    result: TrainResult = fit(
-        setup.model,
-        setup.train_set,
-        train_cfg,
-        val_set=setup.val_set,
-        checkpoint=ckpt,
-        progress=progress,
-    )
-    test = evaluate(setup.model, setup.test_set)
+    run = train_and_test(job, train_cfg, checkpoint=ckpt, progress=progress)
+    setup = run.setup
     metrics: dict[str, Any] = {
         "model": config.model,
         "data": setup.info.name,
         "input_shape": list(setup.info.input_shape),
         "epochs": config.epochs,
         "seed": config.seed,
-        "acc_before": test["top1"],
-        "val_top1": result.final.get("top1"),
+        "acc_before": run.test["top1"],
+        "val_top1": run.result.final.get("top1"),
         "train_time_s": time.perf_counter() - t0,
     }
     metrics.update(tagged(model_figures(setup.model, setup.example_input()), "before"))
-    if out is not None and rank() == 0:
-        atomic_write_json(
-            {"demo": dataclasses.asdict(config), "train": train_cfg.to_dict()},
-            Path(out) / "config.json",
+    if out is not None:
+        write_run(
+            Path(out), {"demo": dataclasses.asdict(config), "train": train_cfg.to_dict()}, metrics
         )
-        atomic_write_json(metrics, Path(out) / "metrics.json")
     return metrics
 
 

@@ -18,32 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.models.blocks import BasicBlock
 from prunekit.models.core import MODELS, init_weights
 
 _PAPER = "He et al., Deep Residual Learning for Image Recognition (2016)"
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with a shortcut; the sum passes through a ReLU."""
-
-    def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.shortcut: nn.Module | None = None
-        if stride != 1 or in_channels != channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(channels),
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(out + identity)
 
 
 class CifarResNet(nn.Module):

@@ -13,38 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.models.blocks import BasicBlock, projection_shortcut
 from prunekit.models.core import MODELS, init_weights
 
 _PAPER = "He et al., Deep Residual Learning for Image Recognition (2016)"
-
-
-def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
-    if stride == 1 and in_channels == out_channels:
-        return None
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-        nn.BatchNorm2d(out_channels),
-    )
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers and a shortcut (ResNet-18/34)."""
-
-    expansion = 1
-
-    def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.shortcut = _shortcut(in_channels, channels, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(out + identity)
 
 
 class Bottleneck(nn.Module):
@@ -61,7 +33,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
         self.conv3 = nn.Conv2d(channels, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
-        self.shortcut = _shortcut(in_channels, out_channels, stride)
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
