@@ -53,9 +53,10 @@ def test_info_fits_model_to_data_and_totals(capsys: pytest.CaptureFixture[str]) 
     assert "input (1, 32, 32), 10 classes" in out  # digits resized for a CIFAR-style model
     assert "| classifier *" in out  # the protected layer is marked
     setup = workflow.prepare("resnet20", "digits")
-    macs = measure.count_flops(setup.model, setup.example_input()).macs
+    flops = measure.count_flops(setup.model, setup.example_input())
     total = next(line for line in out.splitlines() if line.startswith("| total"))
-    assert f"{measure.count_params(setup.model).total:,}" in total and f"{macs:,}" in total
+    assert f"{measure.count_params(setup.model).total:,}" in total
+    assert f"{flops.macs:,}" in total and f"{flops.flops:,}" in total
 
 
 def test_model_follows_the_data() -> None:

@@ -80,16 +80,16 @@ def cmd_info(args: argparse.Namespace) -> None:
     rows = measure.layer_table(setup.model, example)
     protected = set(pk_models.protected_layers(setup.model))
     table = [
-        [r.name + (" *" if r.name in protected else ""), r.kind, r.params, r.flops // 2]
+        [r.name + (" *" if r.name in protected else ""), r.kind, r.params, r.flops // 2, r.flops]
         for r in rows
     ]
     params = measure.count_params(setup.model)
     flops = measure.count_flops(setup.model, example)
-    table.append(["total", "", params.total, flops.macs])
+    table.append(["total", "", params.total, flops.macs, flops.flops])
     print(
         f"{args.model} on {setup.info.name}: input {tuple(setup.info.input_shape)}, {setup.info.num_classes} classes"
     )
-    print(markdown_table(["layer", "type", "params", "MACs"], table))
+    print(markdown_table(["layer", "type", "params", "MACs", "FLOPs"], table))
     print("* protected: never pruned on its output side")
 
 
