@@ -36,3 +36,7 @@ class MissingFileError(PrunekitError, FileNotFoundError):
 
 class CheckpointError(PrunekitError, ValueError):
     """A checkpoint that cannot be read or does not match what is asked of it."""
+
+
+class UnsupportedError(PrunekitError, TypeError):
+    """A layer or op that the structural core cannot prune through, named with its module path."""

@@ -1,0 +1,549 @@
+"""The channel-coupling graph: build it from a model, read its groups, prune them physically.
+
+:func:`build` traces the model (:mod:`~prunekit.graph.trace`), walks every node in order and lets
+a handler (layers) or a rule (functional ops) propagate channel labels (:mod:`~prunekit.graph.flow`).
+Each equivalence class of labels that nothing pins is a *unit*; units created by the same set of
+layers form a :class:`Group`, the thing a pruning method scores and shrinks. Surgery removes the
+positions of the chosen units from every layer that holds them, so the model shrinks for real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from prunekit.errors import ConfigError, UnsupportedError
+from prunekit.graph import ops
+from prunekit.graph.flow import Flow, Labels
+from prunekit.graph.handlers import Call, Handler, handler_for
+from prunekit.graph.trace import SCOPE, SHAPE, record_shapes, trace
+from prunekit.measure._inputs import Inputs, as_args
+
+HOW_TO = (
+    "register a handler (prunekit.graph.register_handler / register_op) or leave the layer out "
+    "with ignore=[...]"
+)
+
+
+@dataclass
+class Site:
+    """One layer as the graph sees it: the labels along its input and output channel sides.
+
+    ``in_kept``/``out_kept`` are the positions of the *original* layer still present, so a pruned
+    model can be saved as "original architecture + kept indices" and rebuilt.
+    """
+
+    name: str
+    module: nn.Module
+    handler: Handler
+    in_labels: np.ndarray | None = None
+    out_labels: np.ndarray | None = None
+    exact: bool = True
+    in_kept: np.ndarray | None = None
+    out_kept: np.ndarray | None = None
+
+
+@dataclass
+class ParamSite:
+    """A parameter used directly in an element-wise op (a layer-scale ``gamma``), sliced along
+    ``dim`` together with the channels it multiplies."""
+
+    owner: nn.Module
+    attr: str
+    path: str
+    dim: int
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Member:
+    layer: str
+    side: str  # "in" (input channels) or "out" (output channels / features)
+    per_unit: int  # positions of this layer side removed with each unit
+
+
+@dataclass
+class Plan:
+    """Predicted size of the model if the given units were removed."""
+
+    params: int
+    flops: int
+
+
+class Group:
+    """Channels that must be removed together, indexed ``0 .. size-1``.
+
+    ``group.prune([i, j])`` removes units ``i`` and ``j`` from every member layer at once.
+    """
+
+    def __init__(self, graph: Graph, name: str, units: list[int]) -> None:
+        self.graph = graph
+        self.name = name
+        self.units = units  # root labels, in the order of the group's first source layer
+
+    @property
+    def size(self) -> int:
+        return len(self.units)
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def __repr__(self) -> str:
+        layers = sorted({m.layer for m in self.members})
+        return f"Group({self.name!r}, size={self.size}, layers={layers})"
+
+    @property
+    def members(self) -> list[Member]:
+        return self.graph._members(self)
+
+    @property
+    def exact(self) -> bool:
+        """False if a member normalises across the channels (LayerNorm): removing zeroed
+        channels then changes its statistics, so outputs are not preserved exactly."""
+        names = {m.layer for m in self.members}
+        return all(self.graph.sites[n].exact for n in names if n in self.graph.sites)
+
+    def _roots(self, indices: Iterable[int]) -> list[int]:
+        idx = sorted({int(i) for i in indices})
+        if idx and (idx[0] < 0 or idx[-1] >= self.size):
+            raise ConfigError(f"group {self.name!r} has {self.size} channels; got indices {idx}")
+        return [self.units[i] for i in idx]
+
+    def prune(self, indices: Iterable[int]) -> None:
+        """Physically remove units ``indices`` from every member layer."""
+        roots = self._roots(indices)
+        if len(roots) >= self.size:
+            raise ConfigError(
+                f"pruning every channel of group {self.name!r} would disconnect the model"
+            )
+        self.graph.remove(roots)
+
+    def zero(self, indices: Iterable[int]) -> None:
+        """Zero the output-side parameters of units ``indices`` so those channels output zero
+        everywhere (the soft version of :meth:`prune`; used to check surgery)."""
+        self.graph.zero(self._roots(indices))
+
+    def scores(self, fn: Any) -> torch.Tensor:
+        """Per-unit sums of ``fn(weight_slice)`` over the output side of every member layer."""
+        return self.graph.unit_scores(self, fn)
+
+
+class Graph:
+    """Channel-coupling graph of a model for given example inputs; see :func:`build`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.labels = Labels()
+        self.sites: dict[str, Site] = {}
+        self.param_sites: list[ParamSite] = []
+        self.groups: list[Group] = []
+        self.opaque: dict[str, str] = {}
+        self._per_module_flops: dict[str, int] | None = None
+        self.inputs: tuple[Any, ...] = ()
+
+    # ------------------------------------------------------------------ reading
+    def group(self, name: str) -> Group:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        known = ", ".join(g.name for g in self.groups)
+        raise ConfigError(f"no group {name!r}; groups: {known}")
+
+    def __repr__(self) -> str:
+        return f"Graph({len(self.groups)} groups, {len(self.sites)} layers)"
+
+    def _unit_sides(self) -> Iterable[tuple[Site, str, np.ndarray, np.ndarray]]:
+        for site in self.sites.values():
+            for side, arr in (("in", site.in_labels), ("out", site.out_labels)):
+                if arr is not None and len(arr):
+                    yield site, side, arr, self.labels.roots(arr)
+
+    def _members(self, group: Group) -> list[Member]:
+        units = set(group.units)
+        out = []
+        for site, side, _, roots in self._unit_sides():
+            hit = np.isin(roots, list(units))
+            if hit.any():
+                out.append(Member(site.name, side, int(hit.sum()) // group.size))
+        return out
+
+    # ------------------------------------------------------------------ planning
+    def per_module_flops(self) -> dict[str, int]:
+        if self._per_module_flops is None:
+            from prunekit.measure import count_flops
+
+            self._per_module_flops = count_flops(self.model, self.inputs).per_module
+        return self._per_module_flops
+
+    def plan(self, removed: Iterable[int]) -> Plan:
+        """Params and FLOPs the model would have without the units whose roots are ``removed``."""
+        removed = np.fromiter(removed, dtype=np.int64)
+        flops = self.per_module_flops()
+        total_flops = flops.get("", sum(flops.values()))
+        params = sum(p.numel() for p in self.model.parameters())
+        kept: dict[str, dict[str, int | None]] = {}
+        for site, side, _, roots in self._unit_sides():
+            kept.setdefault(site.name, {})[side] = int((~np.isin(roots, removed)).sum())
+        new_flops = total_flops
+        for name, sides in kept.items():
+            site = self.sites[name]
+            dense_params, _ = site.handler.count(site.module, None, None)
+            p, scale = site.handler.count(site.module, sides.get("in"), sides.get("out"))
+            params += p - dense_params
+            new_flops -= round(flops.get(name, 0) * (1.0 - scale))
+        for ps in self.param_sites:
+            t = getattr(ps.owner, ps.attr)
+            n = int((~np.isin(self.labels.roots(ps.labels), removed)).sum())
+            params -= t.numel() // t.shape[ps.dim] * (t.shape[ps.dim] - n)
+        return Plan(int(params), int(new_flops))
+
+    # ------------------------------------------------------------------ surgery
+    def remove(self, roots: Sequence[int]) -> None:
+        """Remove every position carrying a label of the units ``roots``, in every layer."""
+        removed = np.asarray(list(roots), dtype=np.int64)
+        for site in list(self.sites.values()):
+            keeps: dict[str, torch.Tensor | None] = {"in": None, "out": None}
+            for side in ("in", "out"):
+                arr = getattr(site, f"{side}_labels")
+                if arr is None:
+                    continue
+                mask = ~np.isin(self.labels.roots(arr), removed)
+                if mask.all():
+                    continue
+                keeps[side] = torch.from_numpy(np.nonzero(mask)[0])
+                setattr(site, f"{side}_labels", arr[mask])
+                orig = getattr(site, f"{side}_kept")
+                setattr(site, f"{side}_kept", (np.arange(len(arr)) if orig is None else orig)[mask])
+            if keeps["in"] is not None or keeps["out"] is not None:
+                site.handler.prune(site.module, keeps["in"], keeps["out"])
+        for ps in self.param_sites:
+            mask = ~np.isin(self.labels.roots(ps.labels), removed)
+            if not mask.all():
+                t = getattr(ps.owner, ps.attr)
+                keep = torch.from_numpy(np.nonzero(mask)[0]).to(t.device)
+                new = nn.Parameter(t.detach().index_select(ps.dim, keep).clone(), t.requires_grad)
+                setattr(ps.owner, ps.attr, new)
+                ps.labels = ps.labels[mask]
+        gone = set(removed.tolist())
+        for g in self.groups:
+            g.units = [u for u in g.units if u not in gone]
+        self.groups = [g for g in self.groups if g.units]
+        self._per_module_flops = None
+        _record_structure(self)
+
+    def zero(self, roots: Sequence[int]) -> None:
+        roots_set = np.asarray(list(roots), dtype=np.int64)
+        with torch.no_grad():
+            for site, side, _, r in self._unit_sides():
+                if side != "out":
+                    continue
+                pos = torch.from_numpy(np.nonzero(np.isin(r, roots_set))[0])
+                if len(pos):
+                    zero_out(site.module, pos)
+            for ps in self.param_sites:
+                pos = torch.from_numpy(
+                    np.nonzero(np.isin(self.labels.roots(ps.labels), roots_set))[0]
+                )
+                getattr(ps.owner, ps.attr).index_fill_(ps.dim, pos, 0.0)
+
+    def unit_scores(self, group: Group, fn: Any) -> torch.Tensor:
+        index = {u: i for i, u in enumerate(group.units)}
+        scores = torch.zeros(group.size, dtype=torch.float64)
+        for site, side, _, roots in self._unit_sides():
+            if side != "out":
+                continue
+            w = out_weight(site.module)
+            if w is None:
+                continue
+            for pos, root in enumerate(roots.tolist()):
+                i = index.get(root)
+                if i is not None:
+                    scores[i] += float(fn(w[pos].detach()))
+        return scores
+
+
+def out_weight(module: nn.Module) -> torch.Tensor | None:
+    """The weight with output channels on dim 0 (a view), for scoring; None if not applicable."""
+    w = getattr(module, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        return None
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        if module.groups != 1:
+            return None
+        return w.transpose(0, 1)
+    if isinstance(module, nn.Embedding):
+        return w.t()
+    return w
+
+
+def zero_out(module: nn.Module, pos: torch.Tensor) -> None:
+    """Zero the parameters that produce output positions ``pos`` of ``module``."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        w = module.weight
+        if module.groups == 1:
+            w[:, pos] = 0
+        else:
+            ipg, opg = module.in_channels // module.groups, module.out_channels // module.groups
+            for p in pos.tolist():
+                g = p // opg
+                w[g * ipg : (g + 1) * ipg, p % opg] = 0
+    elif isinstance(module, nn.Embedding):
+        module.weight[:, pos] = 0
+    elif isinstance(getattr(module, "weight", None), torch.Tensor) and (
+        not isinstance(module, nn.PReLU) or module.num_parameters > 1
+    ):
+        module.weight[pos] = 0
+    bias = getattr(module, "bias", None)
+    if isinstance(bias, torch.Tensor):
+        bias[pos] = 0
+
+
+def _record_structure(graph: Graph) -> None:
+    """Keep on the model what was removed, relative to the original layers (for saving)."""
+    structure = dict(getattr(graph.model, "_prunekit_structure", {}))
+    for site in graph.sites.values():
+        if site.in_kept is not None or site.out_kept is not None:
+            structure[site.name] = {
+                "in": None if site.in_kept is None else site.in_kept.tolist(),
+                "out": None if site.out_kept is None else site.out_kept.tolist(),
+            }
+    graph.model._prunekit_structure = structure  # type: ignore[assignment]
+
+
+# ---------------------------------------------------------------------------------- build
+
+
+def build(
+    model: nn.Module,
+    example_inputs: Inputs,
+    *,
+    ignore: Iterable[str | nn.Module] = (),
+    protected: Iterable[str] | None = None,
+) -> Graph:
+    """Trace ``model`` on ``example_inputs`` and group its prunable channels.
+
+    ``protected`` layers (default: the model's declared ``protected_layers``, e.g. the classifier)
+    and ``ignore`` layers keep their output channels; an ignored module the core does not know
+    (or cannot trace) is treated as opaque: channels into and out of it are kept.
+    """
+    from prunekit.models import protected_layers
+
+    names = {id(m): n for n, m in model.named_modules()}
+    ignore_names = set()
+    for item in ignore:
+        name = names.get(id(item)) if isinstance(item, nn.Module) else item
+        if name is None or (isinstance(item, str) and item not in dict(model.named_modules())):
+            raise ConfigError(f"ignore: {item!r} is not a submodule of the model")
+        ignore_names.add(name)
+    protect = set(protected_layers(model) if protected is None else protected) | ignore_names
+    modules = dict(model.named_modules())
+    opaque_ignored = {n for n in ignore_names if handler_for(modules[n]) is None}
+
+    traced = trace(model, leaves=opaque_ignored)
+    graph = Graph(model)
+    graph.inputs = as_args(example_inputs)
+    graph.opaque = dict(traced.opaque)
+    record_shapes(model, traced.graph, graph.inputs)
+    _Propagation(graph, modules, protect, opaque_ignored | ignore_names).run(traced.graph)
+    _make_groups(graph)
+    return graph
+
+
+class _Propagation:
+    def __init__(
+        self, graph: Graph, modules: dict[str, nn.Module], protect: set[str], ignored: set[str]
+    ) -> None:
+        self.g = graph
+        self.modules = modules
+        self.protect = protect
+        self.ignored = ignored
+        self.flows: dict[fx.Node, Any] = {}
+
+    def flow_of(self, a: Any) -> Any:
+        return self.flows.get(a) if isinstance(a, fx.Node) else None
+
+    @staticmethod
+    def shape_of(a: Any) -> Any:
+        return a.meta.get(SHAPE) if isinstance(a, fx.Node) else None
+
+    def record(
+        self, name: str, in_labels: np.ndarray | None, out_labels: np.ndarray | None, exact: bool
+    ) -> None:
+        site = self.g.sites[name]
+        for side, new in (("in", in_labels), ("out", out_labels)):
+            if new is None:
+                continue
+            old = getattr(site, f"{side}_labels")
+            if old is None:
+                setattr(site, f"{side}_labels", new)
+            else:  # a layer called twice: both calls must keep the same channels
+                self.g.labels.union_arrays(old, new)
+        site.exact = site.exact and exact
+
+    def _is_ignored(self, scope: str) -> bool:
+        return any(scope == n or scope.startswith(n + ".") for n in self.ignored)
+
+    def _all_flows(self, args: Any) -> list[Flow]:
+        found: list[Flow] = []
+
+        def visit(a: Any) -> None:
+            f = self.flow_of(a)
+            if isinstance(f, Flow):
+                found.append(f)
+            elif isinstance(f, tuple):
+                found.extend(x for x in f if isinstance(x, Flow))
+            if isinstance(a, (list, tuple)):
+                for x in a:
+                    visit(x)
+            elif isinstance(a, dict):
+                for x in a.values():
+                    visit(x)
+
+        visit(args)
+        return found
+
+    def _opaque(self, node: fx.Node, why: str) -> Any:
+        for f in self._all_flows([node.args, node.kwargs]):
+            self.g.labels.fix(f.labels, why)
+        return self._fresh_fixed(node, why)
+
+    def _fresh_fixed(self, node: fx.Node, why: str) -> Any:
+        shape = node.meta.get(SHAPE)
+        if isinstance(shape, torch.Size) and len(shape) >= 2:
+            labels = self.g.labels.new(shape[1], why)
+            self.g.labels.fix(labels, why)
+            return Flow(1, labels)
+        return None
+
+    def run(self, graph: fx.Graph) -> None:
+        for node in graph.nodes:
+            self.flows[node] = self.visit(node)
+
+    def visit(self, node: fx.Node) -> Any:
+        if node.op == "placeholder":
+            return self._fresh_fixed(node, "model input")
+        if node.op == "get_attr":
+            return None
+        if node.op == "output":
+            for f in self._all_flows(node.args):
+                self.g.labels.fix(f.labels, "model output")
+            return None
+        if node.op == "call_module":
+            return self.visit_module(node)
+        return self.visit_op(node)
+
+    def visit_module(self, node: fx.Node) -> Any:
+        name = str(node.target)
+        module = self.modules[name]
+        inputs = [self.flow_of(a) for a in node.args]
+        handler = handler_for(module)
+        if isinstance(module, (nn.Flatten, nn.Unflatten)):
+            op = self._opcall(node)
+            return ops.reshape_flow(op, inputs[0], self.shape_of(node.args[0]), self.shape_of(node))
+        if isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
+            x = inputs[0]
+            ndim = len(self.shape_of(node))
+            if x is not None and (module.dim is None or module.dim % ndim == x.dim):
+                self.g.labels.fix(x.labels, f"softmax across the channels ({name})")
+            return x
+        if handler is None:
+            if name in self.ignored:
+                return self._opaque(node, f"ignored layer {name}")
+            if not self._all_flows([node.args, node.kwargs]) and not any(
+                True for _ in module.parameters()
+            ):
+                return self._fresh_fixed(node, f"untracked layer {name}")
+            reason = self.g.opaque.get(name)
+            what = f"could not be traced ({reason})" if reason else "has no pruning handler"
+            raise UnsupportedError(f"layer {name!r} ({type(module).__name__}) {what}: {HOW_TO}")
+        self.g.sites.setdefault(name, Site(name, module, handler))
+        call = Call(
+            name,
+            self.g.labels,
+            [self.shape_of(a) for a in node.args],
+            self.shape_of(node),
+            self.record,
+        )
+        out = handler.propagate(call, module, inputs)
+        site = self.g.sites[name]
+        if name in self.protect and site.out_labels is not None:
+            self.g.labels.fix(site.out_labels, f"protected layer {name}")
+        return out
+
+    def _opcall(self, node: fx.Node) -> ops.OpCall:
+        return ops.OpCall(
+            node, self.g.labels, self.flow_of, self.shape_of, node.meta.get(SCOPE, "")
+        )
+
+    def visit_op(self, node: fx.Node) -> Any:
+        flows = self._all_flows([node.args, node.kwargs])
+        rule = ops.rule_for(node)
+        scope = node.meta.get(SCOPE, "")
+        if rule is None:
+            if not flows:
+                return None
+            if self._is_ignored(scope):
+                return self._opaque(node, f"ignored layer {scope}")
+            where = (
+                f"in layer {scope!r} ({type(self.modules[scope]).__name__})"
+                if scope
+                else "in the model's forward"
+            )
+            raise UnsupportedError(
+                f"operation {ops.op_name(node)!r} {where} is not understood by the channel graph: {HOW_TO}"
+            )
+        if ops.op_name(node) in ops.BROADCAST_OPS:
+            self._attach_params(node)
+        return rule(self._opcall(node))
+
+    def _attach_params(self, node: fx.Node) -> None:
+        """A parameter multiplied into the channels (layer scale) is sliced with them."""
+        ndim = len(node.meta.get(SHAPE) or ())
+        flows = [f for f in (self.flow_of(a) for a in node.args) if isinstance(f, Flow)]
+        if not flows:
+            return
+        f = flows[0]
+        for a in node.args:
+            if not (isinstance(a, fx.Node) and a.op == "get_attr"):
+                continue
+            shape = self.shape_of(a)
+            d = f.dim - (ndim - len(shape))
+            if 0 <= d < len(shape) and shape[d] == len(f) and len(f) > 1:
+                owner_path, _, attr = str(a.target).rpartition(".")
+                owner = self.g.model.get_submodule(owner_path)
+                if isinstance(getattr(owner, attr), nn.Parameter):
+                    self.g.param_sites.append(ParamSite(owner, attr, str(a.target), d, f.labels))
+                    self.flows[a] = Flow(ndim - len(shape) + d, f.labels)
+
+
+def _make_groups(graph: Graph) -> None:
+    """Units (unpinned label classes) grouped by the set of layers that created their labels."""
+    labels = graph.labels
+    used: set[int] = set()
+    for _, _, _, roots in graph._unit_sides():
+        used.update(roots.tolist())
+    for ps in graph.param_sites:
+        used.update(labels.roots(ps.labels).tolist())
+    owners: dict[int, set[str]] = {}
+    for label in range(len(labels)):
+        root = labels.find(label)
+        if root in used:
+            owners.setdefault(root, set()).add(labels.owner(label))
+    by_key: dict[tuple[str, ...], list[int]] = {}
+    for root in sorted(owners):
+        if labels.fixed_reason(root) is not None:
+            continue
+        key = tuple(sorted(owners[root]))
+        by_key.setdefault(key, []).append(root)
+    seen: dict[str, int] = {}
+    for _, units in sorted(by_key.items(), key=lambda kv: kv[1][0]):
+        first = labels.owner(units[0])
+        n = seen.get(first, 0)
+        seen[first] = n + 1
+        graph.groups.append(Group(graph, first if n == 0 else f"{first}#{n}", units))

@@ -1,0 +1,395 @@
+"""Rules for functional ops and tensor methods: how channel labels cross ``add``, ``cat``,
+``flatten``, ``permute`` ...
+
+A rule gets an :class:`OpCall` (the node's arguments with their flows and shapes) and returns
+the output flow (a tuple of flows for ops such as ``chunk``). Rules are keyed by the op's name, so
+``torch.add``, ``operator.add`` and ``Tensor.add`` share one rule. An op with no rule whose inputs
+carry channels is refused by name (see :mod:`prunekit.graph.core`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from prunekit.graph.flow import Flow, Labels
+
+Rule = Callable[["OpCall"], Any]
+_RULES: dict[str, Rule] = {}
+
+
+@dataclass
+class OpCall:
+    node: fx.Node
+    labels: Labels
+    flow_of: Callable[[Any], Any]
+    shape_of: Callable[[Any], Any]
+    where: str  # module path, for messages
+
+    @property
+    def out_shape(self) -> Any:
+        return self.shape_of(self.node)
+
+    def arg(self, i: int, name: str, default: Any = None) -> Any:
+        if len(self.node.args) > i:
+            return self.node.args[i]
+        return self.node.kwargs.get(name, default)
+
+    def fix(self, flow: Flow | None, why: str) -> None:
+        if flow is not None:
+            self.labels.fix(flow.labels, f"{why} ({self.where or 'model'}: {op_name(self.node)})")
+
+
+def op_name(node: fx.Node) -> str:
+    t = node.target
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+
+def register_op(*names: str) -> Callable[[Rule], Rule]:
+    """Register a rule for ops called ``names`` (function ``__name__`` or method name)."""
+
+    def decorator(rule: Rule) -> Rule:
+        for n in names:
+            _RULES[n] = rule
+        return rule
+
+    return decorator
+
+
+def rule_for(node: fx.Node) -> Rule | None:
+    return _RULES.get(op_name(node))
+
+
+def is_multi(shape: Any) -> bool:
+    """True for the shapes of a tuple of tensors (a ``torch.Size`` is itself a tuple)."""
+    return isinstance(shape, (tuple, list)) and not isinstance(shape, torch.Size)
+
+
+def _dim(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+# --------------------------------------------------------------------------- element-wise
+
+
+@register_op(
+    "relu", "relu_", "relu6", "sigmoid", "sigmoid_", "tanh", "tanh_", "gelu", "silu", "hardswish",
+    "hardsigmoid", "leaky_relu", "elu", "selu", "celu", "softplus", "mish", "hardtanh", "dropout",
+    "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "abs", "neg",
+    "exp", "log", "sqrt", "rsqrt", "clamp", "clamp_", "clamp_min", "clamp_max", "contiguous",
+    "clone", "detach", "to", "float", "half", "double", "type_as", "sign", "sin", "cos", "erf",
+    "reciprocal", "square", "pow", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d",
+    "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+    "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "interpolate", "upsample",
+    "expand", "expand_as", "requires_grad_", "cpu", "cuda",
+)  # fmt: skip
+def unary(op: OpCall) -> Flow | None:
+    """Element-wise or spatial: the first tensor argument's channels pass through."""
+    return op.flow_of(op.node.args[0]) if op.node.args else None
+
+
+@register_op("pad")
+def pad(op: OpCall) -> Flow | None:
+    x = op.flow_of(op.arg(0, "input"))
+    widths = op.arg(1, "pad", ())
+    ndim = len(op.out_shape)
+    if x is not None and len(widths) // 2 > ndim - 1 - x.dim:  # padding reaches the channel dim
+        op.fix(x, "padding along the channel dimension")
+    return x
+
+
+BROADCAST_OPS = frozenset({
+    "add", "add_", "iadd", "sub", "sub_", "isub", "mul", "mul_", "imul", "truediv", "div", "div_",
+    "itruediv", "maximum", "minimum", "where", "floordiv", "mod", "fmod",
+})  # fmt: skip
+
+
+@register_op(
+    "add", "add_", "iadd", "sub", "sub_", "isub", "mul", "mul_", "imul", "truediv", "div", "div_",
+    "itruediv", "maximum", "minimum", "where", "floordiv", "mod", "fmod",
+)  # fmt: skip
+def broadcast(op: OpCall) -> Flow | None:
+    """Tensors combined element-wise keep the same channels: their labels are united.
+
+    An operand broadcast along the channel dimension (size 1) is not coupled. A tensor without
+    labels but with the full channel size (a constant of the model) pins the channels.
+    """
+    out_shape = op.out_shape
+    if out_shape is None:
+        return None
+    ndim = len(out_shape)
+    result: Flow | None = None
+    pinned: list[str] = []
+    operands = [*op.node.args, *op.node.kwargs.values()]
+    flows: list[Flow] = []
+    for a in operands:
+        f = op.flow_of(a)
+        shape = op.shape_of(a)
+        if f is None:
+            if shape is not None and len(shape) > 0:
+                pinned.append(str(a))
+            continue
+        f = f.moved(f.dim + ndim - len(shape))
+        if shape[f.dim - (ndim - len(shape))] == 1 and out_shape[f.dim] != 1:
+            continue  # broadcast along the channels
+        flows.append(f)
+    for f in flows:
+        if result is None:
+            result = f
+        elif f.dim != result.dim:
+            op.fix(f, "element-wise op on tensors whose channels are on different dimensions")
+            op.fix(result, "element-wise op on tensors whose channels are on different dimensions")
+        else:
+            op.labels.union_arrays(result.labels, f.labels)
+    if result is not None and pinned:
+        for a in operands:
+            shape = op.shape_of(a)
+            if op.flow_of(a) is None and shape is not None and len(shape) > 0:
+                d = result.dim - (ndim - len(shape))
+                if 0 <= d < len(shape) and shape[d] == len(result):
+                    op.fix(result, "element-wise op with a tensor of fixed channel count")
+    return result
+
+
+# --------------------------------------------------------------------------- joining, splitting
+
+
+@register_op("cat", "concat", "concatenate")
+def cat(op: OpCall) -> Flow | None:
+    tensors = op.arg(0, "tensors")
+    flows = [op.flow_of(t) for t in tensors]
+    ndim = len(op.out_shape)
+    dim = _dim(op.arg(1, "dim", 0), ndim)
+    if any(f is None for f in flows):
+        for f in flows:
+            op.fix(f, "concat with a tensor whose channels are not traced")
+        return None
+    if all(f.dim == dim for f in flows):
+        return Flow(dim, np.concatenate([f.labels for f in flows]))
+    if all(f.dim == flows[0].dim for f in flows):
+        for f in flows[1:]:
+            op.labels.union_arrays(flows[0].labels, f.labels)
+        return flows[0]
+    for f in flows:
+        op.fix(f, "concat of tensors with channels on different dimensions")
+    return None
+
+
+@register_op("stack")
+def stack(op: OpCall) -> Flow | None:
+    tensors = op.arg(0, "tensors")
+    flows = [op.flow_of(t) for t in tensors]
+    ndim = len(op.out_shape)
+    dim = _dim(op.arg(1, "dim", 0), ndim)
+    if any(f is None for f in flows) or any(f.dim != flows[0].dim for f in flows):
+        for f in flows:
+            op.fix(f, "stack of tensors with different channel layouts")
+        return None
+    for f in flows[1:]:
+        op.labels.union_arrays(flows[0].labels, f.labels)
+    return flows[0].moved(flows[0].dim + (1 if dim <= flows[0].dim else 0))
+
+
+def _pieces(op: OpCall, x: Flow, sizes: list[int]) -> tuple[Flow, ...]:
+    """Split along the channel dim: equal pieces stay equal by uniting their positions."""
+    if len(set(sizes)) != 1:
+        op.fix(x, "split of the channels into unequal, hard-coded sizes")
+    else:
+        parts = np.split(x.labels, len(sizes))
+        for p in parts[1:]:
+            op.labels.union_arrays(parts[0], p)
+    bounds = np.cumsum([0, *sizes])
+    return tuple(Flow(x.dim, x.labels[a:b]) for a, b in itertools.pairwise(bounds))
+
+
+@register_op("chunk", "split", "tensor_split", "unbind")
+def split(op: OpCall) -> Any:
+    x = op.flow_of(op.node.args[0])
+    shapes = op.out_shape
+    n = len(shapes)
+    if op_name(op.node) == "unbind":
+        dim = _dim(op.arg(1, "dim", 0), len(op.shape_of(op.node.args[0])))
+        if x is not None and x.dim == dim:
+            op.fix(x, "unbind along the channels")
+            return tuple(None for _ in range(n))
+        return tuple(
+            None if x is None else x.moved(x.dim - (1 if dim < x.dim else 0)) for _ in range(n)
+        )
+    dim = _dim(op.arg(2, "dim", 0), len(op.shape_of(op.node.args[0])))
+    if x is None or x.dim != dim:
+        return tuple(x for _ in range(n))
+    return _pieces(op, x, [s[dim] for s in shapes])
+
+
+@register_op("getitem")
+def getitem(op: OpCall) -> Any:
+    src, idx = op.node.args[0], op.node.args[1]
+    flow = op.flow_of(src)
+    if isinstance(flow, tuple):  # an element of split/chunk output, or of a module's tuple output
+        return flow[idx] if isinstance(idx, int) else None
+    if flow is None or not isinstance(flow, Flow):
+        return None
+    return _index(op, flow, idx)
+
+
+def _index(op: OpCall, x: Flow, idx: Any) -> Flow | None:
+    """Tensor indexing: full slices along the channels keep them; anything else pins them."""
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    in_ndim = len(op.shape_of(op.node.args[0]))
+    if any(i is Ellipsis for i in idx):
+        k = idx.index(Ellipsis)
+        idx = idx[:k] + (slice(None),) * (in_ndim - len(idx) + 1) + idx[k + 1 :]
+    out_dim, in_dim = 0, 0
+    for i in idx:
+        if i is None:
+            out_dim += 1
+            continue
+        if in_dim == x.dim:
+            if isinstance(i, slice) and i == slice(None):
+                return x.moved(out_dim)
+            op.fix(x, "indexing into the channels")
+            return None
+        if isinstance(i, slice):
+            out_dim += 1
+        elif not isinstance(i, int):
+            op.fix(x, "advanced indexing")
+            return None
+        in_dim += 1
+    return x.moved(out_dim + (x.dim - in_dim))  # the channel dim lies past the index
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def _groups(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[tuple[range, range]] | None:
+    """Minimal runs of input and output dimensions with equal products (row-major reshape)."""
+    groups = []
+    i = j = 0
+    while i < len(in_shape) and j < len(out_shape):
+        i0, j0 = i, j
+        pi, pj = in_shape[i], out_shape[j]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj and i < len(in_shape):
+                pi *= in_shape[i]
+                i += 1
+            elif pj < pi and j < len(out_shape):
+                pj *= out_shape[j]
+                j += 1
+            else:
+                return None
+        groups.append((range(i0, i), range(j0, j)))
+    if any(s != 1 for s in in_shape[i:]) or any(s != 1 for s in out_shape[j:]):
+        return None
+    return groups
+
+
+def reshape_flow(
+    op: OpCall, x: Flow | None, in_shape: Sequence[int], out_shape: Sequence[int]
+) -> Flow | None:
+    """Map the channel labels through a row-major reshape (view, flatten, squeeze ...).
+
+    If the channel dimension is merged with others into one output dimension, each label repeats
+    once per position of the dimensions after it, and the whole block once per position of those
+    before it: a flatten into a Linear. Channels split across several dimensions are pinned.
+    """
+    if x is None:
+        return None
+    groups = _groups(in_shape, out_shape)
+    for ins, outs in groups or ():
+        if x.dim not in ins:
+            continue
+        out_dims = [d for d in outs if out_shape[d] != 1] or [outs[0]]
+        if len(out_dims) > 1:
+            op.fix(x, "reshape that splits or mixes the channels across dimensions")
+            return None
+        inner = math.prod(in_shape[x.dim + 1 : ins.stop])
+        outer = math.prod(in_shape[ins.start : x.dim])
+        return Flow(out_dims[0], np.tile(np.repeat(x.labels, inner), outer))
+    if len(x) == 1:  # a size-1 channel dim squeezed away
+        return None
+    op.fix(x, "reshape")
+    return None
+
+
+@register_op(
+    "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"
+)
+def reshape(op: OpCall) -> Flow | None:
+    src = op.node.args[0]
+    return reshape_flow(op, op.flow_of(src), op.shape_of(src), op.out_shape)
+
+
+@register_op("permute")
+def permute(op: OpCall) -> Flow | None:
+    x = op.flow_of(op.node.args[0])
+    if x is None:
+        return None
+    dims = op.node.args[1:] if len(op.node.args) > 2 else op.arg(1, "dims")
+    dims = [
+        _dim(d, len(op.out_shape)) for d in (dims if isinstance(dims, (list, tuple)) else [dims])
+    ]
+    return x.moved(dims.index(x.dim))
+
+
+@register_op("transpose", "swapaxes", "movedim")
+def transpose(op: OpCall) -> Flow | None:
+    x = op.flow_of(op.node.args[0])
+    if x is None:
+        return None
+    ndim = len(op.out_shape)
+    a, b = _dim(op.arg(1, "dim0"), ndim), _dim(op.arg(2, "dim1"), ndim)
+    if op_name(op.node) == "movedim":
+        order = [d for d in range(ndim) if d != a]
+        order.insert(b, a)
+        return x.moved(order.index(x.dim))
+    return x.moved(b if x.dim == a else a if x.dim == b else x.dim)
+
+
+@register_op("mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp", "prod")
+def reduce(op: OpCall) -> Any:
+    x = op.flow_of(op.node.args[0])
+    if x is None:
+        return None
+    in_ndim = len(op.shape_of(op.node.args[0]))
+    dims = op.arg(1, "dim")
+    if op_name(op.node) == "norm":
+        dims = op.node.kwargs.get("dim", op.node.args[2] if len(op.node.args) > 2 else None)
+    keepdim = op.node.kwargs.get("keepdim", False)
+    if dims is None:
+        op.fix(x, "reduction over all dimensions")
+        return None
+    dims = [_dim(d, in_ndim) for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
+    if x.dim in dims:
+        op.fix(x, "reduction over the channels")
+        return None
+    out = x if keepdim else x.moved(x.dim - sum(d < x.dim for d in dims))
+    if is_multi(op.out_shape):  # max/min with a dim return (values, indices)
+        return tuple(out for _ in op.out_shape)
+    return out
+
+
+@register_op("softmax", "log_softmax", "normalize", "cumsum", "cumprod")
+def along_dim(op: OpCall) -> Flow | None:
+    """Ops that mix values along one dimension: fine elsewhere, pins the channels if on them."""
+    x = op.flow_of(op.node.args[0])
+    if x is None:
+        return None
+    name = op_name(op.node)
+    default = 1 if name == "normalize" else None
+    d = op.arg(1, "dim", default)
+    if d is None or _dim(d, len(op.out_shape)) == x.dim:
+        op.fix(x, f"{name} across the channels")
+    return x
+
+
+@register_op("size", "dim", "numel", "getattr", "shape")
+def no_channels(op: OpCall) -> None:
+    return None

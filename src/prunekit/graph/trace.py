@@ -1,0 +1,121 @@
+"""Tracing a model into a graph of operations, with the shapes every node produced.
+
+torch.fx is the tracer: it records module calls with their qualified names and every functional
+op with its exact arguments (the ``dim`` of a ``cat``, the sizes of a ``view``), which is what
+channel coupling needs, and it runs on any device without executing the model's maths twice.
+Its weakness is Python control flow that depends on tensor values. Rather than failing on the
+whole model, a submodule that cannot be traced becomes an opaque leaf: the rest of the model is
+still traced, and the leaf is either handled by a registered handler or refused by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils._pytree import tree_map
+
+SCOPE = "pk_scope"  # node.meta key: qualified name of the module whose code created the node
+SHAPE = "pk_shape"  # node.meta key: torch.Size of a tensor output, or a pytree of them
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that keeps user-chosen leaves and records each node's enclosing module."""
+
+    def __init__(self, leaves: set[str]) -> None:
+        super().__init__()
+        self.leaves = leaves
+        self._scope = [""]
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self.leaves or super().is_leaf_module(
+            m, module_qualified_name
+        )
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        self._scope.append(self.path_of_module(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self._scope.pop()
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        node.meta[SCOPE] = self._scope[-1]
+        return node
+
+
+@dataclass
+class Traced:
+    """The traced graph, the opaque leaves the fallback chose, and why each one was needed."""
+
+    graph: fx.Graph
+    opaque: dict[str, str] = field(default_factory=dict)
+
+
+def _trace_error(module: nn.Module, leaves: set[str], prefix: str = "") -> Exception | None:
+    try:
+        _Tracer({leaf[len(prefix) :] for leaf in leaves if leaf.startswith(prefix)}).trace(module)
+    except Exception as exc:  # any tracing failure: control flow, unsupported ops, ...
+        return exc
+    return None
+
+
+def _find_untraceable(model: nn.Module, leaves: set[str]) -> dict[str, str]:
+    """The deepest submodules that fail to trace on their own (their children all trace)."""
+    found: dict[str, str] = {}
+
+    def visit(name: str, module: nn.Module) -> bool:
+        """True if ``module`` (with the leaves found so far) traces."""
+        prefix = f"{name}." if name else ""
+        for child_name, child in module.named_children():
+            full = prefix + child_name
+            if full in leaves or full in found:
+                continue
+            if not visit(full, child):
+                err = _trace_error(child, leaves | set(found), prefix=full + ".")
+                if err is not None:
+                    found[full] = (
+                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                    )
+        return _trace_error(module, leaves | set(found), prefix=prefix) is None
+
+    if not visit("", model) and not found:
+        err = _trace_error(model, leaves)
+        raise TraceFailure("", f"{type(err).__name__}: {err}")
+    return found
+
+
+class TraceFailure(Exception):
+    """The model's own ``forward`` (not a submodule) cannot be traced."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path, self.reason = path, reason
+
+
+def trace(model: nn.Module, leaves: set[str] = frozenset()) -> Traced:  # type: ignore[assignment]
+    """Trace ``model``; submodules that fx cannot trace become opaque leaves (see module doc)."""
+    leaves = set(leaves)
+    try:
+        return Traced(_Tracer(leaves).trace(model))
+    except Exception:
+        opaque = _find_untraceable(model, leaves)
+        return Traced(_Tracer(leaves | set(opaque)).trace(model), opaque)
+
+
+class _ShapeRecorder(fx.Interpreter):
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        n.meta[SHAPE] = tree_map(lambda v: v.shape if isinstance(v, torch.Tensor) else None, out)
+        return out
+
+
+def record_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple[Any, ...]) -> Any:
+    """Run the graph on ``inputs`` (no grad, model's current mode) and store each node's shape."""
+    gm = fx.GraphModule(model, graph)
+    with torch.no_grad():
+        return _ShapeRecorder(gm).run(*inputs)
