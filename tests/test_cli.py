@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import prunekit
 from prunekit import measure, workflow
 from prunekit.cli import build_parser, main
 
@@ -96,19 +97,28 @@ def test_train_writes_results_resumes_and_evaluates(tmp_path, capsys) -> None:
     assert f"{metrics['test_top1']:.4g}" in stdout
 
 
-def test_demo_writes_metrics(tmp_path, capsys) -> None:
+def test_demo_prunes_finetunes_and_writes_metrics(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
-    code, stdout, _ = run(
-        ["demo", "--model", "lenet5", "--epochs", "1", "--out", str(out), "--no-progress"], capsys
-    )
+    argv = ["demo", "--model", "lenet5", "--epochs", "2", "--finetune-epochs", "1"]
+    code, stdout, _ = run([*argv, "--out", str(out), "--no-progress"], capsys)
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("acc_before", "params_before", "flops_before", "latency_before_ms", "bytes_before"):
-        assert key in metrics
+    keys = ["params_before", "params_after", "flops_before", "flops_after", "acc_before"]
+    keys += ["acc_pruned", "acc_finetuned", "latency_before_ms", "latency_after_ms"]
+    keys += ["bytes_before", "bytes_after"]
+    assert set(keys) <= set(metrics)
     setup = workflow.prepare("lenet5", "digits")
     assert metrics["params_before"] == measure.count_params(setup.model).total
     assert metrics["flops_before"] == measure.count_flops(setup.model, setup.example_input()).flops
-    assert "test accuracy (%)" in stdout and f"{metrics['params_before']:,}" in stdout
+    # 50% of the FLOPs removed, within 1% of the dense figure; the model physically shrank
+    assert abs(metrics["flops_after"] / metrics["flops_before"] - 0.5) <= 0.01
+    assert metrics["params_after"] < metrics["params_before"]
+    assert metrics["bytes_after"] < metrics["bytes_before"]
+    # the saved pruned model reloads with the sizes the metrics report
+    pruned = prunekit.load(out / "pruned.pt")
+    assert measure.count_params(pruned).total == metrics["params_after"]
+    assert measure.count_flops(pruned, setup.example_input()).flops == metrics["flops_after"]
+    assert "after/before" in stdout and f"{metrics['params_after']:,}" in stdout
 
 
 @pytest.mark.parametrize(
@@ -164,3 +174,5 @@ def test_default_demo_learns_digits(tmp_path) -> None:
     """The README's demo, as shipped: ResNet-20 on digits at 32x32."""
     metrics = workflow.demo(workflow.DemoConfig(), out=tmp_path, progress=False)
     assert metrics["acc_before"] > 95
+    assert metrics["acc_finetuned"] > 90
+    assert abs(metrics["flops_after"] / metrics["flops_before"] - 0.5) <= 0.01

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prunekit import data, measure, models, train
+from prunekit import criteria, data, graph, measure, models, train
 from prunekit.errors import (
     CheckpointError,
     ConfigError,
@@ -10,7 +10,10 @@ from prunekit.errors import (
     MissingFileError,
     PrunekitError,
     UnknownNameError,
+    UnsupportedError,
 )
+from prunekit.persist import load, save
+from prunekit.prune import PruneReport, prune_channels
 
 __version__ = "0.1.0"
 
@@ -19,11 +22,18 @@ __all__ = [
     "ConfigError",
     "DataError",
     "MissingFileError",
+    "PruneReport",
     "PrunekitError",
     "UnknownNameError",
+    "UnsupportedError",
     "__version__",
+    "criteria",
     "data",
+    "graph",
+    "load",
     "measure",
     "models",
+    "prune_channels",
+    "save",
     "train",
 ]

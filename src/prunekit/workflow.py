@@ -244,41 +244,77 @@ class DemoConfig:
     batch_size: int = field(default=64, metadata={"help": "batch size"})
     lr: float = field(default=0.05, metadata={"help": "peak learning rate (SGD, cosine)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
+    target_flops: float = field(default=0.5, metadata={"help": "fraction of FLOPs to prune away"})
+    finetune_epochs: int = field(default=3, metadata={"help": "fine-tuning epochs after pruning"})
+    finetune_lr: float = field(default=0.01, metadata={"help": "fine-tuning learning rate"})
 
 
 def demo(
     config: DemoConfig, *, out: str | Path | None = None, progress: bool = True
 ) -> dict[str, Any]:
-    """Train ``config.model`` on ``config.data``, then report accuracy, size and speed."""
+    """Train ``config.model`` on ``config.data``; prune it by filter L1 norms through the
+    structural core to ``config.target_flops`` of its FLOPs removed; fine-tune; report accuracy,
+    size and speed before and after. With ``out``: metrics, config and the pruned model are saved
+    there, and rerunning resumes from the training and fine-tuning checkpoints."""
+    from prunekit.persist import save
+    from prunekit.prune import prune_channels
+
+    out_dir = Path(out) if out is not None else None
     job = TrainJob(
         model=config.model, data=config.data, root=config.root, image_size=config.image_size
     )
     train_cfg = TrainConfig(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        seed=config.seed,
-        weight_decay=5e-4,
-        schedule="cosine",
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed
     )
-    ckpt = Path(out) / "checkpoint.pt" if out is not None else None
     t0 = time.perf_counter()
-    run = train_and_test(job, train_cfg, checkpoint=ckpt, progress=progress)
-    setup = run.setup
+    run = train_and_test(
+        job, train_cfg, checkpoint=out_dir / "checkpoint.pt" if out_dir else None, progress=progress
+    )
+    setup, model, example = run.setup, run.setup.model, run.setup.example_input()
     metrics: dict[str, Any] = {
         "model": config.model,
         "data": setup.info.name,
         "input_shape": list(setup.info.input_shape),
         "epochs": config.epochs,
         "seed": config.seed,
+        "target_flops": config.target_flops,
         "acc_before": run.test["top1"],
-        "val_top1": run.result.final.get("top1"),
         "train_time_s": time.perf_counter() - t0,
     }
-    metrics.update(tagged(model_figures(setup.model, setup.example_input()), "before"))
-    if out is not None:
+    metrics.update(tagged(model_figures(model, example), "before"))
+
+    t0 = time.perf_counter()
+    report = prune_channels(model, example, target_flops=config.target_flops, importance="l1")
+    metrics["prune_time_s"] = time.perf_counter() - t0
+    metrics["acc_pruned"] = evaluate(model, setup.test_set)["top1"]
+
+    finetune_cfg = dataclasses.replace(
+        train_cfg, epochs=config.finetune_epochs, lr=config.finetune_lr
+    )
+    t0 = time.perf_counter()
+    fit(
+        model,
+        setup.train_set,
+        finetune_cfg,
+        val_set=setup.val_set,
+        checkpoint=out_dir / "finetune.pt" if out_dir else None,
+        progress=progress,
+    )
+    metrics["finetune_time_s"] = time.perf_counter() - t0
+    metrics["acc_finetuned"] = evaluate(model, setup.test_set)["top1"]
+    metrics["groups_pruned"] = sum(g.after < g.before for g in report.groups)
+    metrics.update(tagged(model_figures(model, example), "after"))
+    if out_dir is not None and rank() == 0:
+        save(model, out_dir / "pruned.pt", extra={"demo": dataclasses.asdict(config)})
+        metrics["pruned_model_file"] = str(out_dir / "pruned.pt")
         write_run(
-            Path(out), {"demo": dataclasses.asdict(config), "train": train_cfg.to_dict()}, metrics
+            out_dir,
+            {
+                "demo": dataclasses.asdict(config),
+                "train": train_cfg.to_dict(),
+                "finetune": finetune_cfg.to_dict(),
+            },
+            metrics,
         )
     return metrics
 
@@ -301,22 +337,32 @@ def tagged(figures: dict[str, Any], stage: str) -> dict[str, Any]:
 
 
 DEMO_ROWS = [
-    ("test accuracy (%)", "acc"),
-    ("params", "params"),
-    ("MACs", "macs"),
-    ("FLOPs", "flops"),
+    ("params", "params_{}"),
+    ("MACs", "macs_{}"),
+    ("FLOPs", "flops_{}"),
     ("latency, batch 1 (ms)", "latency_{}_ms"),
     ("latency, batch 32 (ms)", "latency_b32_{}_ms"),
-    ("peak memory, batch 1 (bytes)", "peak_memory_bytes"),
-    ("bytes on disk", "bytes"),
+    ("peak memory, batch 1 (bytes)", "peak_memory_bytes_{}"),
+    ("bytes on disk", "bytes_{}"),
 ]
 
 
-def demo_table(metrics: dict[str, Any], stages: tuple[str, ...] = ("before",)) -> str:
-    """The demo's report as a table with one column per stage present in ``metrics``."""
-    rows = []
+def demo_table(metrics: dict[str, Any]) -> str:
+    """The demo's before/after report, with the ratio after/before of each figure."""
+
+    def ratio(a: Any, b: Any) -> float | None:
+        return b / a if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a else None
+
+    rows: list[list[Any]] = [
+        ["test accuracy (%)", metrics["acc_before"], metrics.get("acc_finetuned"), None],
+        ["  right after pruning (%)", None, metrics.get("acc_pruned"), None],
+    ]
     for label, key in DEMO_ROWS:
-        names = [key.format(s) if "{}" in key else f"{key}_{s}" for s in stages]
-        rows.append([label, *(metrics.get(n) for n in names)])
-    title = f"{metrics['model']} on {metrics['data']} {tuple(metrics['input_shape'])}, {metrics['epochs']} epochs"
-    return title + "\n" + markdown_table(["", *stages], rows)
+        before, after = metrics.get(key.format("before")), metrics.get(key.format("after"))
+        rows.append([label, before, after, ratio(before, after)])
+    title = (
+        f"{metrics['model']} on {metrics['data']} {tuple(metrics['input_shape'])}: "
+        f"{metrics['epochs']} epochs, then pruned by filter L1 norm to "
+        f"{metrics['target_flops']:.0%} fewer FLOPs and fine-tuned"
+    )
+    return title + "\n" + markdown_table(["", "before", "after", "after/before"], rows)

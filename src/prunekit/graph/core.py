@@ -130,7 +130,8 @@ class Group:
         self.graph.zero(self._roots(indices))
 
     def scores(self, fn: Any) -> torch.Tensor:
-        """Per-unit sums of ``fn(weight_slice)`` over the output side of every member layer."""
+        """Per-unit sums of ``fn(weight)`` over the output side of every member layer, where
+        ``fn`` maps a weight with outputs on dim 0 to one score per output position."""
         return self.graph.unit_scores(self, fn)
 
 
@@ -145,6 +146,7 @@ class Graph:
         self.groups: list[Group] = []
         self.opaque: dict[str, str] = {}
         self._per_module_flops: dict[str, int] | None = None
+        self._roots_cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self.inputs: tuple[Any, ...] = ()
 
     # ------------------------------------------------------------------ reading
@@ -162,7 +164,17 @@ class Graph:
         for site in self.sites.values():
             for side, arr in (("in", site.in_labels), ("out", site.out_labels)):
                 if arr is not None and len(arr):
-                    yield site, side, arr, self.labels.roots(arr)
+                    yield site, side, arr, self._roots(site.name, side, arr)
+
+    def _roots(self, name: str, side: str, arr: np.ndarray) -> np.ndarray:
+        """Roots of a label array, cached: labels stop merging once the graph is built, and
+        surgery replaces the arrays it shrinks (a new object invalidates the entry)."""
+        cached = self._roots_cache.get((name, side))
+        if cached is not None and cached[0] is arr:
+            return cached[1]
+        roots = self.labels.roots(arr)
+        self._roots_cache[(name, side)] = (arr, roots)
+        return roots
 
     def _members(self, group: Group) -> list[Member]:
         units = set(group.units)
@@ -253,7 +265,10 @@ class Graph:
                 getattr(ps.owner, ps.attr).index_fill_(ps.dim, pos, 0.0)
 
     def unit_scores(self, group: Group, fn: Any) -> torch.Tensor:
-        index = {u: i for i, u in enumerate(group.units)}
+        """Sum over the group's output-side layers of ``fn(weight)``, a vector with one score per
+        output position (weights have outputs on dim 0, see :func:`out_weight`), per unit."""
+        units = np.asarray(group.units, dtype=np.int64)
+        order = np.argsort(units)
         scores = torch.zeros(group.size, dtype=torch.float64)
         for site, side, _, roots in self._unit_sides():
             if side != "out":
@@ -261,10 +276,17 @@ class Graph:
             w = out_weight(site.module)
             if w is None:
                 continue
-            for pos, root in enumerate(roots.tolist()):
-                i = index.get(root)
-                if i is not None:
-                    scores[i] += float(fn(w[pos].detach()))
+            slot = np.searchsorted(units, roots, sorter=order).clip(0, len(units) - 1)
+            hit = units[order[slot]] == roots
+            if not hit.any():
+                continue
+            per_pos = torch.as_tensor(fn(w.detach()), dtype=torch.float64).reshape(-1)
+            if per_pos.numel() != len(roots):
+                raise ValueError(
+                    f"score function gave {per_pos.numel()} values for {len(roots)} channels of {site.name}"
+                )
+            idx = torch.from_numpy(order[slot[hit]])
+            scores.index_add_(0, idx, per_pos[torch.from_numpy(np.nonzero(hit)[0])])
         return scores
 
 
@@ -349,9 +371,15 @@ def build(
     graph = Graph(model)
     graph.inputs = as_args(example_inputs)
     graph.opaque = dict(traced.opaque)
-    record_shapes(model, traced.graph, graph.inputs)
+    graph._per_module_flops = record_shapes(model, traced.graph, graph.inputs)
     _Propagation(graph, modules, protect, opaque_ignored | ignore_names).run(traced.graph)
     _make_groups(graph)
+    # a model pruned before: keep counting positions relative to the original layers
+    for name, kept in getattr(model, "_prunekit_structure", {}).items():
+        site = graph.sites.get(name)
+        if site is not None:
+            site.in_kept = None if kept["in"] is None else np.asarray(kept["in"], dtype=np.int64)
+            site.out_kept = None if kept["out"] is None else np.asarray(kept["out"], dtype=np.int64)
     return graph
 
 

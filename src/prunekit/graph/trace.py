@@ -17,6 +17,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import FlopCounterMode
 
 SCOPE = "pk_scope"  # node.meta key: qualified name of the module whose code created the node
 SHAPE = "pk_shape"  # node.meta key: torch.Size of a tensor output, or a pytree of them
@@ -108,14 +109,32 @@ def trace(model: nn.Module, leaves: set[str] = frozenset()) -> Traced:  # type: 
 
 
 class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph, storing each node's output shape and the FLOPs of each layer call.
+
+    FLOPs are counted per node (the counter's own module names are lost inside an
+    Interpreter), keyed by the layer's qualified name; ``""`` holds the whole graph's total.
+    """
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.flops: dict[str, int] = {"": 0}
+
     def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            out = super().run_node(n)
+        flops = int(counter.get_total_flops())
+        self.flops[""] += flops
+        if n.op == "call_module" and flops:
+            self.flops[str(n.target)] = self.flops.get(str(n.target), 0) + flops
         n.meta[SHAPE] = tree_map(lambda v: v.shape if isinstance(v, torch.Tensor) else None, out)
         return out
 
 
-def record_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple[Any, ...]) -> Any:
-    """Run the graph on ``inputs`` (no grad, model's current mode) and store each node's shape."""
-    gm = fx.GraphModule(model, graph)
+def record_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple[Any, ...]) -> dict[str, int]:
+    """Run the graph on ``inputs`` (no grad, model's current mode), store each node's shape, and
+    return the FLOPs of every module on the way: one forward pass serves both."""
+    recorder = _ShapeRecorder(fx.GraphModule(model, graph))
     with torch.no_grad():
-        return _ShapeRecorder(gm).run(*inputs)
+        recorder.run(*inputs)
+    return recorder.flops

@@ -31,6 +31,11 @@ def count_flops(model: nn.Module, inputs: Inputs) -> FlopCount:
     counter = FlopCounterMode(display=False)
     with inference(model), counter:
         model(*as_args(inputs))
+    return FlopCount(int(counter.get_total_flops()), flops_per_module(counter))
+
+
+def flops_per_module(counter: FlopCounterMode) -> dict[str, int]:
+    """FLOPs per qualified module name from a finished counter (``""``: the whole model)."""
     per_module: dict[str, int] = {}
     for key, ops in counter.get_flop_counts().items():
         if key == "Global":
@@ -38,4 +43,4 @@ def count_flops(model: nn.Module, inputs: Inputs) -> FlopCount:
         # keys are "<RootClass>.<qualified.name>"; the root alone is the whole model
         _, _, name = key.partition(".")
         per_module[name] = int(sum(ops.values()))
-    return FlopCount(int(counter.get_total_flops()), per_module)
+    return per_module

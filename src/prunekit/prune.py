@@ -1,0 +1,314 @@
+"""``prune_channels``: shrink a model's channels in place to a ratio, a FLOPs or a params target.
+
+Scoring (a criterion), selection (how many units each group loses) and surgery (the graph) stay
+separate: this module only decides *which* units go, evaluating candidate selections with the
+graph's plan (predicted params and FLOPs, no surgery) until the target is met, then removes them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit import criteria
+from prunekit.errors import ConfigError
+from prunekit.graph import Graph, Group, build
+from prunekit.measure import count_params
+from prunekit.measure._inputs import Inputs
+
+TOLERANCE = 0.01  # a FLOPs or params target is met within 1% of the dense figure
+
+
+@dataclass
+class GroupChange:
+    name: str
+    before: int
+    after: int
+
+
+@dataclass
+class PruneReport:
+    """What :func:`prune_channels` did, with measured (not predicted) sizes."""
+
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    groups: list[GroupChange] = field(default_factory=list)
+    removed: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def flops_reduction(self) -> float:
+        return 1.0 - self.flops_after / self.flops_before if self.flops_before else 0.0
+
+    @property
+    def params_reduction(self) -> float:
+        return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "flops_before": self.flops_before,
+            "flops_after": self.flops_after,
+            "groups": [(g.name, g.before, g.after) for g in self.groups],
+        }
+
+
+class _Selector:
+    """Turns a knob (a ratio, or a count of units in global order) into units to remove."""
+
+    def __init__(self, graph: Graph, scores: dict[str, torch.Tensor], round_to: int | None) -> None:
+        self.graph = graph
+        self.round_to = round_to
+        self.order = {
+            g.name: torch.argsort(scores[g.name], stable=True).tolist() for g in graph.groups
+        }
+        # one global order: scores made comparable across groups by their mean
+        flat = []
+        for g in graph.groups:
+            s = scores[g.name]
+            norm = s / s.mean() if float(s.mean()) > 0 else s
+            flat += [(float(norm[i]), g.name, i) for i in range(g.size)]
+        flat.sort()
+        self.global_order = [(name, i) for _, name, i in flat]
+
+    def max_remove(self, g: Group) -> int:
+        return g.size - self.min_keep(g)
+
+    def min_keep(self, g: Group) -> int:
+        r = self.round_to or 1
+        return min(g.size, r)
+
+    def _rounded(self, g: Group, n_remove: int) -> int:
+        n_remove = max(0, min(n_remove, self.max_remove(g)))
+        if self.round_to:
+            keep = g.size - n_remove
+            keep = min(g.size, math.ceil(keep / self.round_to) * self.round_to)
+            n_remove = g.size - keep
+        return n_remove
+
+    def by_ratio(self, ratio: float) -> dict[str, int]:
+        return {
+            g.name: self._rounded(g, math.floor(ratio * g.size + 1e-9)) for g in self.graph.groups
+        }
+
+    def by_global_count(self, k: int) -> dict[str, int]:
+        counts = dict.fromkeys((g.name for g in self.graph.groups), 0)
+        groups = {g.name: g for g in self.graph.groups}
+        taken = 0
+        for name, _ in self.global_order:
+            if taken >= k:
+                break
+            if counts[name] < self.max_remove(groups[name]):
+                counts[name] += 1
+                taken += 1
+        return {n: self._rounded(groups[n], c) for n, c in counts.items()}
+
+    def roots(self, counts: dict[str, int]) -> dict[str, list[int]]:
+        """Indices per group: each group loses its ``counts[name]`` lowest-scored units."""
+        return {
+            g.name: sorted(self.order[g.name][: counts[g.name]])
+            for g in self.graph.groups
+            if counts[g.name]
+        }
+
+
+def _all_roots(graph: Graph, picks: dict[str, list[int]]) -> list[int]:
+    groups = {g.name: g for g in graph.groups}
+    return [groups[n].units[i] for n, idx in picks.items() for i in idx]
+
+
+def _check_fraction(name: str, value: float, *, allow_zero: bool) -> float:
+    lo_ok = value >= 0 if allow_zero else value > 0
+    if not (isinstance(value, (int, float)) and lo_ok and value < 1):
+        bound = "[0, 1)" if allow_zero else "(0, 1)"
+        raise ConfigError(f"{name} must be a fraction in {bound} of what to remove, got {value!r}")
+    return float(value)
+
+
+def prune_channels(
+    model: nn.Module,
+    example_inputs: Inputs,
+    *,
+    ratio: float | None = None,
+    target_flops: float | None = None,
+    target_params: float | None = None,
+    scope: str = "layer",
+    importance: str | criteria.Criterion = "l1",
+    ignore: Iterable[str | nn.Module] = (),
+    round_to: int | None = None,
+) -> PruneReport:
+    """Remove channels of ``model`` in place and return what changed.
+
+    Exactly one of: ``ratio`` (fraction of channels removed: of every group with
+    ``scope="layer"``, of all prunable channels with ``scope="global"``), ``target_flops`` or
+    ``target_params`` (fraction of the model's FLOPs or parameters removed, met within 1% of the
+    dense figure). ``importance`` names a criterion (``prunekit.criteria.list_criteria()``) or is
+    a callable ``group -> scores``; lowest scores go first. With ``scope="global"`` scores are
+    divided by their group's mean so groups compare. ``round_to`` keeps every group's width a
+    multiple of it. Protected layers (the model's ``protected_layers``) and ``ignore`` layers keep
+    their output channels; every group keeps at least one channel.
+    """
+    given = [
+        k
+        for k, v in (
+            ("ratio", ratio),
+            ("target_flops", target_flops),
+            ("target_params", target_params),
+        )
+        if v is not None
+    ]
+    if len(given) != 1:
+        raise ConfigError(
+            f"give exactly one of ratio, target_flops, target_params (got {given or 'none'})"
+        )
+    if scope not in ("layer", "global"):
+        raise ConfigError(f"scope must be 'layer' or 'global', got {scope!r}")
+    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+        raise ConfigError(f"round_to must be a positive int, got {round_to!r}")
+    criterion = criteria.get(importance)
+
+    graph = build(model, example_inputs, ignore=ignore)
+    dense = graph.plan([])
+    scores = {g.name: criterion(g).double() for g in graph.groups}
+    for g in graph.groups:
+        if scores[g.name].shape != (g.size,):
+            raise ConfigError(
+                f"importance returned shape {tuple(scores[g.name].shape)} for group {g.name!r} of {g.size} channels"
+            )
+    sel = _Selector(graph, scores, round_to)
+    total_units = sum(g.size for g in graph.groups)
+
+    if ratio is not None:
+        ratio = _check_fraction("ratio", ratio, allow_zero=True)
+        counts = (
+            sel.by_ratio(ratio)
+            if scope == "layer"
+            else sel.by_global_count(math.floor(ratio * total_units))
+        )
+    else:
+        metric = "flops" if target_flops is not None else "params"
+        target = _check_fraction(
+            f"target_{metric}",
+            target_flops if target_flops is not None else target_params,
+            allow_zero=False,
+        )  # type: ignore[arg-type]
+        counts = _search(graph, sel, scope, metric, target, dense, total_units)
+
+    picks = sel.roots(counts)
+    before = {g.name: g.size for g in graph.groups}
+    if picks:
+        graph.remove(_all_roots(graph, picks))
+    after = {g.name: g.size for g in graph.groups}
+
+    # the graph's plan equals torch.utils.flop_counter's count of the pruned model (the tests
+    # check this on every zoo model), so no second forward pass is needed to report it
+    return PruneReport(
+        params_before=dense.params,
+        params_after=count_params(model).total,
+        flops_before=dense.flops,
+        flops_after=graph.plan([]).flops,
+        groups=[GroupChange(n, before[n], after.get(n, 0)) for n in before],
+        removed=picks,
+    )
+
+
+def _search(
+    graph: Graph,
+    sel: _Selector,
+    scope: str,
+    metric: str,
+    target: float,
+    dense: Any,
+    total_units: int,
+) -> dict[str, int]:
+    """A selection whose predicted ``metric`` lies within the tolerance of ``(1 - target)``
+    times the dense figure.
+
+    ``scope="layer"``: bisection over one ratio for every group, then single units in global
+    score order close the remaining gap. ``scope="global"``: single units in global score order
+    from the start.
+    """
+    dense_value = getattr(dense, metric)
+    goal = (1.0 - target) * dense_value
+    tol = TOLERANCE * dense_value
+    groups = {g.name: g for g in graph.groups}
+
+    def value(counts: dict[str, int]) -> int:
+        return getattr(graph.plan(_all_roots(graph, sel.roots(counts))), metric)
+
+    start = dict.fromkeys(groups, 0)
+    if scope == "layer":
+        lo, hi = 0.0, 1.0
+        for _ in range(30):  # largest uniform ratio whose model stays above the goal
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if value(sel.by_ratio(mid)) <= goal else (mid, hi)
+        if abs(value(sel.by_ratio(hi)) - goal) <= tol:
+            return sel.by_ratio(hi)
+        start = sel.by_ratio(lo)
+    # "one more unit of group g", in global score order, for the units not yet taken
+    rank = {name: {u: r for r, u in enumerate(order)} for name, order in sel.order.items()}
+    steps = [name for name, i in sel.global_order if rank[name][i] >= start[name]]
+    best = _walk(start, steps, groups, sel, value, goal, tol)
+    achieved = value(best)
+    if abs(achieved - goal) > tol:
+        rounding = f", widths rounded to {sel.round_to}" if sel.round_to else ""
+        raise ConfigError(
+            f"cannot reach target_{metric}={target:g}: the closest selection removes "
+            f"{1 - achieved / dense_value:.3f} (every group keeps at least one channel{rounding}; "
+            "protected layers are kept)"
+        )
+    return best
+
+
+def _walk(
+    start: dict[str, int],
+    steps: list[str],
+    groups: dict[str, Group],
+    sel: _Selector,
+    value: Any,
+    goal: float,
+    tol: float,
+) -> dict[str, int]:
+    """Take units in ``steps`` order until within ``tol`` of ``goal``.
+
+    Bisection finds how many steps reach the goal; if the last step overshoots by more than the
+    tolerance (one unit of a wide layer can be several percent of a small model), a greedy pass
+    continues from just before it, skipping any group whose next unit would overshoot.
+    """
+
+    def after(prefix: list[str], base: dict[str, int]) -> dict[str, int]:
+        counts = dict(base)
+        for name in prefix:
+            counts[name] = min(counts[name] + 1, sel.max_remove(groups[name]))
+        return {n: sel._rounded(groups[n], c) for n, c in counts.items()}
+
+    lo, hi = 0, len(steps)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if value(after(steps[:mid], start)) <= goal else (mid + 1, hi)
+    if lo == 0 or abs(value(after(steps[:lo], start)) - goal) <= tol:
+        return after(steps[:lo], start)
+    counts = after(steps[: lo - 1], start)
+    skipped: set[str] = set()
+    for name in steps[lo - 1 :]:
+        if name in skipped:
+            continue
+        trial = after([name], counts)
+        v = value(trial)
+        if v < goal - tol:
+            skipped.add(name)  # this group's next unit is too coarse; its later ones too
+            continue
+        counts = trial
+        if abs(v - goal) <= tol:
+            break
+    return counts
+
+
+__all__ = ["GroupChange", "PruneReport", "prune_channels"]

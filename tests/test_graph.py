@@ -1,0 +1,696 @@
+"""The structural pruning core: channel groups, physical surgery and size plans.
+
+The central check is the equivalence harness :func:`check_equivalence`: in float64, zeroing a
+group's channels and then removing them must leave every output unchanged (to 1e-9), and the
+params/FLOPs the graph planned before surgery must equal what is measured after it. It runs over
+every zoo model and over the small architectures below, each written to exercise one coupling
+pattern (residual adds, concats, chunks, depthwise and grouped convs, flattening, attention ...).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from prunekit import graph as pg
+from prunekit.errors import ConfigError, UnsupportedError
+from prunekit.measure import count_flops, count_params
+from prunekit.models import create, list_models, model_info
+
+Inputs = tuple[Any, ...]
+
+
+# ----------------------------------------------------------------------------- the harness
+
+
+def _to_double(inputs: Inputs, device: torch.device) -> Inputs:
+    return tuple(
+        x.to(device=device, dtype=torch.float64) if x.is_floating_point() else x.to(device)
+        for x in inputs
+    )
+
+
+def randomise_norms(model: nn.Module, gen: torch.Generator) -> None:
+    """Non-trivial running statistics and affine parameters: with BatchNorm at its identity
+    initialisation a channel whose conv is zeroed would output zero even if the BN were left
+    alone, so zeroing (and thus surgery) would not really be tested."""
+    with torch.no_grad():
+        for m in model.modules():
+            params: list[torch.Tensor] = []
+            if isinstance(m, nn.modules.batchnorm._NormBase):
+                if m.running_mean is not None:
+                    m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen))
+                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+                params = [m.weight, m.bias] if m.affine else []
+            elif isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
+                params = [p for p in (m.weight, m.bias) if p is not None]
+            elif isinstance(m, nn.PReLU):
+                params = [m.weight]
+            for p in params:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.5 + 0.5)
+
+
+def _outputs(model: nn.Module, inputs: Inputs) -> list[torch.Tensor]:
+    with torch.no_grad():
+        out, _ = tree_flatten(model(*inputs))
+    return [t for t in out if isinstance(t, torch.Tensor)]
+
+
+def _measure(model: nn.Module, inputs: Inputs) -> tuple[int, int]:
+    return count_params(model).total, count_flops(model, inputs).flops
+
+
+def check_equivalence(
+    model: nn.Module,
+    inputs: Inputs | torch.Tensor,
+    *,
+    max_groups: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    min_groups: int = 1,
+    **build_kwargs: Any,
+) -> pg.Graph:
+    """Zero-then-prune every group (or ``max_groups`` random ones) and check outputs and plans.
+
+    For each group: zero random units (at least one, not all), record the outputs, plan the
+    removal, remove the units, then the outputs must be unchanged (unless a member normalises
+    across the channels, ``group.exact == False``) and the measured params/FLOPs must equal the
+    plan exactly. Model inputs and outputs keep their shapes throughout. Returns the graph.
+    """
+    dev = torch.device(device)
+    inputs = _to_double((inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs), dev)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = model.double().eval()
+    randomise_norms(model, gen)
+    model.to(dev)
+
+    graph = pg.build(model, inputs, **build_kwargs)
+    dense = _measure(model, inputs)
+    assert (graph.plan([]).params, graph.plan([]).flops) == dense
+    out_shapes = [o.shape for o in _outputs(model, inputs)]
+
+    groups = [g for g in graph.groups if g.size >= 2]
+    assert len(groups) >= min_groups, f"expected prunable groups, got {graph.groups}"
+    if max_groups is not None and len(groups) > max_groups:
+        groups = [groups[i] for i in sorted(rng.choice(len(groups), max_groups, replace=False))]
+    for group in groups:
+        size = group.size
+        idx = rng.choice(size, int(rng.integers(1, size)), replace=False).tolist()
+        group.zero(idx)
+        before = _outputs(model, inputs)
+        plan = graph.plan([group.units[i] for i in idx])
+        group.prune(idx)
+        assert group.size == size - len(idx)
+        after = _outputs(model, inputs)
+        assert [o.shape for o in after] == out_shapes, f"outputs changed shape ({group.name})"
+        if group.exact:
+            for a, b in zip(after, before, strict=True):
+                torch.testing.assert_close(
+                    a, b, rtol=1e-9, atol=1e-9, msg=lambda m, g=group: f"{g.name}: {m}"
+                )
+        assert _measure(model, inputs) == (plan.params, plan.flops), group.name
+
+    # the pruned model is still an ordinary trainable model
+    model.train()
+    out = model(*inputs)
+    sum(t.sum() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)).backward()
+    model.eval()
+    return graph
+
+
+def group_layers(graph: pg.Graph) -> set[str]:
+    """Every layer that appears in some prunable group."""
+    return {m.layer for g in graph.groups for m in g.members}
+
+
+def out_prunable(graph: pg.Graph, layer: str) -> bool:
+    return any(m.layer == layer and m.side == "out" for g in graph.groups for m in g.members)
+
+
+# ----------------------------------------------------------------------------- the zoo
+
+ZOO = list_models()
+BIG = {"googlenet", "densenet40", "mobilenetv2_imagenet", "mobilenetv2", "resnet110", "resnet50"}
+
+
+def _zoo_input(name: str) -> tuple[dict[str, Any], torch.Tensor]:
+    info = model_info(name)
+    in_channels = 1 if info.family in ("lenet", "mnist1d") else 3
+    if info.dims == 1:
+        size: tuple[int, ...] = info.input_size
+    elif info.input_size == (224, 224):
+        size = (32, 32)  # ends in global pooling: a small image runs every layer
+    elif info.family in ("vgg_cifar", "lenet"):
+        size = info.input_size  # five (two) poolings need the native size
+    else:
+        size = (16, 16)
+    kwargs: dict[str, Any] = {"in_channels": in_channels, "input_size": size}
+    return kwargs, torch.randn(2, in_channels, *size)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_model_equivalence(name: str) -> None:
+    kwargs, x = _zoo_input(name)
+    torch.manual_seed(0)
+    model = create(name, num_classes=7, **kwargs)
+    graph = check_equivalence(model, x, max_groups=3 if name in BIG else 6, seed=len(name))
+    assert model.classifier.out_features == 7
+    assert not out_prunable(graph, "classifier")
+
+
+# ----------------------------------------------------------------------------- architectures
+# Small networks, one or two coupling patterns each. Every one ends in a layer named
+# ``classifier`` (protected) unless the test says otherwise.
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    )
+
+
+class Head(nn.Module):
+    """Global pooling and the protected classifier."""
+
+    def __init__(self, cin: int, classes: int = 5) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(cin, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(x), 1))
+
+
+class Net(nn.Module):
+    """A model whose classifier is declared protected, as the zoo's models are."""
+
+    protected_layers = ("head.classifier",)
+
+
+class ConvChain(Net):
+    """conv -> BN -> ReLU chains, conv biases, max pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            conv_bn(3, 8),
+            nn.Conv2d(8, 12, 3, padding=1),
+            nn.BatchNorm2d(12),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            conv_bn(12, 16),
+        )
+        self.head = Head(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class Residual(Net):
+    """Identity shortcuts (one unit across the whole stage) and a strided projection shortcut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 8)
+        self.a1, self.a2 = conv_bn(8, 6), nn.Sequential(nn.Conv2d(6, 8, 3, 1, 1), nn.BatchNorm2d(8))
+        self.b1, self.b2 = conv_bn(8, 6), nn.Sequential(nn.Conv2d(6, 8, 3, 1, 1), nn.BatchNorm2d(8))
+        self.c1 = conv_bn(8, 10, stride=2)
+        self.c2 = nn.Sequential(nn.Conv2d(10, 12, 3, 1, 1), nn.BatchNorm2d(12))
+        self.proj = nn.Sequential(nn.Conv2d(8, 12, 1, 2, bias=False), nn.BatchNorm2d(12))
+        self.head = Head(12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(x + self.a2(self.a1(x)))
+        x = torch.relu(self.b2(self.b1(x)).add(x))
+        x = F.relu(self.c2(self.c1(x)) + self.proj(x))
+        return self.head(x)
+
+
+class DenseLike(Net):
+    """DenseNet-style ``cat([x, f(x)])``: the stem's channels sit at offset 0 of every later
+    concat, each layer's new channels at their own offset."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.layers = nn.ModuleList()
+        c = 6
+        for _ in range(3):
+            self.layers.append(nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, 4, 3, 1, 1)))
+            c += 4
+        self.trans = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, 8, 1), nn.AvgPool2d(2))
+        self.head = Head(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for layer in self.layers:
+            x = torch.cat([x, layer(x)], dim=1)
+        return self.head(self.trans(x))
+
+
+class Inception(nn.Module):
+    def __init__(self, cin: int, a: int, b: int, c: int, d: int) -> None:
+        super().__init__()
+        self.b1 = conv_bn(cin, a, 1)
+        self.b2 = nn.Sequential(conv_bn(cin, 4, 1), conv_bn(4, b))
+        self.b3 = nn.Sequential(conv_bn(cin, 3, 1), conv_bn(3, c, 5))
+        self.b4 = nn.Sequential(nn.MaxPool2d(3, 1, 1), conv_bn(cin, d, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((self.b1(x), self.b2(x), self.b3(x), self.b4(x)), 1)
+
+
+class InceptionLike(Net):
+    """Four-branch concats feeding another inception block (concat offsets on the input side)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 8)
+        self.i1 = Inception(8, 4, 6, 3, 2)
+        self.i2 = Inception(15, 5, 4, 4, 3)
+        self.head = Head(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.i2(self.i1(self.stem(x))))
+
+
+class ChunkGLU(Net):
+    """``chunk`` into equal pieces (a gated unit, ``a * sigmoid(b)``) and ``split`` with an equal
+    integer size: position i of every piece is one unit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv_bn(3, 12)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.conv3 = conv_bn(4, 6)
+        self.head = Head(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.conv1(x).chunk(2, dim=1)
+        x = self.conv2(a * torch.sigmoid(b))
+        p, q = torch.split(x, 4, dim=1)
+        return self.head(self.conv3(p + q))
+
+
+class UnequalSplit(Net):
+    """``torch.split`` into hard-coded unequal sizes: conv1's channels must be pinned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv_bn(3, 8)
+        self.left = conv_bn(3, 4)
+        self.right = conv_bn(5, 4)
+        self.head = Head(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.split(self.conv1(x), [3, 5], dim=1)
+        return self.head(torch.cat([self.left(a), self.right(b)], 1))
+
+
+class Depthwise(Net):
+    """Depthwise convs with channel multiplier 1 (MobileNet) and 2 (each input channel owns two
+    outputs, removed together)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 8)
+        self.dw1 = conv_bn(8, 8, groups=8)
+        self.pw1 = conv_bn(8, 6, 1)
+        self.dw2 = conv_bn(6, 12, groups=6)
+        self.pw2 = conv_bn(12, 10, 1)
+        self.head = Head(10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pw2(self.dw2(self.pw1(self.dw1(self.stem(x))))))
+
+
+class Grouped(Net):
+    """Grouped convs (ResNeXt style, inside a residual block): a unit is a whole group, so the
+    number of groups shrinks and the per-group width stays."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 8)
+        self.g1 = conv_bn(8, 16, groups=4)
+        self.g2 = nn.Sequential(nn.Conv2d(16, 8, 3, 1, 1, groups=2), nn.BatchNorm2d(8))
+        self.g3 = conv_bn(8, 12, groups=2)
+        self.head = Head(12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(x + self.g2(self.g1(x)))
+        return self.head(self.g3(x))
+
+
+class GroupNormNet(Net):
+    """GroupNorm: the channels of one normalisation group are one unit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.gn1 = nn.GroupNorm(4, 8)
+        self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
+        self.gn2 = nn.GroupNorm(3, 12)
+        self.head = Head(12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.gn1(self.conv1(x)))
+        return self.head(F.silu(self.gn2(self.conv2(x))))
+
+
+class FlattenLinear(nn.Module):
+    """``torch.flatten`` into a Linear (each channel owns H*W features), then
+    ``x.view(x.size(0), -1)`` and ``nn.Flatten`` after a 1-D pooling."""
+
+    protected_layers = ("classifier",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv_bn(3, 6)
+        self.conv2 = conv_bn(6, 5, stride=2)
+        self.fc = nn.Linear(5 * 4 * 4, 12)
+        self.fc2 = nn.Linear(6 * 2 * 2, 7)
+        self.flat = nn.Flatten()
+        self.classifier = nn.Linear(12 + 7, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        a = F.relu(self.fc(torch.flatten(self.conv2(x), 1)))
+        b = F.adaptive_avg_pool2d(x, 2)
+        b = F.relu(self.fc2(b.view(b.size(0), -1)))
+        return self.classifier(self.flat(torch.cat([a, b], 1)))
+
+
+class SE(nn.Module):
+    """Squeeze-and-excitation: avgpool -> fc -> relu -> fc -> sigmoid -> channel multiply."""
+
+    def __init__(self, c: int, r: int = 2) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(c, c // r)
+        self.fc2 = nn.Linear(c // r, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+        return x * s.view(s.size(0), -1, 1, 1)
+
+
+class SENet(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv_bn(3, 8)
+        self.se1 = SE(8)
+        self.conv2 = conv_bn(8, 12)
+        self.gate = nn.Sequential(  # SE with 1x1 convs, as in MobileNetV3 / EfficientNet
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(12, 4, 1), nn.ReLU(), nn.Conv2d(4, 12, 1)
+        )
+        self.head = Head(12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(self.se1(self.conv1(x)))
+        return self.head(x * F.hardsigmoid(self.gate(x)))
+
+
+class PReLUNet(Net):
+    """Per-channel PReLU (sliced with the channels) and a shared single-slope PReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.act1 = nn.PReLU(8)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.act2 = nn.PReLU()
+        self.head = Head(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act2(self.conv2(self.act1(self.conv1(x)))))
+
+
+class Elementwise(Net):
+    """Activations, pooling, interpolation, upsampling, dropout, padding and clamps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.acts = nn.Sequential(
+            nn.LeakyReLU(0.1), nn.ELU(), nn.Dropout2d(0.3), nn.GELU(), nn.Hardswish(), nn.Mish()
+        )
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.pool = nn.AvgPool2d(2)
+        self.pad = nn.ZeroPad2d(1)
+        self.conv3 = nn.Conv2d(6, 5, 3)
+        self.head = Head(5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.acts(self.conv1(x))
+        x = F.max_pool2d(F.dropout(F.silu(x), 0.2, self.training), 2)
+        x = F.interpolate(torch.tanh(self.conv2(x)), scale_factor=2.0, mode="nearest")
+        x = self.pool(self.up(x)).clamp(min=-0.5) * 2.0 - 1.0
+        x = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        return self.head(F.relu6(self.conv3(self.pad(x))))
+
+
+class ConvNeXtBlock(nn.Module):
+    """dwconv -> NHWC -> LayerNorm -> MLP -> layer scale ``gamma`` -> NCHW, plus the input."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.pw1 = nn.Linear(c, 4 * c)
+        self.pw2 = nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.full((c,), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.gamma * self.pw2(F.gelu(self.pw1(self.norm(y))))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXtLike(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 2, stride=2)
+        self.block = ConvNeXtBlock(8)
+        self.head = Head(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)))
+
+
+class Decoder(nn.Module):
+    """ConvTranspose upsampling (plain and grouped) to a dense prediction: the output image's
+    channels are the model's output and stay."""
+
+    def __init__(self, groups: int = 1) -> None:
+        super().__init__()
+        self.enc = conv_bn(3, 8, stride=2)
+        self.up1 = nn.ConvTranspose2d(8, 12, 4, stride=2, padding=1, groups=groups)
+        self.bn1 = nn.BatchNorm2d(12)
+        self.up2 = nn.ConvTranspose2d(12, 6, 3, padding=1, groups=groups)
+        self.out = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.up1(self.enc(x))))
+        return self.out(F.relu(self.up2(x)))
+
+
+class SpatialAttention(Net):
+    """Self-attention over the flattened spatial positions, with a residual, batch first or not."""
+
+    def __init__(self, batch_first: bool) -> None:
+        super().__init__()
+        self.batch_first = batch_first
+        self.conv1 = conv_bn(3, 12)
+        self.attn = nn.MultiheadAttention(12, 3, batch_first=batch_first)
+        self.conv2 = conv_bn(12, 6)
+        self.head = Head(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        n, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)  # (N, HW, C)
+        if not self.batch_first:
+            t = t.transpose(0, 1)
+        t = t + self.attn(t, t, t, need_weights=False)[0]
+        if not self.batch_first:
+            t = t.transpose(0, 1)
+        return self.head(self.conv2(t.transpose(1, 2).reshape(n, c, h, w)))
+
+
+class EmbeddingNet(nn.Module):
+    """Embedding -> Linear on one path, Embedding -> Conv1d on another (its dim moved to 1)."""
+
+    protected_layers = ("classifier",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.fc = nn.Linear(8, 12)
+        self.emb2 = nn.Embedding(20, 6)
+        self.conv = nn.Conv1d(6, 10, 3, padding=1)
+        self.classifier = nn.Linear(22, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.fc(self.emb(tokens))).mean(dim=1)
+        b = F.relu(self.conv(self.emb2(tokens).transpose(1, 2))).amax(dim=2)
+        return self.classifier(torch.cat([a, b], dim=-1))
+
+
+class Conv1dNet(nn.Module):
+    protected_layers = ("classifier",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv1d(2, 8, 5, padding=2), nn.BatchNorm1d(8), nn.ReLU(), nn.MaxPool1d(2),
+            nn.Conv1d(8, 8, 3, padding=1, groups=8), nn.Conv1d(8, 6, 1), nn.ReLU(),
+        )  # fmt: skip
+        self.classifier = nn.Linear(6 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.body(x).flatten(1))
+
+
+class Conv3dNet(nn.Module):
+    protected_layers = ("classifier",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv3d(1, 6, 3, padding=1), nn.BatchNorm3d(6), nn.ReLU(), nn.MaxPool3d(2),
+            nn.Conv3d(6, 8, 3, padding=1), nn.BatchNorm3d(8), nn.ReLU(),
+            nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.classifier = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.body(x))
+
+
+class MultiIO(nn.Module):
+    """Two inputs (image and a 1-channel map), two outputs (a 3-channel map and logits): the
+    inputs' and outputs' channels can never be pruned; everything in between can."""
+
+    protected_layers = ("classifier",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = conv_bn(3, 8)
+        self.b = conv_bn(1, 8)
+        self.mid = conv_bn(8, 10)
+        self.seg = nn.Conv2d(10, 3, 1)
+        self.classifier = nn.Linear(10, 4)
+
+    def forward(self, img: torch.Tensor, aux: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.mid(self.a(img) + self.b(aux))
+        return self.seg(x), self.classifier(x.mean((2, 3)))
+
+
+class Shared(Net):
+    """One conv (and its BN) called twice: both calls must keep the same channels, so the
+    layer's inputs and outputs are coupled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 8)
+        self.shared = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.side = conv_bn(3, 8)
+        self.head = Head(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn(self.shared(self.stem(x))))
+        y = F.relu(self.bn(self.shared(y)))
+        return self.head(y + self.shared(self.side(x)))
+
+
+class UNetLike(nn.Module):
+    """Encoder-decoder with a skip concat after ``interpolate``: the output is a map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc1 = conv_bn(3, 6)
+        self.enc2 = conv_bn(6, 10, stride=2)
+        self.dec = conv_bn(16, 8)
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = F.interpolate(self.enc2(e1), size=e1.shape[-2:], mode="bilinear")
+        return self.out(self.dec(torch.cat([e2, e1], dim=1)))
+
+
+class Reshapes(Net):
+    """Channel-preserving reshapes: ``view(n, c, -1)``, ``unsqueeze``/``squeeze``, ``permute``
+    to channels-last and back, ``movedim``, ``mean`` over the spatial dims."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv_bn(3, 8)
+        self.fc = nn.Linear(8, 8)
+        self.conv2 = conv_bn(8, 6)
+        self.head = Head(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        n, c, h, w = x.size()
+        s = x.view(n, c, -1).mean(-1)  # (N, C)
+        s = self.fc(s).unsqueeze(-1).unsqueeze(-1)
+        y = (x + s).permute(0, 2, 3, 1).contiguous()  # NHWC
+        y = y.reshape(n, h, w, c).movedim(-1, 1)
+        return self.head(self.conv2(y.squeeze(0) if n == 1 else y))
+
+
+def _arch_inputs() -> dict[str, tuple[Callable[[], nn.Module], Callable[[], Inputs]]]:
+    img = lambda: (torch.randn(2, 3, 8, 8),)  # noqa: E731
+    return {
+        "conv_chain": (ConvChain, img),
+        "residual": (Residual, img),
+        "dense_like": (DenseLike, img),
+        "inception_like": (InceptionLike, img),
+        "chunk_glu": (ChunkGLU, img),
+        "unequal_split": (UnequalSplit, img),
+        "depthwise": (Depthwise, img),
+        "grouped": (Grouped, img),
+        "group_norm": (GroupNormNet, img),
+        "flatten_linear": (FlattenLinear, img),
+        "se": (SENet, img),
+        "prelu": (PReLUNet, img),
+        "elementwise": (Elementwise, img),
+        "convnext": (ConvNeXtLike, img),
+        "conv_transpose": (Decoder, img),
+        "conv_transpose_grouped": (lambda: Decoder(groups=2), img),
+        "attention_batch_first": (lambda: SpatialAttention(True), lambda: (torch.randn(2, 3, 4, 4),)),
+        "attention_seq_first": (lambda: SpatialAttention(False), lambda: (torch.randn(2, 3, 4, 4),)),
+        "embedding": (EmbeddingNet, lambda: (torch.randint(0, 20, (2, 7)),)),
+        "conv1d": (Conv1dNet, lambda: (torch.randn(2, 2, 16),)),
+        "conv3d": (Conv3dNet, lambda: (torch.randn(2, 1, 6, 6, 6),)),
+        "multi_io": (MultiIO, lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 1, 8, 8))),
+        "shared_layer": (Shared, img),
+        "unet_like": (UNetLike, img),
+        "reshapes": (Reshapes, img),
+    }
+
+
+ARCHS = _arch_inputs()
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_architecture_equivalence(arch: str) -> None:
+    make, inputs = ARCHS[arch]
+    torch.manual_seed(0)
+    check_equivalence(make(), inputs(), seed=1)
