@@ -283,32 +283,35 @@ def _walk(
     continues from just before it, skipping any group whose next unit would overshoot.
     """
 
+    def rounded(raw: dict[str, int]) -> dict[str, int]:
+        return {n: sel._rounded(groups[n], c) for n, c in raw.items()}
+
     def after(prefix: list[str], base: dict[str, int]) -> dict[str, int]:
-        counts = dict(base)
+        raw = dict(base)  # unrounded counts: with round_to, single units accumulate
         for name in prefix:
-            counts[name] = min(counts[name] + 1, sel.max_remove(groups[name]))
-        return {n: sel._rounded(groups[n], c) for n, c in counts.items()}
+            raw[name] = min(raw[name] + 1, sel.max_remove(groups[name]))
+        return raw
 
     lo, hi = 0, len(steps)
     while lo < hi:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if value(after(steps[:mid], start)) <= goal else (mid + 1, hi)
-    if lo == 0 or abs(value(after(steps[:lo], start)) - goal) <= tol:
-        return after(steps[:lo], start)
-    counts = after(steps[: lo - 1], start)
+        lo, hi = (lo, mid) if value(rounded(after(steps[:mid], start))) <= goal else (mid + 1, hi)
+    if lo == 0 or abs(value(rounded(after(steps[:lo], start))) - goal) <= tol:
+        return rounded(after(steps[:lo], start))
+    raw = after(steps[: lo - 1], start)
     skipped: set[str] = set()
     for name in steps[lo - 1 :]:
         if name in skipped:
             continue
-        trial = after([name], counts)
-        v = value(trial)
+        trial = after([name], raw)
+        v = value(rounded(trial))
         if v < goal - tol:
             skipped.add(name)  # this group's next unit is too coarse; its later ones too
             continue
-        counts = trial
+        raw = trial
         if abs(v - goal) <= tol:
             break
-    return counts
+    return rounded(raw)
 
 
 __all__ = ["GroupChange", "PruneReport", "prune_channels"]

@@ -19,6 +19,8 @@ from torch import nn
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
+from prunekit.errors import UnsupportedError
+
 SCOPE = "pk_scope"  # node.meta key: qualified name of the module whose code created the node
 SHAPE = "pk_shape"  # node.meta key: torch.Size of a tensor output, or a pytree of them
 
@@ -69,33 +71,42 @@ def _find_untraceable(model: nn.Module, leaves: set[str]) -> dict[str, str]:
     """The deepest submodules that fail to trace on their own (their children all trace)."""
     found: dict[str, str] = {}
 
+    leaf_test = _Tracer(leaves)
+
     def visit(name: str, module: nn.Module) -> bool:
         """True if ``module`` (with the leaves found so far) traces."""
         prefix = f"{name}." if name else ""
         for child_name, child in module.named_children():
             full = prefix + child_name
-            if full in leaves or full in found:
+            # a leaf (any torch.nn layer) is called, never traced into, so it cannot be the
+            # cause; traced on its own it may well fail (BatchNorm checks ``input.dim()``)
+            if full in leaves or full in found or leaf_test.is_leaf_module(child, full):
                 continue
             if not visit(full, child):
                 err = _trace_error(child, leaves | set(found), prefix=full + ".")
                 if err is not None:
-                    found[full] = (
-                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                    )
+                    found[full] = _reason(err)
         return _trace_error(module, leaves | set(found), prefix=prefix) is None
 
-    if not visit("", model) and not found:
-        err = _trace_error(model, leaves)
-        raise TraceFailure("", f"{type(err).__name__}: {err}")
+    visit("", model)
     return found
 
 
-class TraceFailure(Exception):
+def _reason(err: Exception) -> str:
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {text}"
+
+
+class TraceFailure(UnsupportedError):
     """The model's own ``forward`` (not a submodule) cannot be traced."""
 
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(path, reason)
-        self.path, self.reason = path, reason
+    def __init__(self, model: nn.Module, reason: str) -> None:
+        super().__init__(
+            f"the forward of the model itself ({type(model).__name__}) cannot be traced by "
+            f"torch.fx ({reason}): move the untraceable code into a submodule and pass it in "
+            "ignore=[...] (or register a handler for it)"
+        )
+        self.path, self.reason = "", reason
 
 
 def trace(model: nn.Module, leaves: set[str] = frozenset()) -> Traced:  # type: ignore[assignment]
@@ -105,7 +116,10 @@ def trace(model: nn.Module, leaves: set[str] = frozenset()) -> Traced:  # type: 
         return Traced(_Tracer(leaves).trace(model))
     except Exception:
         opaque = _find_untraceable(model, leaves)
+    try:
         return Traced(_Tracer(leaves | set(opaque)).trace(model), opaque)
+    except Exception as err:  # every submodule traces: the model's own forward is the cause
+        raise TraceFailure(model, _reason(err)) from err
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -132,9 +146,14 @@ class _ShapeRecorder(fx.Interpreter):
 
 
 def record_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple[Any, ...]) -> dict[str, int]:
-    """Run the graph on ``inputs`` (no grad, model's current mode), store each node's shape, and
+    """Run the graph on ``inputs`` (eval mode, no grad), store each node's shape, and
     return the FLOPs of every module on the way: one forward pass serves both."""
+    from prunekit.measure._inputs import inference
+    from prunekit.measure.flops import standard_attention
+
     recorder = _ShapeRecorder(fx.GraphModule(model, graph))
-    with torch.no_grad():
+    # eval mode: building a graph must not update BatchNorm statistics; and the same attention
+    # path as measure.count_flops, so the plan's FLOPs and the measured ones agree
+    with inference(model), standard_attention():
         recorder.run(*inputs)
     return recorder.flops
