@@ -60,6 +60,14 @@ def test_info_fits_model_to_data_and_totals(capsys: pytest.CaptureFixture[str]) 
     assert f"{flops.macs:,}" in total and f"{flops.flops:,}" in total
 
 
+def test_info_lists_channel_groups(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["info", "--model", "resnet20", "--groups"], capsys)
+    assert code == 0
+    assert "12 channel groups" in out  # the stem's residual stage, 9 block-internal, 2 stages
+    row = next(line for line in out.splitlines() if line.startswith("| conv1 "))
+    assert "| 16 " in row and "| 13 " in row  # 16 channels shared by 13 layers
+
+
 def test_model_follows_the_data() -> None:
     s = workflow.prepare("mnist1d_cnn", "mnist1d")
     assert tuple(s.info.input_shape) == (1, 40)

@@ -18,6 +18,7 @@ from prunekit import data as pk_data
 from prunekit import measure, workflow
 from prunekit import models as pk_models
 from prunekit.configs import add_config_args, config_from_args
+from prunekit.graph import build as build_graph
 from prunekit.tables import markdown_table
 from prunekit.train import TrainConfig, shutdown
 
@@ -91,6 +92,15 @@ def cmd_info(args: argparse.Namespace) -> None:
     )
     print(markdown_table(["layer", "type", "params", "MACs", "FLOPs"], table))
     print("* protected: never pruned on its output side")
+    if args.groups:
+        graph = build_graph(setup.model, example)
+        rows = []
+        for g in graph.groups:
+            layers = sorted({m.layer for m in g.members})
+            shown = ", ".join(layers[:4]) + (f" (+{len(layers) - 4})" if len(layers) > 4 else "")
+            rows.append([g.name, g.size, len(layers), shown])
+        print(f"\n{len(graph.groups)} channel groups (channels removed together):")
+        print(markdown_table(["group", "channels", "layers", "members"], rows))
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -154,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="per-layer params and MACs of a model fitted to a data set")
     _common(p)
+    p.add_argument("--groups", action="store_true", help="also list the coupled channel groups")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("list", help="list the registered models and data sets")
