@@ -303,6 +303,11 @@ def child_latency(name: str, threads: int, min_run_time: float, rounds: int) -> 
         except Exception as exc:
             errors[lib] = f"{type(exc).__name__}: {exc}"[:200]
     out: dict[str, Any] = {"model": name, "errors": errors, "latency_ms": {}, "runs_b32": {}}
+    if not errors:  # same architecture => same latency, whatever the channels chosen
+        shapes = [
+            {k: tuple(v.shape) for k, v in variants[lib].state_dict().items()} for lib in PRUNERS
+        ]
+        out["same_shapes"] = all(s == shapes[0] for s in shapes)
     for batch in (1, 32):
         xb = example(name, batch)
         broken = set()
@@ -450,15 +455,29 @@ def report(
             if g_pk is not None and g_tp is not None:
                 closer.append(f"b{b}: {'yes' if g_pk <= g_tp else 'no'}")
         wall = pk["total"] / tpc["total"]
+        cpu = pk["total_cpu"] / tpc["total_cpu"]
         lines.append(
             f"| {name} | {wall:.2f} {'✓' if wall <= 0.5 else '✗'} "
-            f"| {pk['total_cpu'] / tpc['total_cpu']:.2f} "
+            f"| {cpu:.2f} {'✓' if cpu <= 0.5 else '✗'} "
             f"| {pk['build'] / tpc['build']:.2f} | {pk['prune'] / tpc['prune']:.2f} "
             f"| {fmt(gaps['1']['prunekit'], '.2f')} / {fmt(gaps['1']['torch-pruning'], '.2f')} "
             f"| {fmt(gaps['32']['prunekit'], '.2f')} / {fmt(gaps['32']['torch-pruning'], '.2f')} "
             f"| {', '.join(closer) or 'n/a'} |"
         )
     lines.append("")
+    same = {n: lats[n].get("same_shapes") for n in models if n in lats}
+    if same:
+        lines.append(
+            "Pruned models of the two libraries have identical shapes (every parameter and "
+            "buffer): "
+            + ", ".join(
+                f"{n} {'yes' if v else 'no' if v is not None else 'n/a'}" for n, v in same.items()
+            )
+            + ". Where they do, both run the same computation, so a difference between the two "
+            "speedups (and between the two |speedup − FLOPs ratio| gaps) is measurement noise, "
+            "not a property of either library."
+        )
+        lines.append("")
     lines.append("## Dense and pruned latency (ms, median over rounds)")
     lines.append("")
     lines.append("| model | batch | dense | prunekit | torch-pruning |")

@@ -64,7 +64,8 @@ def test_info_lists_channel_groups(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["info", "--model", "resnet20", "--groups"], capsys)
     assert code == 0
     assert "12 channel groups" in out  # the stem's residual stage, 9 block-internal, 2 stages
-    row = next(line for line in out.splitlines() if line.startswith("| conv1 "))
+    groups = out.split("channel groups")[1]
+    row = next(line for line in groups.splitlines() if line.startswith("| conv1 "))
     assert "| 16 " in row and "| 13 " in row  # 16 channels shared by 13 layers
 
 

@@ -458,7 +458,10 @@ class Elementwise(Net):
         x = self.acts(self.conv1(x))
         x = F.max_pool2d(F.dropout(F.silu(x), 0.2, self.training), 2)
         x = F.interpolate(torch.tanh(self.conv2(x)), scale_factor=2.0, mode="nearest")
-        x = self.pool(self.up(x)).clamp(min=-0.5) * 2.0 - 1.0
+        # only zero-preserving maps: a zeroed channel must stay zero for the equivalence check
+        # (``x * 2 - 1`` would turn it into a constant -1 that the next conv sees)
+        x = self.pool(self.up(x)).clamp(min=-0.5) * 2.0
+        x = x - x.abs() / 4
         x = F.pad(x, (1, 1, 1, 1), mode="reflect")
         return self.head(F.relu6(self.conv3(self.pad(x))))
 
@@ -652,7 +655,7 @@ class Reshapes(Net):
         s = self.fc(s).unsqueeze(-1).unsqueeze(-1)
         y = (x + s).permute(0, 2, 3, 1).contiguous()  # NHWC
         y = y.reshape(n, h, w, c).movedim(-1, 1)
-        return self.head(self.conv2(y.squeeze(0) if n == 1 else y))
+        return self.head(self.conv2(y))
 
 
 def _arch_inputs() -> dict[str, tuple[Callable[[], nn.Module], Callable[[], Inputs]]]:
@@ -694,3 +697,75 @@ def test_architecture_equivalence(arch: str) -> None:
     make, inputs = ARCHS[arch]
     torch.manual_seed(0)
     check_equivalence(make(), inputs(), seed=1)
+
+
+class CrossAttention(Net):
+    """Queries from one branch, keys/values (passed by keyword) from another of a different
+    length; key/value biases and returned (averaged) weights. The key/value producer is coupled
+    to the query's channels position by position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = conv_bn(3, 8)
+        self.kv = conv_bn(3, 8, stride=2)
+        self.attn = nn.MultiheadAttention(8, 4, batch_first=True, add_bias_kv=True)
+        self.head = Head(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.q(x)
+        n, c, h, w = q.shape
+        kv = self.kv(x).flatten(2).transpose(1, 2)
+        out, weights = self.attn(q.flatten(2).transpose(1, 2), key=kv, value=kv)
+        out = out * weights.sum(-1, keepdim=True)  # (N, L, 1): broadcast over the channels
+        return self.head(out.transpose(1, 2).reshape(n, c, h, w))
+
+
+ARCHS["cross_attention"] = (CrossAttention, lambda: (torch.randn(2, 3, 4, 4),))
+
+
+def test_attention_prunes_whole_heads() -> None:
+    model = SpatialAttention(batch_first=True)
+    graph = check_equivalence(model, (torch.randn(2, 3, 4, 4),), seed=3)
+    attn = model.attn
+    assert attn.num_heads < 3 and attn.head_dim == 4  # heads removed, their width kept
+    assert attn.embed_dim == attn.num_heads * 4 == attn.in_proj_weight.shape[1]
+    assert attn.in_proj_weight.shape[0] == 3 * attn.embed_dim
+    assert attn.out_proj.weight.shape == (attn.embed_dim, attn.embed_dim)
+    members = {m.layer: m.per_unit for g in graph.groups for m in g.members if m.layer == "attn"}
+    assert members == {"attn": 4}  # one unit = one head = head_dim positions
+
+
+class PinnedAttention(nn.Module):
+    """Attention the core cannot shrink by heads: the heads must be pinned, nothing fails."""
+
+    protected_layers = ("classifier",)
+
+    def __init__(self, case: str) -> None:
+        super().__init__()
+        self.case = case
+        self.conv = conv_bn(3, 8)
+        kv = {"kdim": 6, "vdim": 6} if case == "kdim" else {}
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True, **kv)
+        self.kv = nn.Linear(8, 6)
+        self.classifier = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.conv(x).flatten(2).transpose(1, 2)
+        if self.case == "kdim":
+            kv = self.kv(t)
+            out = self.attn(t, kv, kv)[0]
+        elif self.case == "mask3d":  # one mask per (batch, head)
+            mask = torch.zeros(2 * 2, t.shape[1], t.shape[1], dtype=t.dtype)
+            out = self.attn(t, t, t, attn_mask=mask)[0]
+        else:  # per-head weights returned
+            out, w = self.attn(t, t, t, average_attn_weights=False)
+            out = out + w.mean((1, 3)).unsqueeze(-1)
+        return self.classifier(out.mean(1))
+
+
+@pytest.mark.parametrize("case", ["kdim", "mask3d", "per_head_weights"])
+def test_attention_pinned_cases(case: str) -> None:
+    model = PinnedAttention(case)
+    graph = check_equivalence(model, (torch.randn(2, 3, 4, 4),), min_groups=0)
+    assert "attn" not in group_layers(graph)
+    assert model.attn.num_heads == 2 and model.attn.embed_dim == 8

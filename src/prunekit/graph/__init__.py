@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+# imported for its registration: nn.MultiheadAttention is pruned by heads
+from prunekit.graph import attention  # noqa: F401
 from prunekit.graph.core import Graph, Group, Member, Plan, build
 from prunekit.graph.flow import Flow
 from prunekit.graph.handlers import Call, Handler, handler_for, register_handler

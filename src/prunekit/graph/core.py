@@ -9,8 +9,9 @@ positions of the chosen units from every layer that holds them, so the model shr
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ class Site:
     exact: bool = True
     in_kept: np.ndarray | None = None
     out_kept: np.ndarray | None = None
+    calls: list[Call] = field(default_factory=list)
 
 
 @dataclass
@@ -206,9 +208,15 @@ class Graph:
         for name, sides in kept.items():
             site = self.sites[name]
             dense_params, _ = site.handler.count(site.module, None, None)
-            p, scale = site.handler.count(site.module, sides.get("in"), sides.get("out"))
+            p, _ = site.handler.count(site.module, sides.get("in"), sides.get("out"))
             params += p - dense_params
-            new_flops -= round(flops.get(name, 0) * (1.0 - scale))
+            dense_flops = flops.get(name, 0)
+            new_flops += (
+                site.handler.flops(
+                    site.module, sides.get("in"), sides.get("out"), dense_flops, site.calls
+                )
+                - dense_flops
+            )
         for ps in self.param_sites:
             t = getattr(ps.owner, ps.attr)
             n = int((~np.isin(self.labels.roots(ps.labels), removed)).sum())
@@ -257,7 +265,7 @@ class Graph:
                     continue
                 pos = torch.from_numpy(np.nonzero(np.isin(r, roots_set))[0])
                 if len(pos):
-                    zero_out(site.module, pos)
+                    site.handler.zero(site.module, pos)
             for ps in self.param_sites:
                 pos = torch.from_numpy(
                     np.nonzero(np.isin(self.labels.roots(ps.labels), roots_set))[0]
@@ -302,28 +310,6 @@ def out_weight(module: nn.Module) -> torch.Tensor | None:
     if isinstance(module, nn.Embedding):
         return w.t()
     return w
-
-
-def zero_out(module: nn.Module, pos: torch.Tensor) -> None:
-    """Zero the parameters that produce output positions ``pos`` of ``module``."""
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        w = module.weight
-        if module.groups == 1:
-            w[:, pos] = 0
-        else:
-            ipg, opg = module.in_channels // module.groups, module.out_channels // module.groups
-            for p in pos.tolist():
-                g = p // opg
-                w[g * ipg : (g + 1) * ipg, p % opg] = 0
-    elif isinstance(module, nn.Embedding):
-        module.weight[:, pos] = 0
-    elif isinstance(getattr(module, "weight", None), torch.Tensor) and (
-        not isinstance(module, nn.PReLU) or module.num_parameters > 1
-    ):
-        module.weight[pos] = 0
-    bias = getattr(module, "bias", None)
-    if isinstance(bias, torch.Tensor):
-        bias[pos] = 0
 
 
 def _record_structure(graph: Graph) -> None:
@@ -381,6 +367,29 @@ def build(
             site.in_kept = None if kept["in"] is None else np.asarray(kept["in"], dtype=np.int64)
             site.out_kept = None if kept["out"] is None else np.asarray(kept["out"], dtype=np.int64)
     return graph
+
+
+def _forward_args(module: nn.Module, node: fx.Node) -> list[Any]:
+    """The arguments of a layer call in the order of its ``forward``'s parameters, keywords put
+    in their place (``None`` for one left at its default), so a handler reads ``inputs[i]``
+    however the model passed it: ``attn(q, key=k, value=v)`` as ``attn(q, k, v)``."""
+    if not node.kwargs:
+        return list(node.args)
+    try:
+        sig = inspect.signature(module.forward)
+        bound = sig.bind(*node.args, **node.kwargs).arguments
+    except (TypeError, ValueError):  # no inspectable signature: keywords after positionals
+        return [*node.args, *node.kwargs.values()]
+    out: list[Any] = []
+    for pname, param in sig.parameters.items():
+        value = bound.get(pname)
+        if param.kind is inspect.Parameter.VAR_POSITIONAL:
+            out.extend(value or ())
+        elif param.kind is inspect.Parameter.VAR_KEYWORD:
+            out.extend((value or {}).values())
+        else:
+            out.append(value)
+    return out
 
 
 class _Propagation:
@@ -469,7 +478,8 @@ class _Propagation:
     def visit_module(self, node: fx.Node) -> Any:
         name = str(node.target)
         module = self.modules[name]
-        inputs = [self.flow_of(a) for a in node.args]
+        args = _forward_args(module, node)
+        inputs = [self.flow_of(a) for a in args]
         handler = handler_for(module)
         if isinstance(module, (nn.Flatten, nn.Unflatten)):
             op = self._opcall(node)
@@ -494,12 +504,13 @@ class _Propagation:
         call = Call(
             name,
             self.g.labels,
-            [self.shape_of(a) for a in node.args],
+            [self.shape_of(a) for a in args],
             self.shape_of(node),
             self.record,
         )
         out = handler.propagate(call, module, inputs)
         site = self.g.sites[name]
+        site.calls.append(call)
         if name in self.protect and site.out_labels is not None:
             self.g.labels.fix(site.out_labels, f"protected layer {name}")
         return out
@@ -533,21 +544,33 @@ class _Propagation:
     def _attach_params(self, node: fx.Node) -> None:
         """A parameter multiplied into the channels (layer scale) is sliced with them."""
         ndim = len(node.meta.get(SHAPE) or ())
-        flows = [f for f in (self.flow_of(a) for a in node.args) if isinstance(f, Flow)]
-        if not flows:
+        operands = [(a, self.flow_of(a)) for a in node.args]
+        carrier = next(((a, f) for a, f in operands if isinstance(f, Flow)), None)
+        if carrier is None:
             return
-        f = flows[0]
+        # operands broadcast from the right: the channel dim in the output's coordinates
+        f = carrier[1]
+        out_dim = f.dim + ndim - len(self.shape_of(carrier[0]))
         for a in node.args:
             if not (isinstance(a, fx.Node) and a.op == "get_attr"):
                 continue
             shape = self.shape_of(a)
-            d = f.dim - (ndim - len(shape))
+            d = out_dim - (ndim - len(shape))
             if 0 <= d < len(shape) and shape[d] == len(f) and len(f) > 1:
                 owner_path, _, attr = str(a.target).rpartition(".")
                 owner = self.g.model.get_submodule(owner_path)
-                if isinstance(getattr(owner, attr), nn.Parameter):
+                if not isinstance(getattr(owner, attr), nn.Parameter):
+                    continue
+                # flows are in each tensor's own coordinates, as the op rules read them
+                self.flows[a] = Flow(d, f.labels)
+                known = next((p for p in self.g.param_sites if p.path == str(a.target)), None)
+                if known is None:
                     self.g.param_sites.append(ParamSite(owner, attr, str(a.target), d, f.labels))
-                    self.flows[a] = Flow(ndim - len(shape) + d, f.labels)
+                elif known.dim == d:  # used again: one parameter, sliced once, same channels
+                    self.g.labels.union_arrays(known.labels, f.labels)
+                else:
+                    self.g.labels.fix(known.labels, f"parameter {a.target} used along two dims")
+                    self.g.labels.fix(f.labels, f"parameter {a.target} used along two dims")
 
 
 def _make_groups(graph: Graph) -> None:

@@ -69,6 +69,27 @@ class Handler:
         """(parameter count, FLOPs as a fraction of the dense layer's) at the given widths."""
         return sum(p.numel() for p in module.parameters(recurse=False)), 1.0
 
+    def flops(
+        self,
+        module: nn.Module,
+        n_in: int | None,
+        n_out: int | None,
+        dense: int,
+        calls: Sequence[Call],
+    ) -> int:
+        """FLOPs of the layer at the given widths, from ``dense``, what the counter measured for
+        it as it is now, over ``calls`` (its calls while the graph was built, with their shapes).
+
+        The default scales ``dense`` by :meth:`count`'s fraction; a layer whose FLOPs are a sum of
+        terms that scale differently (attention: projections and score products) overrides it.
+        """
+        return round(dense * self.count(module, n_in, n_out)[1])
+
+    def zero(self, module: nn.Module, pos: torch.Tensor) -> None:
+        """Zero the parameters producing output positions ``pos``, so those channels are zero
+        wherever they go (the soft version of pruning them)."""
+        zero_out(module, pos)
+
 
 _HANDLERS: dict[type, Handler] = {}
 
@@ -93,6 +114,46 @@ def handler_for(module: nn.Module) -> Handler | None:
         if t in _HANDLERS:
             return _HANDLERS[t]
     return None
+
+
+def handles_forward(module: nn.Module) -> bool:
+    """True if a registered handler covers what ``module`` computes, so the tracer keeps the
+    module as one call rather than tracing into it.
+
+    That is the case when the handler is registered for the module's type, or for a base class
+    whose ``forward`` the module does not override (a ``Conv2d`` subclass that only sets up its
+    arguments). A subclass with its own ``forward`` (``ScaledConv`` multiplying by an extra
+    parameter) is traced into instead, so what the base handler would not slice is seen (and
+    refused by name until a handler is registered for the subclass).
+    """
+    mro = type(module).__mro__
+    registered = next((t for t in mro if t in _HANDLERS), None)
+    if registered is None:
+        return False
+    defines_forward = next(t for t in mro if "forward" in vars(t))
+    return defines_forward in registered.__mro__ or defines_forward.__module__.startswith("torch.")
+
+
+def zero_out(module: nn.Module, pos: torch.Tensor) -> None:
+    """Zero the parameters that produce output positions ``pos`` of a conv, Linear, norm ..."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        w = module.weight
+        if module.groups == 1:
+            w[:, pos] = 0
+        else:
+            ipg, opg = module.in_channels // module.groups, module.out_channels // module.groups
+            for p in pos.tolist():
+                g = p // opg
+                w[g * ipg : (g + 1) * ipg, p % opg] = 0
+    elif isinstance(module, nn.Embedding):
+        module.weight[:, pos] = 0
+    elif isinstance(getattr(module, "weight", None), torch.Tensor) and (
+        not isinstance(module, nn.PReLU) or module.num_parameters > 1
+    ):
+        module.weight[pos] = 0
+    bias = getattr(module, "bias", None)
+    if isinstance(bias, torch.Tensor):
+        bias[pos] = 0
 
 
 def _slice(module: nn.Module, name: str, dim: int, keep: torch.Tensor) -> None:

@@ -161,10 +161,17 @@ def broadcast(op: OpCall) -> Flow | None:
 # --------------------------------------------------------------------------- joining, splitting
 
 
+def _sequence_flows(op: OpCall, tensors: Any) -> list[Any]:
+    """Flows of a list of tensors, or of a tuple that another node produced (``x.chunk(2)[::-1]``)."""
+    if isinstance(tensors, fx.Node):
+        f = op.flow_of(tensors)
+        return list(f) if isinstance(f, tuple) else [f]
+    return [op.flow_of(t) for t in tensors]
+
+
 @register_op("cat", "concat", "concatenate")
 def cat(op: OpCall) -> Flow | None:
-    tensors = op.arg(0, "tensors")
-    flows = [op.flow_of(t) for t in tensors]
+    flows = _sequence_flows(op, op.arg(0, "tensors"))
     ndim = len(op.out_shape)
     dim = _dim(op.arg(1, "dim", 0), ndim)
     if any(f is None for f in flows):
@@ -184,8 +191,7 @@ def cat(op: OpCall) -> Flow | None:
 
 @register_op("stack")
 def stack(op: OpCall) -> Flow | None:
-    tensors = op.arg(0, "tensors")
-    flows = [op.flow_of(t) for t in tensors]
+    flows = _sequence_flows(op, op.arg(0, "tensors"))
     ndim = len(op.out_shape)
     dim = _dim(op.arg(1, "dim", 0), ndim)
     if any(f is None for f in flows) or any(f.dim != flows[0].dim for f in flows):
@@ -197,10 +203,16 @@ def stack(op: OpCall) -> Flow | None:
     return flows[0].moved(flows[0].dim + (1 if dim <= flows[0].dim else 0))
 
 
-def _pieces(op: OpCall, x: Flow, sizes: list[int]) -> tuple[Flow, ...]:
-    """Split along the channel dim: equal pieces stay equal by uniting their positions."""
-    if len(set(sizes)) != 1:
-        op.fix(x, "split of the channels into unequal, hard-coded sizes")
+def _pieces(op: OpCall, x: Flow, sizes: list[int], fixed: str | None) -> tuple[Flow, ...]:
+    """Split along the channel dim: equal pieces stay equal by uniting their positions.
+
+    ``fixed`` says why the piece sizes cannot follow the pruned width (sizes written into the
+    model as numbers); then the channels are pinned.
+    """
+    if fixed is None and len(set(sizes)) != 1:
+        fixed = "split of the channels into unequal pieces"
+    if fixed is not None:
+        op.fix(x, fixed)
     else:
         parts = np.split(x.labels, len(sizes))
         for p in parts[1:]:
@@ -214,7 +226,8 @@ def split(op: OpCall) -> Any:
     x = op.flow_of(op.node.args[0])
     shapes = op.out_shape
     n = len(shapes)
-    if op_name(op.node) == "unbind":
+    name = op_name(op.node)
+    if name == "unbind":
         dim = _dim(op.arg(1, "dim", 0), len(op.shape_of(op.node.args[0])))
         if x is not None and x.dim == dim:
             op.fix(x, "unbind along the channels")
@@ -225,7 +238,23 @@ def split(op: OpCall) -> Any:
     dim = _dim(op.arg(2, "dim", 0), len(op.shape_of(op.node.args[0])))
     if x is None or x.dim != dim:
         return tuple(x for _ in range(n))
-    return _pieces(op, x, [s[dim] for s in shapes])
+    # only a number of pieces scales with the width; a size or a list of sizes written as
+    # numbers does not (``split(4)`` of 6 channels gives 4 + 2), a size computed from the
+    # tensor's own shape (an fx node) does
+    how = (
+        op.node.args[1]
+        if len(op.node.args) > 1
+        else next((v for k, v in op.node.kwargs.items() if k != "dim"), None)
+    )
+    fixed = None
+    if name == "chunk":
+        if how != n:  # chunk(4) of 6 channels gives 3 pieces: the count depends on the width
+            fixed = f"chunk({how}) that gives {n} pieces"
+    elif name == "split" and not isinstance(how, fx.Node):
+        fixed = f"split of the channels into hard-coded sizes {how}"
+    elif name == "tensor_split" and not isinstance(how, int):
+        fixed = "tensor_split of the channels at hard-coded indices"
+    return _pieces(op, x, [s[dim] for s in shapes], fixed)
 
 
 @register_op("getitem")
@@ -233,7 +262,11 @@ def getitem(op: OpCall) -> Any:
     src, idx = op.node.args[0], op.node.args[1]
     flow = op.flow_of(src)
     if isinstance(flow, tuple):  # an element of split/chunk output, or of a module's tuple output
-        return flow[idx] if isinstance(idx, int) else None
+        if isinstance(idx, (int, slice)):
+            return flow[idx]
+        for f in flow:  # the pieces' channels are lost from view: they must stay
+            op.fix(f if isinstance(f, Flow) else None, "indexing a tuple by a computed index")
+        return None
     if flow is None or not isinstance(flow, Flow):
         return None
     return _index(op, flow, idx)

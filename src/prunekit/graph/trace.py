@@ -20,6 +20,7 @@ from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunekit.errors import UnsupportedError
+from prunekit.graph.handlers import handles_forward
 
 SCOPE = "pk_scope"  # node.meta key: qualified name of the module whose code created the node
 SHAPE = "pk_shape"  # node.meta key: torch.Size of a tensor output, or a pytree of them
@@ -34,8 +35,11 @@ class _Tracer(fx.Tracer):
         self._scope = [""]
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name in self.leaves or super().is_leaf_module(
-            m, module_qualified_name
+        # a layer with a handler (a user's own layer type included) is one call to that handler
+        return (
+            module_qualified_name in self.leaves
+            or handles_forward(m)
+            or super().is_leaf_module(m, module_qualified_name)
         )
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:

@@ -7,8 +7,11 @@ One multiply-accumulate is two FLOPs.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -26,10 +29,30 @@ class FlopCount:
         return self.flops // 2
 
 
+@contextlib.contextmanager
+def standard_attention() -> Iterator[None]:
+    """Run ``nn.MultiheadAttention`` on its standard path while counting.
+
+    In eval mode PyTorch may switch to a fused kernel the counter does not see at all (zero
+    FLOPs), and it picks it on conditions such as an even number of heads, so the count of a
+    model would depend on a kernel choice, and would jump when a pruned model loses one head.
+    """
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    enabled = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(enabled)
+
+
 def count_flops(model: nn.Module, inputs: Inputs) -> FlopCount:
     """FLOPs of one forward pass on ``inputs`` (for the whole batch given)."""
     counter = FlopCounterMode(display=False)
-    with inference(model), counter:
+    with inference(model), standard_attention(), counter:
         model(*as_args(inputs))
     return FlopCount(int(counter.get_total_flops()), flops_per_module(counter))
 
