@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("torch-pruning is needed: pip install -e .[bench]")
     start = time.perf_counter()
     meta = {
-        "command": "python benchmarks/graph_speed.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/graph_speed.py", *sys.argv[1:]]),
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "load_start": " ".join(f"{v:.1f}" for v in os.getloadavg()),
     }

@@ -10,7 +10,7 @@ pattern (residual adds, concats, chunks, depthwise and grouped convs, flattening
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -103,7 +103,7 @@ def check_equivalence(
     if max_groups is not None and len(groups) > max_groups:
         groups = [groups[i] for i in sorted(rng.choice(len(groups), max_groups, replace=False))]
     for group in groups:
-        size = group.size
+        size, params = group.size, count_params(model).total
         idx = rng.choice(size, int(rng.integers(1, size)), replace=False).tolist()
         group.zero(idx)
         before = _outputs(model, inputs)
@@ -118,6 +118,8 @@ def check_equivalence(
                     a, b, rtol=1e-9, atol=1e-9, msg=lambda m, g=group: f"{g.name}: {m}"
                 )
         assert _measure(model, inputs) == (plan.params, plan.flops), group.name
+        assert plan.params < params, group.name  # every unit is made by some layer's weights
+    assert (graph.plan([]).params, graph.plan([]).flops) == _measure(model, inputs)
 
     # the pruned model is still an ordinary trainable model
     model.train()
@@ -248,9 +250,13 @@ class DenseLike(Net):
         self.layers = nn.ModuleList()
         c = 6
         for _ in range(3):
-            self.layers.append(nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, 4, 3, 1, 1)))
+            self.layers.append(
+                nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, 4, 3, 1, 1))
+            )
             c += 4
-        self.trans = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, 8, 1), nn.AvgPool2d(2))
+        self.trans = nn.Sequential(
+            nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, 8, 1), nn.AvgPool2d(2)
+        )
         self.head = Head(8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -658,47 +664,6 @@ class Reshapes(Net):
         return self.head(self.conv2(y))
 
 
-def _arch_inputs() -> dict[str, tuple[Callable[[], nn.Module], Callable[[], Inputs]]]:
-    img = lambda: (torch.randn(2, 3, 8, 8),)  # noqa: E731
-    return {
-        "conv_chain": (ConvChain, img),
-        "residual": (Residual, img),
-        "dense_like": (DenseLike, img),
-        "inception_like": (InceptionLike, img),
-        "chunk_glu": (ChunkGLU, img),
-        "unequal_split": (UnequalSplit, img),
-        "depthwise": (Depthwise, img),
-        "grouped": (Grouped, img),
-        "group_norm": (GroupNormNet, img),
-        "flatten_linear": (FlattenLinear, img),
-        "se": (SENet, img),
-        "prelu": (PReLUNet, img),
-        "elementwise": (Elementwise, img),
-        "convnext": (ConvNeXtLike, img),
-        "conv_transpose": (Decoder, img),
-        "conv_transpose_grouped": (lambda: Decoder(groups=2), img),
-        "attention_batch_first": (lambda: SpatialAttention(True), lambda: (torch.randn(2, 3, 4, 4),)),
-        "attention_seq_first": (lambda: SpatialAttention(False), lambda: (torch.randn(2, 3, 4, 4),)),
-        "embedding": (EmbeddingNet, lambda: (torch.randint(0, 20, (2, 7)),)),
-        "conv1d": (Conv1dNet, lambda: (torch.randn(2, 2, 16),)),
-        "conv3d": (Conv3dNet, lambda: (torch.randn(2, 1, 6, 6, 6),)),
-        "multi_io": (MultiIO, lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 1, 8, 8))),
-        "shared_layer": (Shared, img),
-        "unet_like": (UNetLike, img),
-        "reshapes": (Reshapes, img),
-    }
-
-
-ARCHS = _arch_inputs()
-
-
-@pytest.mark.parametrize("arch", sorted(ARCHS))
-def test_architecture_equivalence(arch: str) -> None:
-    make, inputs = ARCHS[arch]
-    torch.manual_seed(0)
-    check_equivalence(make(), inputs(), seed=1)
-
-
 class CrossAttention(Net):
     """Queries from one branch, keys/values (passed by keyword) from another of a different
     length; key/value biases and returned (averaged) weights. The key/value producer is coupled
@@ -720,7 +685,106 @@ class CrossAttention(Net):
         return self.head(out.transpose(1, 2).reshape(n, c, h, w))
 
 
-ARCHS["cross_attention"] = (CrossAttention, lambda: (torch.randn(2, 3, 4, 4),))
+class TokenNorm(nn.Module):
+    """Tokens (N, L, C) through a BatchNorm over the token dim: the Linear's features reach the
+    norm on another dim than the one it reads as channels, so they stay (and the flow goes on)."""
+
+    protected_layers = ("classifier",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+        self.fc1 = nn.Linear(8, 6)
+        self.bn = nn.BatchNorm1d(5)  # over the 5 tokens
+        self.fc2 = nn.Linear(6, 4)
+        self.classifier = nn.Linear(4, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.fc2(F.relu(self.bn(self.fc1(self.emb(tokens)))))
+        return self.classifier(x.mean(1))
+
+
+class Reductions(Net):
+    """Element-wise ``torch.max(a, b)`` (not a reduction), ``mean`` over the batch with a
+    positional ``keepdim``, ``amax`` over space, ``zeros_like``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = conv_bn(3, 8), conv_bn(3, 8), conv_bn(8, 6)
+        self.head = Head(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.a(x), self.b(x)
+        y = torch.maximum(a, b) + torch.max(a, b) + torch.min(a, b)
+        y = y * torch.sigmoid(y.mean(0, True)) * y.amax((2, 3), keepdim=True)
+        return self.head(self.c(y + torch.zeros_like(y)))
+
+
+class MLP(nn.Module):
+    """Linear -> BatchNorm1d -> ReLU stacks on flat features (LeNet-300-100 with BN)."""
+
+    protected_layers = ("classifier",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.bn1 = nn.Linear(3 * 8 * 8, 12), nn.BatchNorm1d(12)
+        self.fc2, self.bn2 = nn.Linear(12, 10), nn.BatchNorm1d(10)
+        self.classifier = nn.Linear(10, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.fc1(x.flatten(1))))
+        return self.classifier(F.dropout(F.relu(self.bn2(self.fc2(x))), 0.1, self.training))
+
+
+def _arch_inputs() -> dict[str, tuple[Callable[[], nn.Module], Callable[[], Inputs]]]:
+    img = lambda: (torch.randn(2, 3, 8, 8),)  # noqa: E731
+    return {
+        "conv_chain": (ConvChain, img),
+        "residual": (Residual, img),
+        "dense_like": (DenseLike, img),
+        "inception_like": (InceptionLike, img),
+        "chunk_glu": (ChunkGLU, img),
+        "unequal_split": (UnequalSplit, img),
+        "depthwise": (Depthwise, img),
+        "grouped": (Grouped, img),
+        "group_norm": (GroupNormNet, img),
+        "flatten_linear": (FlattenLinear, img),
+        "se": (SENet, img),
+        "prelu": (PReLUNet, img),
+        "elementwise": (Elementwise, img),
+        "convnext": (ConvNeXtLike, img),
+        "conv_transpose": (Decoder, img),
+        "conv_transpose_grouped": (lambda: Decoder(groups=2), img),
+        "attention_batch_first": (
+            lambda: SpatialAttention(True),
+            lambda: (torch.randn(2, 3, 4, 4),),
+        ),
+        "attention_seq_first": (
+            lambda: SpatialAttention(False),
+            lambda: (torch.randn(2, 3, 4, 4),),
+        ),
+        "cross_attention": (CrossAttention, lambda: (torch.randn(2, 3, 4, 4),)),
+        "embedding": (EmbeddingNet, lambda: (torch.randint(0, 20, (2, 7)),)),
+        "conv1d": (Conv1dNet, lambda: (torch.randn(2, 2, 16),)),
+        "conv3d": (Conv3dNet, lambda: (torch.randn(2, 1, 6, 6, 6),)),
+        "multi_io": (MultiIO, lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 1, 8, 8))),
+        "shared_layer": (Shared, img),
+        "unet_like": (UNetLike, img),
+        "reshapes": (Reshapes, img),
+        "token_norm": (TokenNorm, lambda: (torch.randint(0, 10, (2, 5)),)),
+        "reductions": (Reductions, img),
+        "mlp_bn": (MLP, img),
+    }
+
+
+ARCHS = _arch_inputs()
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_architecture_equivalence(arch: str) -> None:
+    make, inputs = ARCHS[arch]
+    torch.manual_seed(0)
+    check_equivalence(make(), inputs(), seed=1)
 
 
 def test_attention_prunes_whole_heads() -> None:
@@ -769,3 +833,492 @@ def test_attention_pinned_cases(case: str) -> None:
     graph = check_equivalence(model, (torch.randn(2, 3, 4, 4),), min_groups=0)
     assert "attn" not in group_layers(graph)
     assert model.attn.num_heads == 2 and model.attn.embed_dim == 8
+
+
+def test_layernorm_groups_are_inexact_and_layer_scale_is_sliced() -> None:
+    model = ConvNeXtLike()
+    graph = pg.build(model, torch.randn(1, 3, 8, 8))
+    inexact = [g for g in graph.groups if not g.exact]
+    assert [g.name for g in inexact] == ["stem"]  # the block's channels, normalised by the LN
+    assert all(g.exact for g in graph.groups if g not in inexact)  # pw1's hidden features
+    inexact[0].prune([0, 3])
+    block = model.block
+    assert block.gamma.shape == (6,) and block.norm.normalized_shape == (6,)
+    assert block.dwconv.groups == 6 and block.pw2.out_features == 6
+    model(torch.randn(1, 3, 8, 8))
+
+
+def test_token_norm_pins_the_misplaced_features() -> None:
+    graph = pg.build(TokenNorm(), torch.randint(0, 10, (2, 5)))
+    assert not out_prunable(graph, "fc1")
+    assert any("another dimension" in r for r in out_reasons(graph, "fc1"))
+    assert out_prunable(graph, "fc2") and out_prunable(graph, "emb")
+
+
+def test_grouped_convs_lose_whole_groups() -> None:
+    model = Grouped()
+    check_equivalence(model, (torch.randn(2, 3, 8, 8),), seed=5)
+    g1, g2, g3 = model.g1[0], model.g2[0], model.g3[0]
+    assert g1.groups < 4 or g3.groups < 2  # some groups went
+    for conv, per_in, per_out in ((g1, 2, 4), (g2, 8, 4), (g3, 4, 6)):
+        # each remaining group keeps its width
+        assert conv.in_channels // conv.groups == per_in, conv
+        assert conv.out_channels // conv.groups == per_out, conv
+        assert conv.weight.shape == (conv.out_channels, per_in, 3, 3)
+
+
+def test_shared_layer_keeps_one_width() -> None:
+    model = Shared()
+    graph = check_equivalence(model, (torch.randn(2, 3, 8, 8),), seed=2)
+    assert model.shared.in_channels == model.shared.out_channels == model.bn.num_features < 8
+    assert "shared" in group_layers(graph)
+
+
+# ----------------------------------------------------------------------------- what stays pinned
+
+
+def out_reasons(graph: pg.Graph, layer: str) -> set[str]:
+    """Why the output channels of ``layer`` are pinned (empty if all are prunable)."""
+    labels = graph.sites[layer].out_labels
+    assert labels is not None
+    return {r for r in map(graph.labels.fixed_reason, labels.tolist()) if r is not None}
+
+
+def test_unequal_split_pins_its_channels() -> None:
+    graph = check_equivalence(UnequalSplit(), (torch.randn(2, 3, 8, 8),))
+    assert not out_prunable(graph, "conv1.0") and not out_prunable(graph, "conv1.1")
+    assert any("split" in r for r in out_reasons(graph, "conv1.0"))
+    assert out_prunable(graph, "left.0") and out_prunable(graph, "right.0")
+
+
+class OddPieces(Net):
+    """``chunk(4)`` of 6 channels gives 3 pieces and ``split(4)`` gives 4 + 2: the piece counts
+    and sizes depend on the width, so those channels are pinned. ``x.split(x.size(1) // 2)``
+    computes its size from the tensor and stays prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(3, 6, 3, padding=1)
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = Head(2 + 4 + 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a(x).chunk(4, dim=1)
+        b = torch.split(self.b(x), 4, dim=1)
+        c = self.c(x)
+        c1, c2 = c.split(c.size(1) // 2, dim=1)
+        return self.head(torch.cat([a[0] + a[2], b[0], c1 * c2], dim=1))
+
+
+def test_width_dependent_pieces_are_pinned() -> None:
+    graph = check_equivalence(OddPieces(), (torch.randn(2, 3, 8, 8),))
+    assert not out_prunable(graph, "a") and not out_prunable(graph, "b")
+    assert any("chunk(4)" in r for r in out_reasons(graph, "a"))
+    assert any("hard-coded" in r for r in out_reasons(graph, "b"))
+    assert out_prunable(graph, "c")
+
+
+class ChannelShuffle(Net):
+    """ShuffleNet's channel shuffle: a view that splits the channels over two dims."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv_bn(3, 8)
+        self.conv2 = conv_bn(8, 6)
+        self.head = Head(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.head(self.conv2(x))
+
+
+def test_channel_shuffle_is_pinned() -> None:
+    graph = check_equivalence(ChannelShuffle(), (torch.randn(2, 3, 8, 8),))
+    assert not out_prunable(graph, "conv1.0")
+    assert out_prunable(graph, "conv2.0")
+
+
+def test_protected_classifier_and_ignored_layer_keep_their_outputs() -> None:
+    model = ConvChain()
+    graph = check_equivalence(model, (torch.randn(2, 3, 8, 8),), ignore=["body.5.0"])
+    assert model.head.classifier.out_features == 5
+    assert model.body[5][0].out_channels == 16  # ignored: its outputs stay ...
+    assert model.body[5][0].in_channels < 12  # ... its inputs were still pruned
+    assert not out_prunable(graph, "head.classifier") and not out_prunable(graph, "body.5.0")
+    assert any("protected" in r for r in out_reasons(graph, "body.5.0"))
+    # ignoring by module works the same
+    other = ConvChain()
+    graph = pg.build(other, torch.randn(1, 3, 8, 8), ignore=[other.body[5][0]])
+    assert not out_prunable(graph, "body.5.0")
+
+
+def test_explicit_protected_overrides_the_models_own() -> None:
+    model = ConvChain()
+    graph = pg.build(model, torch.randn(1, 3, 8, 8), protected=["body.0.0"])
+    assert not out_prunable(graph, "body.0.0")
+    # the classifier is no longer protected, only pinned as the model's output
+    assert out_reasons(graph, "head.classifier") == {"model output"}
+
+
+def test_inputs_and_outputs_never_change() -> None:
+    model = MultiIO()
+    inputs = (torch.randn(2, 3, 8, 8), torch.randn(2, 1, 8, 8))
+    graph = check_equivalence(model, inputs)
+    assert model.a[0].in_channels == 3 and model.b[0].in_channels == 1
+    assert model.seg.out_channels == 3 and model.classifier.out_features == 4
+    assert model.mid[0].out_channels < 10  # the inside was pruned
+    assert any("model output" in r for r in out_reasons(graph, "seg"))
+    # decoders: the output image keeps its channels
+    dec = Decoder()
+    check_equivalence(dec, (torch.randn(2, 3, 8, 8),))
+    assert dec.out.out_channels == 2 and dec.enc[0].in_channels == 3
+
+
+def test_plan_of_nothing_is_the_dense_model() -> None:
+    for model, x in ((create("resnet20"), torch.randn(1, 3, 16, 16)), (DenseLike(), None)):
+        x = torch.randn(1, 3, 8, 8) if x is None else x
+        graph = pg.build(model, x)
+        plan = graph.plan([])
+        assert (plan.params, plan.flops) == (count_params(model).total, count_flops(model, x).flops)
+        assert plan.params > 0 and plan.flops > 0
+
+
+def test_build_leaves_the_model_alone() -> None:
+    model = create("resnet20").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pg.build(model, torch.randn(4, 3, 16, 16))
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # BatchNorm statistics untouched
+
+
+def test_groups_describe_their_members() -> None:
+    model = Depthwise()
+    graph = pg.build(model, torch.randn(1, 3, 8, 8))
+    by_name = {g.name: g for g in graph.groups}
+    stem = by_name["stem.0"]
+    layers = {(m.layer, m.side): m.per_unit for m in stem.members}
+    # the depthwise conv's output follows its input channels: one unit spans stem, dw1, pw1's input
+    assert layers[("stem.0", "out")] == 1 and layers[("dw1.0", "out")] == 1
+    assert layers[("pw1.0", "in")] == 1
+    pw1 = by_name["pw1.0"]
+    assert {(m.layer, m.side): m.per_unit for m in pw1.members}[("dw2.0", "out")] == 2
+    assert "dw1.0" not in by_name and "dw2.0" not in by_name  # no channels of their own
+    assert "stem.0" in repr(stem) and "size=8" in repr(stem)
+    with pytest.raises(ConfigError, match="no group"):
+        graph.group("nope")
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_errors_on_bad_arguments() -> None:
+    model = ConvChain()
+    with pytest.raises(ConfigError, match="not a submodule"):
+        pg.build(model, torch.randn(1, 3, 8, 8), ignore=["body.99"])
+    with pytest.raises(ConfigError, match="not a submodule"):
+        pg.build(model, torch.randn(1, 3, 8, 8), ignore=[nn.Conv2d(1, 1, 1)])
+    graph = pg.build(model, torch.randn(1, 3, 8, 8))
+    group = graph.groups[0]
+    with pytest.raises(ConfigError, match="disconnect"):
+        group.prune(range(group.size))
+    with pytest.raises(ConfigError, match="channels"):
+        group.prune([group.size])
+    with pytest.raises(ConfigError, match="channels"):
+        group.prune([-1])
+    with pytest.raises(ConfigError, match="channels"):
+        group.zero([group.size + 3])
+    assert group.size == 8  # nothing happened
+
+
+class Gate(nn.Module):
+    """Data-dependent control flow: fx cannot trace it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.mean() > 0:
+            return x * 2
+        return x
+
+
+class WithGate(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv_bn(3, 8)
+        self.block = nn.Sequential(conv_bn(8, 8), Gate())
+        self.conv2 = conv_bn(8, 6)
+        self.head = Head(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv2(self.block(self.conv1(x))))
+
+
+def test_untraceable_module_is_named_then_ignored() -> None:
+    model = WithGate()
+    with pytest.raises(UnsupportedError, match=r"'block\.1' \(Gate\) could not be traced") as err:
+        pg.build(model, torch.randn(1, 3, 8, 8))
+    assert "register a handler" in str(err.value) and "ignore=" in str(err.value)
+    graph = check_equivalence(model, (torch.randn(2, 3, 8, 8),), ignore=["block.1"])
+    # channels into and out of the opaque module stay; the rest is prunable
+    assert not out_prunable(graph, "block.0.0")
+    assert out_prunable(graph, "conv1.0") and out_prunable(graph, "conv2.0")
+
+
+class UntraceableForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return x if x.sum() > 0 else -x
+
+
+def test_untraceable_model_forward_is_refused() -> None:
+    with pytest.raises(UnsupportedError, match=r"model itself \(UntraceableForward\)"):
+        pg.build(UntraceableForward(), torch.randn(1, 3, 8, 8))
+
+
+class FFTMix(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft2(self.conv(x)).abs().mean((2, 3))
+
+
+class EinsumMix(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.mix = nn.Parameter(torch.randn(5, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nchw,dc->ndhw", self.conv(x), self.mix)
+
+
+class Wrapper(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+@pytest.mark.parametrize(("inner", "op"), [(FFTMix, "rfft2"), (EinsumMix, "einsum")])
+def test_unknown_op_is_refused_by_name(inner: type[nn.Module], op: str) -> None:
+    with pytest.raises(UnsupportedError, match=rf"{op}.*in layer 'inner' \({inner.__name__}\)"):
+        pg.build(Wrapper(inner()), torch.randn(1, 3, 8, 8))
+
+
+class PixelShuffleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+
+def test_unknown_layer_is_refused_by_name() -> None:
+    with pytest.raises(
+        UnsupportedError, match=r"'shuffle' \(PixelShuffle\) has no pruning handler"
+    ):
+        pg.build(PixelShuffleNet(), torch.randn(1, 3, 8, 8))
+    graph = pg.build(PixelShuffleNet(), torch.randn(1, 3, 8, 8), ignore=["shuffle"])
+    assert graph.groups == []  # the conv only feeds the opaque layer
+
+
+# ----------------------------------------------------------------------------- user handlers
+
+
+class ScaledConv(nn.Conv2d):
+    """A conv with a learnt per-output-channel scale: the conv handler alone would not slice
+    ``scale``, so until it has its own handler the core must refuse it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scale = nn.Parameter(torch.rand(self.out_channels) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.scale.view(1, -1, 1, 1)
+
+
+class ChannelAffine(nn.Module):
+    """A brand-new layer type: per-channel scale and shift."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(c) + 0.5)
+        self.bias = nn.Parameter(torch.randn(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+class Conv3x3(nn.Conv2d):
+    """A conv subclass that only fixes arguments: handled as a conv, no registration needed."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, 3, padding=1)
+
+
+class UserLayers(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = ScaledConv(3, 8, 3, padding=1)
+        self.affine = ChannelAffine(8)
+        self.conv2 = Conv3x3(8, 6)
+        self.head = Head(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv2(F.relu(self.affine(self.conv1(x)))))
+
+
+def test_user_registered_handlers() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    # before registration: the subclass that overrides forward is traced into and refused
+    with pytest.raises(UnsupportedError, match=r"conv2d.*'conv1' \(ScaledConv\)"):
+        pg.build(UserLayers(), x)
+
+    @pg.register_handler(ScaledConv)
+    class ScaledConvHandler(pg.handlers.ConvHandler):
+        def prune(
+            self, m: nn.Module, keep_in: torch.Tensor | None, keep_out: torch.Tensor | None
+        ) -> None:
+            super().prune(m, keep_in, keep_out)
+            if keep_out is not None:
+                m.scale = nn.Parameter(m.scale.detach()[keep_out].clone())
+
+        def count(self, m: nn.Module, n_in: int | None, n_out: int | None) -> tuple[int, float]:
+            params, scale = super().count(m, n_in, n_out)
+            return params + (m.out_channels if n_out is None else n_out), scale
+
+        def zero(self, m: nn.Module, pos: torch.Tensor) -> None:
+            m.scale[pos] = 0
+
+    @pg.register_handler(ChannelAffine)
+    class ChannelAffineHandler(pg.Handler):
+        def propagate(
+            self, call: pg.Call, m: nn.Module, inputs: list[pg.Flow | None]
+        ) -> pg.Flow | None:
+            x = inputs[0]
+            if x is not None:
+                call.record(in_labels=x.labels, out_labels=x.labels)
+            return x
+
+        def prune(
+            self, m: nn.Module, keep_in: torch.Tensor | None, keep_out: torch.Tensor | None
+        ) -> None:
+            if keep_out is not None:
+                m.weight = nn.Parameter(m.weight.detach()[keep_out].clone())
+                m.bias = nn.Parameter(m.bias.detach()[keep_out].clone())
+
+        def count(self, m: nn.Module, n_in: int | None, n_out: int | None) -> tuple[int, float]:
+            return 2 * (m.weight.numel() if n_out is None else n_out), 1.0
+
+    assert isinstance(pg.handler_for(ScaledConv(1, 1, 1)), ScaledConvHandler)
+    model = UserLayers()
+    graph = check_equivalence(model, x)
+    assert {"conv1", "affine", "conv2"} <= group_layers(graph)
+    assert model.conv1.scale.shape == (model.conv1.out_channels,) == model.affine.weight.shape
+    assert model.conv1.out_channels < 8 and model.conv2.out_channels < 6
+
+
+# ----------------------------------------------------------------------------- random networks
+
+
+class Block(nn.Module):
+    """One fuzzer block; ``kind`` picks the pattern, ``out_channels`` is its width."""
+
+    def __init__(self, kind: str, c: int, rnd: random.Random) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "conv":
+            self.out_channels = rnd.randint(2, 10)
+            self.f = conv_bn(c, self.out_channels, rnd.choice([1, 3]))
+        elif kind == "dw":
+            self.out_channels = c * rnd.choice([1, 2])
+            self.f = conv_bn(c, self.out_channels, groups=c)
+        elif kind == "grouped":
+            g = rnd.choice([d for d in range(2, c + 1) if c % d == 0])
+            self.out_channels = g * rnd.randint(1, 3)
+            self.f = conv_bn(c, self.out_channels, groups=g)
+        elif kind == "residual":
+            self.out_channels = c
+            self.f = nn.Sequential(
+                conv_bn(c, rnd.randint(2, 8)), nn.LazyConv2d(c, 3, padding=1), nn.BatchNorm2d(c)
+            )
+        elif kind == "concat":
+            a, b = rnd.randint(1, 6), rnd.randint(1, 6)
+            self.dense = rnd.random() < 0.5  # cat([x, f(x)]) or cat([f(x), g(x)])
+            self.f = conv_bn(c, a)
+            self.g = nn.Identity() if self.dense else conv_bn(c, b, 1)
+            self.out_channels = c + a if self.dense else a + b
+        elif kind == "se":
+            self.out_channels = c
+            self.f = SE(c, r=c // 2)
+        elif kind == "glu":
+            self.out_channels = rnd.randint(2, 6)
+            self.f = conv_bn(c, 2 * self.out_channels, 1)
+        else:
+            raise ValueError(kind)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "residual":
+            return F.relu(x + self.f(x))
+        if self.kind == "concat":
+            return torch.cat([x if self.dense else self.g(x), self.f(x)], dim=1)
+        if self.kind == "glu":
+            a, b = self.f(x).chunk(2, dim=1)
+            return a * torch.sigmoid(b)
+        return self.f(x)
+
+
+class RandomNet(Net):
+    KINDS = ("conv", "dw", "grouped", "residual", "concat", "se", "glu")
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        rnd = random.Random(seed)
+        c = rnd.randint(2, 8)
+        self.stem = conv_bn(3, c)
+        blocks = []
+        for _ in range(rnd.randint(3, 7)):
+            kinds = [k for k in self.KINDS if k != "se" or c >= 2]
+            block = Block(rnd.choice(kinds), c, rnd)
+            blocks.append(block)
+            c = block.out_channels
+        self.blocks = nn.Sequential(*blocks)
+        self.head = Head(c)
+        with torch.no_grad():  # materialise the lazy convs
+            self(torch.zeros(1, 3, 8, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_networks(seed: int) -> None:
+    torch.manual_seed(seed)
+    model = RandomNet(seed)
+    check_equivalence(model, (torch.randn(2, 3, 8, 8),), seed=seed, min_groups=0)
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("arch", ["residual", "grouped", "convnext", "attention_batch_first"])
+def test_equivalence_on_cuda(arch: str) -> None:
+    make, inputs = ARCHS[arch]
+    model = make()
+    graph = check_equivalence(model, inputs(), device="cuda")
+    assert all(p.is_cuda for p in model.parameters())
+    scores = graph.groups[0].scores(lambda w: w.abs().reshape(len(w), -1).sum(1))
+    assert scores.shape == (graph.groups[0].size,) and bool((scores >= 0).all())

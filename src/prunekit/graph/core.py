@@ -270,7 +270,8 @@ class Graph:
                 pos = torch.from_numpy(
                     np.nonzero(np.isin(self.labels.roots(ps.labels), roots_set))[0]
                 )
-                getattr(ps.owner, ps.attr).index_fill_(ps.dim, pos, 0.0)
+                t = getattr(ps.owner, ps.attr)
+                t.index_fill_(ps.dim, pos.to(t.device), 0.0)  # index_fill_ wants one device
 
     def unit_scores(self, group: Group, fn: Any) -> torch.Tensor:
         """Sum over the group's output-side layers of ``fn(weight)``, a vector with one score per
@@ -288,7 +289,8 @@ class Graph:
             hit = units[order[slot]] == roots
             if not hit.any():
                 continue
-            per_pos = torch.as_tensor(fn(w.detach()), dtype=torch.float64).reshape(-1)
+            # scores are gathered on the CPU, whatever device the model is on
+            per_pos = torch.as_tensor(fn(w.detach()), dtype=torch.float64).reshape(-1).cpu()
             if per_pos.numel() != len(roots):
                 raise ValueError(
                     f"score function gave {per_pos.numel()} values for {len(roots)} channels of {site.name}"

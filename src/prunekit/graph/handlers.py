@@ -9,6 +9,10 @@ One handler per layer type, in one registry. A handler does three things:
 * ``count``: its parameter count and FLOPs scale for given kept widths, without touching it, so
   a pruning plan can be evaluated many times before any surgery.
 
+Two more have defaults that fit most layers: ``zero`` (zero the parameters producing some output
+channels; generic for weight/bias layers) and ``flops`` (the planned FLOPs; ``count``'s fraction
+of the measured ones, overridden where terms scale differently, as in attention).
+
 Users register handlers for their own layer types with :func:`register_handler`.
 """
 
@@ -98,7 +102,8 @@ def register_handler(*types: type) -> Callable[[type[Handler]], type[Handler]]:
     """Class decorator: ``@register_handler(MyLayer)`` on a :class:`Handler` subclass.
 
     The most specific registered base class of a layer's type is used, so a subclass of
-    ``nn.Conv2d`` is handled as a conv unless it registers its own handler.
+    ``nn.Conv2d`` is handled as a conv unless it registers its own handler; one that overrides
+    ``forward`` is traced into instead (see :func:`handles_forward`).
     """
 
     def decorator(cls: type[Handler]) -> type[Handler]:
@@ -136,6 +141,9 @@ def handles_forward(module: nn.Module) -> bool:
 
 def zero_out(module: nn.Module, pos: torch.Tensor) -> None:
     """Zero the parameters that produce output positions ``pos`` of a conv, Linear, norm ..."""
+    param = next(module.parameters(), None)
+    if param is not None:
+        pos = pos.to(param.device)
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         w = module.weight
         if module.groups == 1:
@@ -175,6 +183,14 @@ def _channel_input(inputs: list[Flow | None], dim: int, size: int) -> Flow | Non
     return x
 
 
+def _pin_misplaced(call: Call, inputs: list[Flow | None], x: Flow | None, layer: str) -> None:
+    """Channels that reach a layer on another dim than the one it reads as channels (a conv or
+    a norm over a channels-last tensor) are mixed or normalised by it as positions: they stay."""
+    f = inputs[0] if inputs else None
+    if f is not None and x is None:
+        call.fix(f.labels, f"{layer} whose input has its channels on another dimension")
+
+
 # --------------------------------------------------------------------------- convolutions
 
 
@@ -198,6 +214,7 @@ class ConvHandler(Handler):
 
     def propagate(self, call: Call, m: nn.Module, inputs: list[Flow | None]) -> Flow:
         x = _channel_input(inputs, 1, m.in_channels)
+        _pin_misplaced(call, inputs, x, "convolution")
         kind = self._kind(m)
         if kind == "depthwise" and x is not None:
             out = np.repeat(x.labels, m.out_channels // m.groups)
@@ -323,8 +340,10 @@ class ChannelNormHandler(Handler):
 
     def propagate(self, call: Call, m: nn.Module, inputs: list[Flow | None]) -> Flow | None:
         x = _channel_input(inputs, 1, m.num_features)
-        if x is not None:
-            call.record(in_labels=x.labels, out_labels=x.labels)
+        if x is None:
+            _pin_misplaced(call, inputs, x, "normalisation")
+            return inputs[0] if inputs else None
+        call.record(in_labels=x.labels, out_labels=x.labels)
         return x
 
     def prune(
@@ -348,11 +367,13 @@ class GroupNormHandler(Handler):
 
     def propagate(self, call: Call, m: nn.GroupNorm, inputs: list[Flow | None]) -> Flow | None:
         x = _channel_input(inputs, 1, m.num_channels)
-        if x is not None:
-            size = m.num_channels // m.num_groups
-            for k in range(m.num_groups):
-                call.labels.union_all(x.labels[k * size : (k + 1) * size])
-            call.record(in_labels=x.labels, out_labels=x.labels)
+        if x is None:
+            _pin_misplaced(call, inputs, x, "GroupNorm")
+            return inputs[0] if inputs else None
+        size = m.num_channels // m.num_groups
+        for k in range(m.num_groups):
+            call.labels.union_all(x.labels[k * size : (k + 1) * size])
+        call.record(in_labels=x.labels, out_labels=x.labels)
         return x
 
     def prune(

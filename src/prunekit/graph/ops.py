@@ -88,7 +88,8 @@ def _dim(d: int, ndim: int) -> int:
     "reciprocal", "square", "pow", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d",
     "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
     "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "interpolate", "upsample",
-    "expand", "expand_as", "requires_grad_", "cpu", "cuda",
+    "expand", "expand_as", "requires_grad_", "cpu", "cuda", "zeros_like", "ones_like",
+    "empty_like", "full_like", "rand_like", "randn_like",
 )  # fmt: skip
 def unary(op: OpCall) -> Flow | None:
     """Element-wise or spatial: the first tensor argument's channels pass through."""
@@ -388,14 +389,22 @@ def transpose(op: OpCall) -> Flow | None:
 
 @register_op("mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp", "prod")
 def reduce(op: OpCall) -> Any:
+    name = op_name(op.node)
+    if name in ("max", "min") and (
+        isinstance(op.arg(1, "dim"), fx.Node) or "other" in op.node.kwargs
+    ):
+        return broadcast(op)  # torch.max(a, b): element-wise, not a reduction
     x = op.flow_of(op.node.args[0])
     if x is None:
         return None
     in_ndim = len(op.shape_of(op.node.args[0]))
     dims = op.arg(1, "dim")
-    if op_name(op.node) == "norm":
-        dims = op.node.kwargs.get("dim", op.node.args[2] if len(op.node.args) > 2 else None)
-    keepdim = op.node.kwargs.get("keepdim", False)
+    # keepdim's position: (input, dim, keepdim), but (input, p, dim, keepdim) for norm and
+    # (input, dim, unbiased, keepdim) for std/var
+    keepdim_at = 3 if name in ("norm", "std", "var") else 2
+    if name == "norm":
+        dims = op.arg(2, "dim")
+    keepdim = bool(op.arg(keepdim_at, "keepdim", False))
     if dims is None:
         op.fix(x, "reduction over all dimensions")
         return None
