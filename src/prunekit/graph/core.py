@@ -149,6 +149,9 @@ class Graph:
         self.opaque: dict[str, str] = {}
         self._per_module_flops: dict[str, int] | None = None
         self._roots_cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._out_index: tuple[tuple[str, ...], dict[str, list[tuple[Site, np.ndarray]]]] | None = (
+            None
+        )
         self.inputs: tuple[Any, ...] = ()
 
     # ------------------------------------------------------------------ reading
@@ -255,6 +258,7 @@ class Graph:
             g.units = [u for u in g.units if u not in gone]
         self.groups = [g for g in self.groups if g.units]
         self._per_module_flops = None
+        self._out_index = None
         _record_structure(self)
 
     def zero(self, roots: Sequence[int]) -> None:
@@ -273,15 +277,27 @@ class Graph:
                 t = getattr(ps.owner, ps.attr)
                 t.index_fill_(ps.dim, pos.to(t.device), 0.0)  # index_fill_ wants one device
 
+    def _out_sites(self, group: Group) -> list[tuple[Site, np.ndarray]]:
+        """The layers whose outputs hold units of ``group``, each with its roots: one pass over
+        all layers per graph state (not per group), so scoring every group stays linear."""
+        key = tuple(g.name for g in self.groups)
+        if self._out_index is None or self._out_index[0] != key:
+            owner = {u: g.name for g in self.groups for u in g.units}
+            index: dict[str, list[tuple[Site, np.ndarray]]] = {}
+            for site, side, _, roots in self._unit_sides():
+                if side == "out":
+                    for name in {owner[r] for r in np.unique(roots).tolist() if r in owner}:
+                        index.setdefault(name, []).append((site, roots))
+            self._out_index = (key, index)
+        return self._out_index[1].get(group.name, [])
+
     def unit_scores(self, group: Group, fn: Any) -> torch.Tensor:
         """Sum over the group's output-side layers of ``fn(weight)``, a vector with one score per
         output position (weights have outputs on dim 0, see :func:`out_weight`), per unit."""
         units = np.asarray(group.units, dtype=np.int64)
         order = np.argsort(units)
         scores = torch.zeros(group.size, dtype=torch.float64)
-        for site, side, _, roots in self._unit_sides():
-            if side != "out":
-                continue
+        for site, roots in self._out_sites(group):
             w = out_weight(site.module)
             if w is None:
                 continue
@@ -361,6 +377,7 @@ def build(
     graph.opaque = dict(traced.opaque)
     graph._per_module_flops = record_shapes(model, traced.graph, graph.inputs)
     _Propagation(graph, modules, protect, opaque_ignored | ignore_names).run(traced.graph)
+    graph.labels.freeze()
     _make_groups(graph)
     # a model pruned before: keep counting positions relative to the original layers
     for name, kept in getattr(model, "_prunekit_structure", {}).items():
@@ -583,11 +600,17 @@ def _make_groups(graph: Graph) -> None:
         used.update(roots.tolist())
     for ps in graph.param_sites:
         used.update(labels.roots(ps.labels).tolist())
+    # (root, creating layer) pairs over all labels, deduplicated with numpy: a label class is
+    # owned by every layer that drew one of its labels
+    owner_names = sorted(set(labels._owner))
+    owner_id = {n: i for i, n in enumerate(owner_names)}
+    all_roots = labels.roots(np.arange(len(labels), dtype=np.int64))
+    ids = np.fromiter((owner_id[o] for o in labels._owner), dtype=np.int64, count=len(labels))
+    keep = np.isin(all_roots, np.fromiter(used, dtype=np.int64, count=len(used)))
+    pairs = np.unique(np.stack([all_roots[keep], ids[keep]], axis=1), axis=0)
     owners: dict[int, set[str]] = {}
-    for label in range(len(labels)):
-        root = labels.find(label)
-        if root in used:
-            owners.setdefault(root, set()).add(labels.owner(label))
+    for root, oid in pairs.tolist():
+        owners.setdefault(root, set()).add(owner_names[oid])
     by_key: dict[tuple[str, ...], list[int]] = {}
     for root in sorted(owners):
         if labels.fixed_reason(root) is not None:

@@ -44,6 +44,7 @@ class Labels:
         self._parent: list[int] = []
         self._owner: list[str] = []
         self._fixed: dict[int, str] = {}  # root -> reason
+        self._root_table: np.ndarray | None = None  # set by freeze()
 
     def new(self, n: int, owner: str) -> np.ndarray:
         start = len(self._parent)
@@ -61,6 +62,7 @@ class Labels:
         return root
 
     def union(self, a: int, b: int) -> None:
+        self._root_table = None
         ra, rb = self.find(int(a)), self.find(int(b))
         if ra == rb:
             return
@@ -86,8 +88,19 @@ class Labels:
             self._fixed.setdefault(self.find(x), reason)
 
     def roots(self, labels: np.ndarray) -> np.ndarray:
+        if self._root_table is not None:
+            return self._root_table[labels]
         return np.fromiter(
             (self.find(x) for x in labels.tolist()), dtype=np.int64, count=len(labels)
+        )
+
+    def freeze(self) -> None:
+        """Tabulate every label's root: once the graph is built nothing merges any more, and
+        :meth:`roots` becomes one array lookup instead of a Python loop."""
+        self._root_table = np.fromiter(
+            (self.find(x) for x in range(len(self._parent))),
+            dtype=np.int64,
+            count=len(self._parent),
         )
 
     def fixed_reason(self, root: int) -> str | None:

@@ -129,19 +129,20 @@ def trace(model: nn.Module, leaves: set[str] = frozenset()) -> Traced:  # type: 
 class _ShapeRecorder(fx.Interpreter):
     """Runs the graph, storing each node's output shape and the FLOPs of each layer call.
 
-    FLOPs are counted per node (the counter's own module names are lost inside an
-    Interpreter), keyed by the layer's qualified name; ``""`` holds the whole graph's total.
+    One FLOP counter runs for the whole pass; each node's FLOPs are the growth of its total
+    while the node runs (the counter's own module names are lost inside an Interpreter), keyed by
+    the layer's qualified name; ``""`` holds the whole graph's total.
     """
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, counter: FlopCounterMode) -> None:
         super().__init__(gm)
+        self.counter = counter
         self.flops: dict[str, int] = {"": 0}
 
     def run_node(self, n: fx.Node) -> Any:
-        counter = FlopCounterMode(display=False)
-        with counter:
-            out = super().run_node(n)
-        flops = int(counter.get_total_flops())
+        before = self.counter.get_total_flops()
+        out = super().run_node(n)
+        flops = int(self.counter.get_total_flops() - before)
         self.flops[""] += flops
         if n.op == "call_module" and flops:
             self.flops[str(n.target)] = self.flops.get(str(n.target), 0) + flops
@@ -155,9 +156,10 @@ def record_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple[Any, ...]) ->
     from prunekit.measure._inputs import inference
     from prunekit.measure.flops import standard_attention
 
-    recorder = _ShapeRecorder(fx.GraphModule(model, graph))
+    counter = FlopCounterMode(display=False)
+    recorder = _ShapeRecorder(fx.GraphModule(model, graph), counter)
     # eval mode: building a graph must not update BatchNorm statistics; and the same attention
     # path as measure.count_flops, so the plan's FLOPs and the measured ones agree
-    with inference(model), standard_attention():
+    with inference(model), standard_attention(), counter:
         recorder.run(*inputs)
     return recorder.flops
