@@ -12,6 +12,8 @@ from typing import IO, Any
 
 import torch
 
+from prunekit.errors import CheckpointError, MissingFileError
+
 PathLike = str | os.PathLike[str]
 
 
@@ -47,3 +49,30 @@ def atomic_write_json(obj: Any, path: PathLike) -> None:
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
+
+
+def load_tagged(
+    path: PathLike, *, fmt: str, version: int, what: str, expected: str
+) -> dict[str, Any]:
+    """``torch.load`` (tensors and plain data only) a dict that prunekit wrote with a ``format``
+    tag and a ``version``, refusing anything else with an error that names the file.
+
+    ``what`` names the kind of file in messages ("checkpoint", "model file"); ``expected`` says
+    what a good file is.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"{what} {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt files; all mean the same here
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read {what} {path}: {expected}; {reason}") from e
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a prunekit {what}: {expected}")
+    found = obj.get("version")
+    if not isinstance(found, int) or found > version:
+        raise CheckpointError(
+            f"{path} has {what} format version {found!r}, this prunekit reads up to {version}: {expected}"
+        )
+    return obj

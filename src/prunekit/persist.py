@@ -39,8 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.errors import CheckpointError, ConfigError, MissingFileError
-from prunekit.io import PathLike, atomic_torch_save
+from prunekit.errors import CheckpointError, ConfigError
+from prunekit.io import PathLike, atomic_torch_save, load_tagged
 from prunekit.models import protected_layers, rebuild
 
 FORMAT = "prunekit-model"
@@ -158,21 +158,7 @@ def load(
 
 def _read(path: Path) -> dict[str, Any]:
     """The file's dict, checked for the keys and types :func:`load` relies on."""
-    if not path.exists():
-        raise MissingFileError(f"model file {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt files; all mean the same here
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read {path}: {EXPECTED}; {reason}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a prunekit model file: {EXPECTED}")
-    version = ckpt.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        raise CheckpointError(
-            f"{path} has format version {version!r}, this prunekit reads up to {VERSION}: "
-            f"{EXPECTED} of a version this code understands"
-        )
+    ckpt = load_tagged(path, fmt=FORMAT, version=VERSION, what="model file", expected=EXPECTED)
     problem = _check_fields(ckpt)
     if problem:
         raise CheckpointError(f"{path} is corrupt ({problem}): {EXPECTED}")

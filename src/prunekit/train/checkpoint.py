@@ -23,13 +23,10 @@ loads with ``torch.load(weights_only=True)`` and no arbitrary code runs when rea
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from prunekit.errors import CheckpointError, ConfigError, MissingFileError
-from prunekit.io import PathLike, atomic_torch_save
+from prunekit.errors import CheckpointError, ConfigError
+from prunekit.io import PathLike, atomic_torch_save, load_tagged
 
 from .config import TrainConfig
 
@@ -62,20 +59,8 @@ def load_checkpoint(path: PathLike) -> dict[str, Any]:
     :class:`~prunekit.errors.CheckpointError` if it is unreadable, truncated, or not a prunekit
     checkpoint of a version this code understands.
     """
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"checkpoint {path} does not exist")
     expected = f"expected a prunekit checkpoint ({FORMAT} version <= {VERSION})"
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt files; all mean the same here
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {expected}; {reason}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a training checkpoint: {expected}")
-    version = ckpt.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {version!r}: {expected}")
+    ckpt = load_tagged(path, fmt=FORMAT, version=VERSION, what="checkpoint", expected=expected)
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}: {expected}")
