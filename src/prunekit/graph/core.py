@@ -602,21 +602,18 @@ def _make_groups(graph: Graph) -> None:
         used.update(labels.roots(ps.labels).tolist())
     # (root, creating layer) pairs over all labels, deduplicated with numpy: a label class is
     # owned by every layer that drew one of its labels
-    owner_names = sorted(set(labels._owner))
-    owner_id = {n: i for i, n in enumerate(owner_names)}
+    owner_id = {n: i for i, n in enumerate(sorted(set(labels._owner)))}
     all_roots = labels.roots(np.arange(len(labels), dtype=np.int64))
     ids = np.fromiter((owner_id[o] for o in labels._owner), dtype=np.int64, count=len(labels))
     keep = np.isin(all_roots, np.fromiter(used, dtype=np.int64, count=len(used)))
-    pairs = np.unique(np.stack([all_roots[keep], ids[keep]], axis=1), axis=0)
-    owners: dict[int, set[str]] = {}
-    for root, oid in pairs.tolist():
-        owners.setdefault(root, set()).add(owner_names[oid])
-    by_key: dict[tuple[str, ...], list[int]] = {}
-    for root in sorted(owners):
-        if labels.fixed_reason(root) is not None:
-            continue
-        key = tuple(sorted(owners[root]))
-        by_key.setdefault(key, []).append(root)
+    pairs = np.unique(np.stack([all_roots[keep], ids[keep]], axis=1), axis=0)  # sorted by root
+    fixed = labels.fixed_roots()
+    by_key: dict[tuple[int, ...], list[int]] = {}
+    cuts = np.flatnonzero(np.diff(pairs[:, 0])) + 1
+    for chunk in np.split(pairs, cuts) if len(pairs) else ():
+        root = int(chunk[0, 0])
+        if root not in fixed:
+            by_key.setdefault(tuple(chunk[:, 1].tolist()), []).append(root)
     seen: dict[str, int] = {}
     for _, units in sorted(by_key.items(), key=lambda kv: kv[1][0]):
         first = labels.owner(units[0])

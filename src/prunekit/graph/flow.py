@@ -106,6 +106,10 @@ class Labels:
     def fixed_reason(self, root: int) -> str | None:
         return self._fixed.get(self.find(root))
 
+    def fixed_roots(self) -> set[int]:
+        """The roots of every pinned class (reasons move to the new root on each union)."""
+        return {self.find(r) for r in self._fixed}
+
     def owner(self, label: int) -> str:
         return self._owner[label]
 
