@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prunekit import criteria, data, graph, measure, models, train
+from prunekit import compress, criteria, data, graph, masks, measure, models, train
 from prunekit.errors import (
     CheckpointError,
     ConfigError,
@@ -27,10 +27,12 @@ __all__ = [
     "UnknownNameError",
     "UnsupportedError",
     "__version__",
+    "compress",
     "criteria",
     "data",
     "graph",
     "load",
+    "masks",
     "measure",
     "models",
     "prune_channels",
