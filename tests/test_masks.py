@@ -311,3 +311,24 @@ def test_unknown_names_and_unsupported_combinations(tiny: Tiny) -> None:
         masks.prune(tiny, 0.5, granularity="kernel", scope="global")
     with pytest.raises(ConfigError, match="conv9"):
         masks.prune(tiny, 0.5, exclude=["conv9"])
+
+
+def test_pruned_entries_are_positive_zero_after_finalize(tmp_path) -> None:
+    """w * 0 is -0.0 for negative w; a finalized model must hold +0.0 so bit-level sparse
+    storage sees the pruned entries as zero."""
+    from prunekit.compress import save_sparse
+
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    with torch.no_grad():
+        model[0].weight.fill_(-1.0)
+        model[0].weight[:, :8] = -2.0  # the largest magnitudes survive
+    masks.prune(model, 0.875, include=["0"])
+    masks.finalize(model)
+    w = model[0].weight
+    pruned = w == 0
+    assert pruned.sum() == 64 * 56
+    assert not torch.signbit(w[pruned]).any()
+    # 512 kept fp32 values + 1-byte index deltas, plus the small dense tensors: a few KB; the
+    # 3584 pruned entries stored as -0.0 would add over 14 KB
+    report = save_sparse(model, tmp_path / "m.sparse", fmt="csr")
+    assert report.bytes_written < 8000

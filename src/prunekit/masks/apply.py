@@ -58,7 +58,9 @@ def attach(module: nn.Module, tensor_name: str, mask: Mask, *, name: str) -> Mas
         current.mask.copy_(combined.data)
         current.meta = combined.meta
     with torch.no_grad():
-        module.parametrizations[tensor_name].original.mul_(current.mask)
+        # masked_fill, not a multiply: negative weights times 0 give -0.0, whose sign bit makes a
+        # pruned entry look non-zero to bit-level storage
+        module.parametrizations[tensor_name].original.masked_fill_(~current.mask.bool(), 0.0)
     return current.as_mask()
 
 
@@ -97,7 +99,10 @@ def finalize(model: nn.Module) -> nn.Module:
     entries exactly zero. Tensors carrying other parametrizations besides a mask are baked too,
     since torch removes a tensor's parametrizations all together. Returns ``model``.
     """
-    for name in get_masks(model):
+    for name, mask in get_masks(model).items():
         module, tensor_name = split_name(model, name)
         parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+        weight = getattr(module, tensor_name)
+        with torch.no_grad():  # +0.0 at pruned entries (w * 0 is -0.0 for negative w)
+            weight.masked_fill_(~mask.data.to(weight.device), 0.0)
     return model
