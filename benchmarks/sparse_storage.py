@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunekit import masks
 from prunekit.compress import load_sparse, save_sparse
 from prunekit.models import create
 
@@ -33,13 +34,9 @@ VARIANTS = (
 
 def prune_by_magnitude(model: nn.Module, sparsity: float) -> None:
     """Zero the smallest-magnitude ``sparsity`` of every conv/linear weight, per layer."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                w = m.weight.view(-1)
-                k = round(sparsity * w.numel())
-                if k:
-                    w[w.abs().argsort()[:k]] = 0.0
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    masks.prune(model, sparsity, scope="layer", include=layers)
+    masks.finalize(model)
 
 
 def table() -> str:

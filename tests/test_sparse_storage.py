@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from prunekit import masks
 from prunekit.compress import load_sparse, load_sparse_model, save_sparse
 from prunekit.compress.sparse import FORMAT, VERSION
 from prunekit.errors import CheckpointError, ConfigError, MissingFileError
@@ -32,13 +33,9 @@ def _sparse_tensor(shape: tuple[int, ...], sparsity: float) -> torch.Tensor:
 
 def _prune_by_magnitude(model: nn.Module, sparsity: float) -> None:
     """Zero the smallest-magnitude ``sparsity`` of every conv/linear weight, per layer."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                w = m.weight.view(-1)
-                k = round(sparsity * w.numel())
-                if k:
-                    w[w.abs().argsort()[:k]] = 0.0
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    masks.prune(model, sparsity, scope="layer", include=layers)
+    masks.finalize(model)
 
 
 def _assert_bit_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

@@ -138,13 +138,24 @@ def load(
     """
     path = Path(path)
     ckpt = _read(path)
+    return rebuild_saved(path, ckpt, ckpt["state_dict"], model, map_location)
+
+
+def rebuild_saved(
+    path: Path,
+    ckpt: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    model: Any,
+    map_location: Any,
+) -> nn.Module:
+    """The model a saved file describes: original architecture (``ckpt["arch"]`` or ``model``),
+    the recorded channel pruning replayed, then ``state`` loaded strictly. Shared by every
+    prunekit file format that stores a model."""
     arch = ckpt["arch"]
     net = _original(path, arch, model)
-
     structure = ckpt["structure"]
     _apply_structure(path, net, structure)
-    _load_state(path, net, ckpt["state_dict"])
-
+    _load_state(path, net, state)
     net._prunekit_structure = {  # type: ignore[assignment]
         name: {side: None if rec[side] is None else list(rec[side]) for side in ("in", "out")}
         for name, rec in structure.items()

@@ -401,20 +401,7 @@ def load_sparse_model(
     """
     path = Path(path)
     ckpt, state = _read(path)
-    arch = ckpt["arch"]
-    net = persist._original(path, arch, model)
-    structure = ckpt["structure"]
-    persist._apply_structure(path, net, structure)
-    persist._load_state(path, net, state)
-    net._prunekit_structure = {  # type: ignore[assignment]
-        name: {side: None if rec[side] is None else list(rec[side]) for side in ("in", "out")}
-        for name, rec in structure.items()
-    }
-    if arch is not None:
-        net.prunekit_arch = arch  # type: ignore[assignment]
-    net.protected_layers = tuple(ckpt["protected_layers"])  # type: ignore[assignment]
-    net.prunekit_extra = ckpt["extra"]  # type: ignore[assignment]
-    return net.to(map_location).eval()
+    return persist.rebuild_saved(path, ckpt, state, model, map_location)
 
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -105,4 +105,8 @@ def finalize(model: nn.Module) -> nn.Module:
         weight = getattr(module, tensor_name)
         with torch.no_grad():  # +0.0 at pruned entries (w * 0 is -0.0 for negative w)
             weight.masked_fill_(~mask.data.to(weight.device), 0.0)
+        # torch re-registers the tensor last; put it back first, as the layer was built, so the
+        # state_dict and parameters() keep their original order
+        params = module._parameters
+        module._parameters = {tensor_name: params[tensor_name], **params}
     return model
