@@ -136,6 +136,16 @@ class Group:
         ``fn`` maps a weight with outputs on dim 0 to one score per output position."""
         return self.graph.unit_scores(self, fn)
 
+    def values(self, fn: Any) -> torch.Tensor:
+        """Per-unit sums of ``fn(site)``: one value per output position of each member layer
+        (see :meth:`Graph.unit_values`)."""
+        return self.graph.unit_values(self, fn)
+
+    @property
+    def out_layers(self) -> list[str]:
+        """Names of the layers whose outputs carry this group's channels."""
+        return [site.name for site, _ in self.graph._out_sites(self)]
+
 
 class Graph:
     """Channel-coupling graph of a model for given example inputs; see :func:`build`."""
@@ -294,19 +304,28 @@ class Graph:
     def unit_scores(self, group: Group, fn: Any) -> torch.Tensor:
         """Sum over the group's output-side layers of ``fn(weight)``, a vector with one score per
         output position (weights have outputs on dim 0, see :func:`out_weight`), per unit."""
+        return self.unit_values(group, lambda site: _weight_values(site, fn))
+
+    def unit_values(self, group: Group, values: Any) -> torch.Tensor:
+        """Per-unit sums of per-position values of the group's output-side layers.
+
+        ``values(site)`` returns one value per output position of that layer (or ``None`` to
+        skip it): filter norms, activation statistics gathered by hooks, anything. A unit's
+        score is the sum over every position, in every layer, that carries it.
+        """
         units = np.asarray(group.units, dtype=np.int64)
         order = np.argsort(units)
         scores = torch.zeros(group.size, dtype=torch.float64)
         for site, roots in self._out_sites(group):
-            w = out_weight(site.module)
-            if w is None:
-                continue
             slot = np.searchsorted(units, roots, sorter=order).clip(0, len(units) - 1)
             hit = units[order[slot]] == roots
             if not hit.any():
                 continue
+            per_pos = values(site)
+            if per_pos is None:
+                continue
             # scores are gathered on the CPU, whatever device the model is on
-            per_pos = torch.as_tensor(fn(w.detach()), dtype=torch.float64).reshape(-1).cpu()
+            per_pos = torch.as_tensor(per_pos, dtype=torch.float64).reshape(-1).cpu()
             if per_pos.numel() != len(roots):
                 raise ValueError(
                     f"score function gave {per_pos.numel()} values for {len(roots)} channels of {site.name}"
@@ -314,6 +333,11 @@ class Graph:
             idx = torch.from_numpy(order[slot[hit]])
             scores.index_add_(0, idx, per_pos[torch.from_numpy(np.nonzero(hit)[0])])
         return scores
+
+
+def _weight_values(site: Site, fn: Any) -> Any:
+    w = out_weight(site.module)
+    return None if w is None else fn(w.detach())
 
 
 def out_weight(module: nn.Module) -> torch.Tensor | None:
