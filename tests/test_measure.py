@@ -108,3 +108,10 @@ def test_summarize_and_layer_table() -> None:
         ("4", "Linear"),
     ]
     assert sum(r.params for r in rows) == s["params"]
+
+
+def test_measurement_restores_mixed_submodule_modes() -> None:
+    model = small_net().train()
+    model[1].eval()  # a frozen BatchNorm inside a training model
+    measure.count_flops(model, torch.randn(1, 3, 8, 8))
+    assert model.training and model[0].training and not model[1].training

@@ -115,11 +115,28 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    config = config_from_args(workflow.DemoConfig, args)
-    metrics = workflow.demo(config, out=args.out, progress=args.progress)
+    config = config_from_args(workflow.PruneConfig, args)
+    if args.target_params is not None:
+        config.target_flops = None
+    metrics = workflow.run_pruning(config, out=args.out, progress=args.progress)
     print(workflow.demo_table(metrics))
     if args.out:
         print(f"metrics and model saved to {args.out}")
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    from prunekit import methods
+
+    listing = methods.list_methods()
+    rows = [
+        [e.id, e.type, status, e.title, f"{e.venue} {e.year or ''}".strip()]
+        for e, status in listing
+        if (not args.type or e.type == args.type)
+        and (not args.implemented or status == "implemented")
+    ]
+    print(markdown_table(["id", "type", "status", "paper", "venue"], rows))
+    done = sum(1 for _, status in listing if status == "implemented")
+    print(f"{done} of {len(listing)} catalogue methods implemented; planned ones refuse to run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,16 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="train a small CNN on the bundled digits and report it")
-    add_config_args(p, workflow.DemoConfig)
-    p.add_argument(
-        "--out", default=None, metavar="DIR", help="write metrics.json and the model here"
-    )
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="hide progress bars"
-    )
-    p.set_defaults(func=cmd_demo)
+    for name, text in (
+        ("demo", "train ResNet-20 on the bundled digits, prune half its FLOPs, fine-tune, report"),
+        ("prune", "train a baseline, prune it with a method to a target, fine-tune, report"),
+    ):
+        p = sub.add_parser(name, help=text)
+        add_config_args(p, workflow.PruneConfig)
+        p.add_argument(
+            "--out", default=None, metavar="DIR", help="write metrics.json and the model"
+        )
+        p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+        p.add_argument(
+            "--no-progress", dest="progress", action="store_false", help="no progress bars"
+        )
+        p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("methods", help="the method catalogue with each entry's status")
+    p.add_argument("--type", choices=["S", "U"], default=None, help="structured or unstructured")
+    p.add_argument("--implemented", action="store_true", help="only the runnable ones")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("train", help="train a model on a data set (resumes an interrupted run)")
     _common(p)

@@ -233,32 +233,87 @@ def evaluate_checkpoint(
 
 
 @dataclass
-class DemoConfig:
-    """The embedded default job: train a small CNN on the bundled digits and report it."""
+class PruneConfig:
+    """One pruning run: train a baseline, prune it (a catalogue method, or a criterion straight
+    through the structural core), fine-tune, measure before and after. ``prunekit demo`` is this
+    run with its defaults; ``prunekit prune`` exposes every field."""
 
     model: str = field(default="resnet20", metadata={"help": "model name"})
     data: str = field(default="digits", metadata={"help": "data set name"})
     root: str | None = field(default=None, metadata={"help": "folder holding the data set's files"})
     image_size: int | None = field(default=None, metadata={"help": "input size (default: model's)"})
-    epochs: int = field(default=10, metadata={"help": "training epochs"})
+    epochs: int = field(default=10, metadata={"help": "baseline training epochs"})
     batch_size: int = field(default=64, metadata={"help": "batch size"})
     lr: float = field(default=0.05, metadata={"help": "peak learning rate (SGD, cosine)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
-    target_flops: float = field(default=0.5, metadata={"help": "fraction of FLOPs to prune away"})
+    method: str | None = field(
+        default=None,
+        metadata={"help": "catalogue method id (prunekit methods); default: --importance"},
+    )
+    importance: str = field(default="l1", metadata={"help": "criterion when no --method is given"})
+    scope: str = field(default="layer", metadata={"help": "layer or global (criterion runs)"})
+    target_flops: float | None = field(
+        default=0.5, metadata={"help": "fraction of FLOPs to remove"}
+    )
+    target_params: float | None = field(
+        default=None, metadata={"help": "fraction of params to remove (overrides --target-flops)"}
+    )
+    calib_batches: int = field(default=4, metadata={"help": "batches for data-driven criteria"})
     finetune_epochs: int = field(default=3, metadata={"help": "fine-tuning epochs after pruning"})
     finetune_lr: float = field(default=0.01, metadata={"help": "fine-tuning learning rate"})
 
+    def target(self) -> dict[str, float]:
+        if self.target_params is not None:
+            return {"target_params": self.target_params}
+        if self.target_flops is None:
+            raise ConfigError("give --target-flops or --target-params")
+        return {"target_flops": self.target_flops}
 
-def demo(
-    config: DemoConfig, *, out: str | Path | None = None, progress: bool = True
-) -> dict[str, Any]:
-    """Train ``config.model`` on ``config.data``; prune it by filter L1 norms through the
-    structural core to ``config.target_flops`` of its FLOPs removed; fine-tune; report accuracy,
-    size and speed before and after. With ``out``: metrics, config and the pruned model are saved
-    there, and rerunning resumes from the training and fine-tuning checkpoints."""
-    from prunekit.persist import save
+    def label(self) -> str:
+        return self.method if self.method else f"{self.importance} criterion"
+
+
+DemoConfig = PruneConfig  # the demo is a pruning run with the defaults
+
+
+def prune_step(config: PruneConfig, setup: Setup) -> Any:
+    """Prune ``setup.model`` in place as ``config`` says; returns the method's report."""
+    from prunekit import methods
     from prunekit.prune import prune_channels
 
+    example = setup.example_input()
+    if config.method is None:
+        return prune_channels(
+            setup.model,
+            example,
+            importance=config.importance,
+            scope=config.scope,
+            **config.target(),
+        )
+    method = methods.get(config.method)  # a planned method is refused, never replaced
+    ctx = methods.Context(
+        setup.model,
+        example,
+        setup.train_set,
+        setup.val_set,
+        config.target(),
+        calib_batches=config.calib_batches,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
+    return method.prune(ctx)
+
+
+def run_pruning(
+    config: PruneConfig, *, out: str | Path | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Train ``config.model`` on ``config.data``; prune it (``config.method`` or the
+    ``config.importance`` criterion) to the target; fine-tune; report accuracy, size and speed
+    before and after. With ``out``: metrics, config and the pruned model are saved there, and
+    rerunning resumes from the training and fine-tuning checkpoints."""
+    from prunekit.persist import save
+
+    config.target()  # fail before training, not after
     out_dir = Path(out) if out is not None else None
     job = TrainJob(
         model=config.model, data=config.data, root=config.root, image_size=config.image_size
@@ -277,46 +332,51 @@ def demo(
         "input_shape": list(setup.info.input_shape),
         "epochs": config.epochs,
         "seed": config.seed,
-        "target_flops": config.target_flops,
+        "method": config.label(),
+        **config.target(),
         "acc_before": run.test["top1"],
         "train_time_s": time.perf_counter() - t0,
     }
     metrics.update(tagged(model_figures(model, example), "before"))
 
     t0 = time.perf_counter()
-    report = prune_channels(model, example, target_flops=config.target_flops, importance="l1")
+    report = prune_step(config, setup)
     metrics["prune_time_s"] = time.perf_counter() - t0
     metrics["acc_pruned"] = evaluate(model, setup.test_set)["top1"]
 
     finetune_cfg = dataclasses.replace(
-        train_cfg, epochs=config.finetune_epochs, lr=config.finetune_lr
+        train_cfg, epochs=max(config.finetune_epochs, 1), lr=config.finetune_lr
     )
     t0 = time.perf_counter()
-    fit(
-        model,
-        setup.train_set,
-        finetune_cfg,
-        val_set=setup.val_set,
-        checkpoint=out_dir / "finetune.pt" if out_dir else None,
-        progress=progress,
-    )
+    if config.finetune_epochs > 0:  # 0: measure the pruned model as it is
+        fit(
+            model,
+            setup.train_set,
+            finetune_cfg,
+            val_set=setup.val_set,
+            checkpoint=out_dir / "finetune.pt" if out_dir else None,
+            progress=progress,
+        )
     metrics["finetune_time_s"] = time.perf_counter() - t0
     metrics["acc_finetuned"] = evaluate(model, setup.test_set)["top1"]
     metrics["groups_pruned"] = sum(g.after < g.before for g in report.groups)
     metrics.update(tagged(model_figures(model, example), "after"))
     if out_dir is not None and rank() == 0:
-        save(model, out_dir / "pruned.pt", extra={"demo": dataclasses.asdict(config)})
+        save(model, out_dir / "pruned.pt", extra={"run": dataclasses.asdict(config)})
         metrics["pruned_model_file"] = str(out_dir / "pruned.pt")
         write_run(
             out_dir,
             {
-                "demo": dataclasses.asdict(config),
+                "run": dataclasses.asdict(config),
                 "train": train_cfg.to_dict(),
                 "finetune": finetune_cfg.to_dict(),
             },
             metrics,
         )
     return metrics
+
+
+demo = run_pruning
 
 
 def tagged(figures: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -360,9 +420,13 @@ def demo_table(metrics: dict[str, Any]) -> str:
     for label, key in DEMO_ROWS:
         before, after = metrics.get(key.format("before")), metrics.get(key.format("after"))
         rows.append([label, before, after, ratio(before, after)])
+    target = (
+        f"{metrics['target_flops']:.0%} fewer FLOPs"
+        if "target_flops" in metrics
+        else f"{metrics['target_params']:.0%} fewer params"
+    )
     title = (
         f"{metrics['model']} on {metrics['data']} {tuple(metrics['input_shape'])}: "
-        f"{metrics['epochs']} epochs, then pruned by filter L1 norm to "
-        f"{metrics['target_flops']:.0%} fewer FLOPs and fine-tuned"
+        f"{metrics['epochs']} epochs, then pruned ({metrics['method']}) to {target} and fine-tuned"
     )
     return title + "\n" + markdown_table(["", "before", "after", "after/before"], rows)

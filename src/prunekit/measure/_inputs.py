@@ -21,14 +21,16 @@ def as_args(inputs: Inputs) -> tuple[Any, ...]:
 
 @contextlib.contextmanager
 def inference(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no autograd for the duration; the model's previous mode is restored."""
-    was_training = model.training
+    """Eval mode and no autograd for the duration; every submodule's previous mode is restored
+    (a model may keep some parts in eval mode while training others)."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
             yield
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -1,0 +1,99 @@
+"""What a pruning method is in prunekit, and the registry that maps catalogue ids to methods.
+
+A method gets a :class:`Context` (the trained model, example input, data, target) and prunes the
+model in place, ending in physical removal through the structural core. Only methods whose code
+does their paper's defining computation are registered; every other catalogue entry is listed as
+planned and refuses to run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from prunekit.errors import ConfigError
+from prunekit.methods.catalogue import CatalogueEntry, catalogue, entry
+from prunekit.prune import PruneReport
+from prunekit.registry import Registry
+
+
+@dataclass
+class Context:
+    """Everything a method may use. ``target`` holds exactly one of ``target_flops`` /
+    ``target_params`` (fractions removed)."""
+
+    model: nn.Module
+    example_input: torch.Tensor
+    train_set: Dataset[Any]
+    val_set: Dataset[Any]
+    target: dict[str, float]
+    calib_batches: int = 4
+    batch_size: int = 64
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def calibration(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``calib_batches`` batches of a seeded shuffle of the training set (the same
+        on every run and every rank, so data-driven scores agree)."""
+        g = torch.Generator().manual_seed(self.seed)
+        loader = DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g)
+        return list(itertools.islice(iter(loader), self.calib_batches))
+
+
+class Method:
+    """Base class: subclasses implement :meth:`prune` and are registered under a catalogue id."""
+
+    id: str = ""
+
+    @property
+    def citation(self) -> CatalogueEntry:
+        return entry(self.id)
+
+    def prune(self, ctx: Context) -> PruneReport:
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("pruning method")
+
+
+def register_method(method_id: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator registering a :class:`Method` under its catalogue id (which must exist)."""
+
+    def decorator(cls: type[Method]) -> type[Method]:
+        entry(method_id)  # an id outside the catalogue is a programming error, caught at import
+        cls.id = method_id
+        METHODS.add(method_id, cls)
+        return cls
+
+    return decorator
+
+
+def get(method_id: str) -> Method:
+    """An instance of the method registered as ``method_id``.
+
+    A catalogue id that is not implemented yet is refused: nothing else runs in its place.
+    """
+    if method_id not in METHODS:
+        known = {e.id for e in catalogue()}
+        if method_id in known:
+            raise ConfigError(
+                f"method {method_id!r} is in the catalogue but not implemented yet; "
+                f"implemented: {', '.join(METHODS.names())}"
+            )
+        return METHODS.get(method_id)()  # raises UnknownNameError listing the implemented ones
+    return METHODS.get(method_id)()
+
+
+def list_methods() -> list[tuple[CatalogueEntry, str]]:
+    """Every catalogue entry with its status: ``implemented`` or ``planned``."""
+    return [(e, "implemented" if e.id in METHODS else "planned") for e in catalogue()]
+
+
+def iter_implemented() -> Iterator[type[Method]]:
+    return (e.obj for e in METHODS)

@@ -1,0 +1,22 @@
+"""Methods whose paper's computation is: score channels by a criterion once, remove the lowest to
+the budget, fine-tune (the fine-tuning is the runner's, shared by every method)."""
+
+from __future__ import annotations
+
+from prunekit.criteria.hrank import HRank
+from prunekit.methods.base import Context, Method, register_method
+from prunekit.prune import PruneReport, prune_channels
+
+
+@register_method("hrank")
+class HRankMethod(Method):
+    """HRank (Lin et al., CVPR 2020): the average rank of each channel's feature maps over a
+    calibration batch of images; the lowest-rank filters are removed, then the model is
+    fine-tuned. The paper estimates ranks from 500 images (5 batches of 100 on CIFAR); here
+    ``calib_batches`` batches of the run's batch size. Per-layer scope, as in the paper."""
+
+    def prune(self, ctx: Context) -> PruneReport:
+        criterion = HRank(ctx.calibration())
+        return prune_channels(
+            ctx.model, ctx.example_input, importance=criterion, scope="layer", **ctx.target
+        )

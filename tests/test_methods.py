@@ -1,0 +1,68 @@
+"""The method registry and the pruning runner, from Python and from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prunekit import methods, workflow
+from prunekit.cli import main
+from prunekit.errors import ConfigError, UnknownNameError
+
+
+def test_every_catalogue_entry_is_listed_with_a_status() -> None:
+    listing = methods.list_methods()
+    assert len(listing) == len(methods.catalogue()) == 71
+    status = {e.id: s for e, s in listing}
+    assert status["hrank"] == "implemented"
+    assert status["thinet"] == "planned"
+    assert set(status.values()) == {"implemented", "planned"}
+
+
+def test_implemented_methods_carry_their_citation() -> None:
+    for cls in methods.iter_implemented():
+        e = methods.entry(cls.id)
+        assert e.title and e.link and e.type in ("S", "U")
+        assert cls().citation == e
+
+
+def test_planned_methods_refuse_to_run_and_unknown_ids_list_known() -> None:
+    with pytest.raises(ConfigError, match="'thinet' is in the catalogue but not implemented yet"):
+        methods.get("thinet")
+    with pytest.raises(UnknownNameError, match="hrank"):
+        methods.get("no_such_method")
+
+
+def test_methods_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["methods", "--type", "S"]) == 0
+    out = capsys.readouterr().out
+    assert "| hrank " in out and "implemented" in out and "| thinet " in out
+    assert "| magnitude " not in out  # an unstructured method, filtered out by --type S
+
+
+def test_prune_command_refuses_a_planned_method(capsys, tmp_path) -> None:
+    code = main(
+        ["prune", "--method", "thinet", "--epochs", "1", "--out", str(tmp_path), "--no-progress"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "not implemented yet" in err and err.count("\n") == 1
+
+
+def test_prune_with_a_method_meets_the_target(tmp_path, capsys) -> None:
+    argv = ["prune", "--model", "lenet5", "--method", "hrank", "--target-flops", "0.5"]
+    argv += ["--epochs", "1", "--finetune-epochs", "1", "--calib-batches", "2"]
+    assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["method"] == "hrank"
+    assert abs(metrics["flops_after"] / metrics["flops_before"] - 0.5) <= 0.02
+    for key in ("acc_before", "acc_pruned", "acc_finetuned", "params_after", "latency_after_ms"):
+        assert key in metrics
+    assert "pruned (hrank)" in capsys.readouterr().out
+
+
+def test_target_params_overrides_the_default_flops_target(tmp_path) -> None:
+    config = workflow.PruneConfig(model="lenet5", epochs=1, finetune_epochs=0, target_params=0.5)
+    metrics = workflow.run_pruning(config, out=tmp_path, progress=False)
+    assert abs(metrics["params_after"] / metrics["params_before"] - 0.5) <= 0.02
+    assert "target_flops" not in metrics
