@@ -154,6 +154,49 @@ def prune_channels(
     multiple of it. Protected layers (the model's ``protected_layers``) and ``ignore`` layers keep
     their output channels; every group keeps at least one channel.
     """
+    graph = build(model, example_inputs, ignore=ignore)
+    dense = graph.plan([])
+    picks = select_channels(
+        graph,
+        ratio=ratio,
+        target_flops=target_flops,
+        target_params=target_params,
+        scope=scope,
+        importance=importance,
+        round_to=round_to,
+    )
+    roots = _all_roots(graph, picks)
+    # the plan equals what torch.utils.flop_counter and a parameter count measure on the pruned
+    # model (the graph tests check this on every zoo model and 40 other networks), so the report
+    # needs no second forward pass
+    planned = graph.plan(roots)
+    before = {g.name: g.size for g in graph.groups}
+    if picks:
+        graph.remove(roots)
+    after = {g.name: g.size for g in graph.groups}
+    return PruneReport(
+        params_before=dense.params,
+        params_after=planned.params,
+        flops_before=dense.flops,
+        flops_after=planned.flops,
+        groups=[GroupChange(n, before[n], after.get(n, 0)) for n in before],
+        removed=picks,
+    )
+
+
+def select_channels(
+    graph: Graph,
+    *,
+    ratio: float | None = None,
+    target_flops: float | None = None,
+    target_params: float | None = None,
+    scope: str = "layer",
+    importance: str | criteria.Criterion = "l1",
+    round_to: int | None = None,
+) -> dict[str, list[int]]:
+    """Which channels of each group :func:`prune_channels` would remove, without removing them:
+    ``{group name: indices}``. Soft-pruning methods zero these (``group.zero``) and let training
+    continue; one-shot methods remove them."""
     given = [
         k
         for k, v in (
@@ -172,8 +215,6 @@ def prune_channels(
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise ConfigError(f"round_to must be a positive int, got {round_to!r}")
     criterion = criteria.get(importance)
-
-    graph = build(model, example_inputs, ignore=ignore)
     dense = graph.plan([])
     scores = {g.name: criterion(g).double() for g in graph.groups}
     for g in graph.groups:
@@ -183,7 +224,6 @@ def prune_channels(
             )
     sel = _Selector(graph, scores, round_to)
     total_units = sum(g.size for g in graph.groups)
-
     if ratio is not None:
         ratio = _check_fraction("ratio", ratio, allow_zero=True)
         counts = (
@@ -195,29 +235,11 @@ def prune_channels(
         metric = "flops" if target_flops is not None else "params"
         target = _check_fraction(
             f"target_{metric}",
-            target_flops if target_flops is not None else target_params,
+            target_flops if target_flops is not None else target_params,  # type: ignore[arg-type]
             allow_zero=False,
-        )  # type: ignore[arg-type]
+        )
         counts = _search(graph, sel, scope, metric, target, dense, total_units)
-
-    picks = sel.roots(counts)
-    roots = _all_roots(graph, picks)
-    # the plan equals what torch.utils.flop_counter and a parameter count measure on the pruned
-    # model (the graph tests check this on every zoo model and 40 other networks), so the report
-    # needs no second forward pass
-    planned = graph.plan(roots)
-    before = {g.name: g.size for g in graph.groups}
-    if picks:
-        graph.remove(roots)
-    after = {g.name: g.size for g in graph.groups}
-    return PruneReport(
-        params_before=dense.params,
-        params_after=planned.params,
-        flops_before=dense.flops,
-        flops_after=planned.flops,
-        groups=[GroupChange(n, before[n], after.get(n, 0)) for n in before],
-        removed=picks,
-    )
+    return sel.roots(counts)
 
 
 def _search(
@@ -315,4 +337,4 @@ def _walk(
     return rounded(raw)
 
 
-__all__ = ["GroupChange", "PruneReport", "prune_channels"]
+__all__ = ["GroupChange", "PruneReport", "prune_channels", "select_channels"]
