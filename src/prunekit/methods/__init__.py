@@ -3,7 +3,7 @@ the implemented ones runnable by id (``prunekit prune --method ID``)."""
 
 from __future__ import annotations
 
-from prunekit.methods import criterion_based  # noqa: F401  (registers its methods)
+from prunekit.methods import criterion_based, slimming, soft  # noqa: F401  (register methods)
 from prunekit.methods.base import (
     METHODS,
     Context,

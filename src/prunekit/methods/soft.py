@@ -1,0 +1,170 @@
+"""Soft pruning methods: zero the weakest filters after every epoch, keep training them, remove
+them physically at the end.
+
+* **SFP** — He, Kang, Dong, Fu, Yang, "Soft Filter Pruning for Accelerating Deep Convolutional
+  Neural Networks" (IJCAI 2018). Every layer ``i`` loses the same fraction ``P`` of its filters.
+  After each training epoch the filters of every layer are ranked by their L2 norm
+  ``||F_ij||_2`` and the ``floor(P * n_i)`` smallest are set to zero. They are *not* removed: the
+  next epoch updates them like every other weight, so a filter zeroed once can grow back and be
+  kept while another one takes its place. After the last epoch the filters selected last are
+  removed for good.
+* **FPGM** — He, Liu, Wang, Hu, Yang, "Filter Pruning via Geometric Median for Deep
+  Convolutional Neural Networks Acceleration" (CVPR 2019). The same soft schedule, but a filter's
+  score is the sum of its distances to the other filters of its layer
+  (:func:`prunekit.criteria.fpgm`); the filters nearest the layer's geometric median are zeroed.
+
+Both papers prune with the soft step every epoch over the whole training schedule, from scratch
+or from a pretrained model (CIFAR-10 ResNets: the usual 200-epoch schedule). Here the model
+arrives trained, and the soft phase is short: ``soft_epochs`` epochs (option, default 3) of SGD
+at ``soft_lr`` (option, default 0.01; momentum, weight decay and the cosine schedule are
+:class:`~prunekit.train.TrainConfig`'s defaults). ``soft_epochs=0`` reduces to one-shot pruning
+with the method's criterion.
+
+Differences from the papers, on purpose:
+
+* The per-layer rate comes from the run's FLOPs or params target: :func:`prunekit.prune.
+  select_channels` with ``scope="layer"`` finds the uniform rate that meets it (and closes the
+  last gap with single filters in score order), so the rate is one number for every layer, as
+  in the papers, up to that last adjustment. Coupled channels (a residual stage) form one group
+  and are scored and zeroed together.
+* "The filter" is every output-side parameter of a channel (:meth:`prunekit.graph.Group.zero`):
+  the conv filter, its bias and the following BatchNorm's scale and shift. The papers zero only
+  the conv weights, so a zeroed channel still outputs the BatchNorm shift and the physically
+  pruned model differs from the soft-pruned one; here the channel outputs exactly zero, and the
+  final removal does not change the model's outputs. A consequence: while a channel's conv
+  weights and BatchNorm scale are both zero their gradients are zero too, so a zeroed filter
+  grows back through SGD momentum carried over from the previous steps (then through its
+  gradient once non-zero), not through its gradient alone. The BatchNorm shift gets a gradient
+  directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from prunekit import criteria
+from prunekit.graph import Graph, build
+from prunekit.measure._inputs import Inputs
+from prunekit.methods.base import Context, Method, register_method
+from prunekit.prune import GroupChange, PruneReport, select_channels
+from prunekit.train.config import TrainConfig
+from prunekit.train.loop import TrainResult, fit
+
+DEFAULT_SOFT_EPOCHS = 3
+DEFAULT_SOFT_LR = 0.01
+
+
+class SoftPruner:
+    """The soft filter pruning mechanism shared by SFP and FPGM.
+
+    Builds the channel graph of ``model`` once. :meth:`step` selects, for the ``target``
+    (``{"target_flops": f}`` or ``{"target_params": f}``), the lowest-scored channels of every
+    group under ``criterion`` and zeroes them in place; :meth:`callback` runs it at every
+    ``"epoch_end"`` of :func:`prunekit.train.fit`; :meth:`finish` selects once more, zeroes and
+    removes the selection physically.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: Inputs,
+        target: Mapping[str, float],
+        criterion: str | criteria.Criterion = "l2",
+    ) -> None:
+        self.model = model
+        self.target = dict(target)
+        self.criterion = criteria.get(criterion)
+        self.graph: Graph = build(model, example_input)
+        self.dense = self.graph.plan([])
+        self.history: list[dict[str, list[int]]] = []  # the selection of every step, in order
+
+    def select(self) -> dict[str, list[int]]:
+        """``{group name: indices}`` to zero now: the same rate in every group (``scope="layer"``)
+        meeting the target, lowest scores first."""
+        return select_channels(self.graph, scope="layer", importance=self.criterion, **self.target)
+
+    def step(self) -> dict[str, list[int]]:
+        """Zero the currently selected channels (they stay in the model and keep training)."""
+        picks = self.select()
+        groups = {g.name: g for g in self.graph.groups}
+        for name, indices in picks.items():
+            groups[name].zero(indices)
+        self.history.append(picks)
+        return picks
+
+    def callback(self, event: str, state: dict[str, Any]) -> None:
+        """A :func:`prunekit.train.fit` callback: :meth:`step` after every epoch."""
+        if event == "epoch_end":
+            self.step()
+
+    def train(
+        self, train_set: Dataset[Any], config: TrainConfig, *, progress: bool = True
+    ) -> TrainResult:
+        """Train the model in place by ``config``, soft-pruning after every epoch."""
+        return fit(self.model, train_set, config, progress=progress, callbacks=[self.callback])
+
+    def finish(self) -> PruneReport:
+        """Select and zero once more, then remove the zeroed channels physically.
+
+        The removed channels output zero before removal, so the pruned model computes what the
+        soft-pruned one did (exactly, up to floating point, unless a group is not
+        :attr:`~prunekit.graph.Group.exact`)."""
+        picks = self.step()
+        groups = {g.name: g for g in self.graph.groups}
+        roots = [groups[n].units[i] for n, idx in picks.items() for i in idx]
+        planned = self.graph.plan(roots)
+        before = {g.name: g.size for g in self.graph.groups}
+        if roots:
+            self.graph.remove(roots)
+        after = {g.name: g.size for g in self.graph.groups}
+        return PruneReport(
+            params_before=self.dense.params,
+            params_after=planned.params,
+            flops_before=self.dense.flops,
+            flops_after=planned.flops,
+            groups=[GroupChange(n, before[n], after.get(n, 0)) for n in before],
+            removed=picks,
+        )
+
+
+class _SoftMethod(Method):
+    """Soft pruning with the criterion named by ``criterion``; options ``soft_epochs``
+    (default 3), ``soft_lr`` (default 0.01) and ``progress`` (default True)."""
+
+    criterion = "l2"
+
+    def prune(self, ctx: Context) -> PruneReport:
+        pruner = SoftPruner(ctx.model, ctx.example_input, ctx.target, self.criterion)
+        epochs = int(ctx.options.get("soft_epochs", DEFAULT_SOFT_EPOCHS))
+        if epochs > 0:
+            config = TrainConfig(
+                epochs=epochs,
+                lr=float(ctx.options.get("soft_lr", DEFAULT_SOFT_LR)),
+                batch_size=ctx.batch_size,
+                seed=ctx.seed,
+            )
+            pruner.train(ctx.train_set, config, progress=bool(ctx.options.get("progress", True)))
+        return pruner.finish()
+
+
+@register_method("sfp")
+class SFPMethod(_SoftMethod):
+    """SFP (He et al., IJCAI 2018): after every epoch zero the filters of lowest L2 norm, the
+    same rate per layer, and keep training them; remove them after the last epoch."""
+
+    criterion = "l2"
+
+
+@register_method("fpgm")
+class FPGMMethod(_SoftMethod):
+    """FPGM (He et al., CVPR 2019): the SFP schedule with the geometric-median criterion — the
+    filters with the smallest summed distance to the other filters of their layer are zeroed."""
+
+    criterion = "fpgm"
+
+
+__all__ = ["DEFAULT_SOFT_EPOCHS", "DEFAULT_SOFT_LR", "FPGMMethod", "SFPMethod", "SoftPruner"]
