@@ -7,6 +7,7 @@ graph's plan (predicted params and FLOPs, no surgery) until the target is met, t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from torch import nn
 
 from prunekit import criteria
 from prunekit.errors import ConfigError
-from prunekit.graph import Graph, Group, build
+from prunekit.graph import Graph, Group, Plan, build
 from prunekit.measure._inputs import Inputs
 
 TOLERANCE = 0.01  # a FLOPs or params target is met within 1% of the dense figure
@@ -62,20 +63,35 @@ class PruneReport:
 class _Selector:
     """Turns a knob (a ratio, or a count of units in global order) into units to remove."""
 
-    def __init__(self, graph: Graph, scores: dict[str, torch.Tensor], round_to: int | None) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        scores: dict[str, torch.Tensor],
+        round_to: int | None,
+        normalize: bool = True,
+    ) -> None:
         self.graph = graph
         self.round_to = round_to
+        self.scores = scores
+        self.normalize = normalize
         self.order = {
             g.name: torch.argsort(scores[g.name], stable=True).tolist() for g in graph.groups
         }
-        # one global order: scores made comparable across groups by their mean
+
+    @functools.cached_property
+    def global_order(self) -> list[tuple[str, int]]:
+        """Every finite-scored unit as ``(group, index)``, lowest first (a unit scored ``+inf``
+        is never removed); with ``normalize``, scores are divided by their group's mean so groups
+        compare, else raw scores compete across groups."""
         flat = []
-        for g in graph.groups:
-            s = scores[g.name]
-            norm = s / s.mean() if float(s.mean()) > 0 else s
-            flat += [(float(norm[i]), g.name, i) for i in range(g.size)]
+        for g in self.graph.groups:
+            s = self.scores[g.name]
+            finite = s[torch.isfinite(s)]
+            if self.normalize and len(finite) and float(finite.mean()) > 0:
+                s = s / finite.mean()
+            flat += [(float(s[i]), g.name, i) for i in range(g.size) if torch.isfinite(s[i])]
         flat.sort()
-        self.global_order = [(name, i) for _, name, i in flat]
+        return [(name, i) for _, name, i in flat]
 
     def max_remove(self, g: Group) -> int:
         return g.size - self.min_keep(g)
@@ -165,13 +181,21 @@ def prune_channels(
         importance=importance,
         round_to=round_to,
     )
+    return remove_selected(graph, picks, dense)
+
+
+def remove_selected(graph: Graph, picks: dict[str, list[int]], dense: Plan) -> PruneReport:
+    """Remove ``picks`` (``{group name: indices}``) physically and report the sizes before
+    (``dense``) and after.
+
+    The plan equals what torch.utils.flop_counter and a parameter count measure on the pruned
+    model (the graph tests check this on every zoo model and 40 other networks), so the report
+    needs no second forward pass. Every method that ends in removal reports through here.
+    """
     roots = _all_roots(graph, picks)
-    # the plan equals what torch.utils.flop_counter and a parameter count measure on the pruned
-    # model (the graph tests check this on every zoo model and 40 other networks), so the report
-    # needs no second forward pass
     planned = graph.plan(roots)
     before = {g.name: g.size for g in graph.groups}
-    if picks:
+    if roots:
         graph.remove(roots)
     after = {g.name: g.size for g in graph.groups}
     return PruneReport(
@@ -193,10 +217,12 @@ def select_channels(
     scope: str = "layer",
     importance: str | criteria.Criterion = "l1",
     round_to: int | None = None,
+    normalize: bool = True,
 ) -> dict[str, list[int]]:
     """Which channels of each group :func:`prune_channels` would remove, without removing them:
     ``{group name: indices}``. Soft-pruning methods zero these (``group.zero``) and let training
-    continue; one-shot methods remove them."""
+    continue; one-shot methods remove them. ``normalize=False`` compares raw scores across groups
+    in global scope (one threshold on one quantity, as network slimming's |gamma|)."""
     given = [
         k
         for k, v in (
@@ -222,7 +248,7 @@ def select_channels(
             raise ConfigError(
                 f"importance returned shape {tuple(scores[g.name].shape)} for group {g.name!r} of {g.size} channels"
             )
-    sel = _Selector(graph, scores, round_to)
+    sel = _Selector(graph, scores, round_to, normalize)
     total_units = sum(g.size for g in graph.groups)
     if ratio is not None:
         ratio = _check_fraction("ratio", ratio, allow_zero=True)
@@ -337,4 +363,4 @@ def _walk(
     return rounded(raw)
 
 
-__all__ = ["GroupChange", "PruneReport", "prune_channels", "select_channels"]
+__all__ = ["GroupChange", "PruneReport", "prune_channels", "remove_selected", "select_channels"]

@@ -48,7 +48,7 @@ from prunekit.errors import ConfigError
 from prunekit.graph import Graph, build
 from prunekit.graph.core import Site
 from prunekit.methods.base import Context, Method, register_method
-from prunekit.prune import TOLERANCE, GroupChange, PruneReport
+from prunekit.prune import PruneReport, remove_selected, select_channels
 from prunekit.train import TrainConfig, fit
 
 DEFAULT_LAMBDA = 1e-4
@@ -135,64 +135,14 @@ def global_threshold(
     many as it takes to remove ``target_flops`` or ``target_params`` (a fraction) of the dense
     model within :data:`prunekit.prune.TOLERANCE`. Every group keeps at least one unit; units
     scoring ``+inf`` are never removed."""
-    given = {k: v for k, v in (("flops", target_flops), ("params", target_params)) if v is not None}
-    if len(given) != 1:
-        raise ConfigError("give exactly one of target_flops, target_params")
-    ((metric, target),) = given.items()
-    if not (isinstance(target, (int, float)) and 0 < target < 1):
-        raise ConfigError(f"target_{metric} must be a fraction in (0, 1), got {target!r}")
-    groups = {g.name: g for g in graph.groups}
-    flat = sorted(
-        (float(s[i]), name, i)
-        for name, s in scores.items()
-        for i in range(groups[name].size)
-        if math.isfinite(float(s[i]))
+    return select_channels(
+        graph,
+        importance=lambda g: scores[g.name],
+        scope="global",
+        normalize=False,  # one threshold on raw |gamma| across layers, as in the paper
+        target_flops=target_flops,
+        target_params=target_params,
     )
-    # the order in which units fall as the threshold rises, skipping each group's last unit
-    taken = dict.fromkeys(groups, 0)
-    steps: list[tuple[str, int]] = []
-    for _, name, i in flat:
-        if taken[name] < groups[name].size - 1:
-            taken[name] += 1
-            steps.append((name, i))
-
-    def value(picked: list[tuple[str, int]]) -> int:
-        roots = [groups[n].units[i] for n, i in picked]
-        return int(getattr(graph.plan(roots), metric))
-
-    dense = value([])
-    goal, tol = (1.0 - target) * dense, TOLERANCE * dense
-    lo, hi = 0, len(steps)  # smallest prefix whose model is at or below the goal
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if value(steps[:mid]) <= goal else (mid + 1, hi)
-    picked = steps[:lo]
-    achieved = value(picked)
-    if lo > 0 and abs(achieved - goal) > tol:
-        picked = steps[: lo - 1]
-        skipped: set[str] = set()
-        for name, i in steps[lo - 1 :]:
-            if name in skipped:
-                continue
-            v = value([*picked, (name, i)])
-            if v < goal - tol:
-                skipped.add(name)
-                continue
-            picked.append((name, i))
-            achieved = v
-            if abs(v - goal) <= tol:
-                break
-        achieved = value(picked)
-    if abs(achieved - goal) > tol:
-        raise ConfigError(
-            f"cannot reach target_{metric}={target:g} by a global |gamma| threshold: the closest "
-            f"selection removes {1 - achieved / dense:.3f} (channels without BatchNorm and each "
-            "group's last channel are kept)"
-        )
-    out: dict[str, list[int]] = {}
-    for name, i in picked:
-        out.setdefault(name, []).append(i)
-    return {n: sorted(idx) for n, idx in out.items()}
 
 
 def prune_by_gamma(
@@ -223,21 +173,7 @@ def _prune_by_gamma(
     picks = global_threshold(
         graph, gamma_scores(graph), target_flops=target_flops, target_params=target_params
     )
-    groups = {g.name: g for g in graph.groups}
-    roots = [groups[n].units[i] for n, idx in picks.items() for i in idx]
-    planned = graph.plan(roots)
-    before = {g.name: g.size for g in graph.groups}
-    if roots:
-        graph.remove(roots)
-    after = {g.name: g.size for g in graph.groups}
-    return PruneReport(
-        params_before=dense.params,
-        params_after=planned.params,
-        flops_before=dense.flops,
-        flops_after=planned.flops,
-        groups=[GroupChange(n, before[n], after.get(n, 0)) for n in before],
-        removed=picks,
-    )
+    return remove_selected(graph, picks, dense)
 
 
 @register_method("slimming")

@@ -50,7 +50,7 @@ from prunekit import criteria
 from prunekit.graph import Graph, build
 from prunekit.measure._inputs import Inputs
 from prunekit.methods.base import Context, Method, register_method
-from prunekit.prune import GroupChange, PruneReport, select_channels
+from prunekit.prune import PruneReport, remove_selected, select_channels
 from prunekit.train.config import TrainConfig
 from prunekit.train.loop import TrainResult, fit
 
@@ -113,22 +113,7 @@ class SoftPruner:
         The removed channels output zero before removal, so the pruned model computes what the
         soft-pruned one did (exactly, up to floating point, unless a group is not
         :attr:`~prunekit.graph.Group.exact`)."""
-        picks = self.step()
-        groups = {g.name: g for g in self.graph.groups}
-        roots = [groups[n].units[i] for n, idx in picks.items() for i in idx]
-        planned = self.graph.plan(roots)
-        before = {g.name: g.size for g in self.graph.groups}
-        if roots:
-            self.graph.remove(roots)
-        after = {g.name: g.size for g in self.graph.groups}
-        return PruneReport(
-            params_before=self.dense.params,
-            params_after=planned.params,
-            flops_before=self.dense.flops,
-            flops_after=planned.flops,
-            groups=[GroupChange(n, before[n], after.get(n, 0)) for n in before],
-            removed=picks,
-        )
+        return remove_selected(self.graph, self.step(), self.dense)
 
 
 class _SoftMethod(Method):
