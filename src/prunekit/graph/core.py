@@ -126,10 +126,12 @@ class Group:
             )
         self.graph.remove(roots)
 
-    def zero(self, indices: Iterable[int]) -> None:
+    def zero(self, indices: Iterable[int], *, filters_only: bool = False) -> None:
         """Zero the output-side parameters of units ``indices`` so those channels output zero
-        everywhere (the soft version of :meth:`prune`; used to check surgery)."""
-        self.graph.zero(self._roots(indices))
+        everywhere (the soft version of :meth:`prune`; used to check surgery). With
+        ``filters_only``, only the filters (conv / Linear weights and biases) are zeroed, as soft
+        filter pruning does between epochs; norm layers keep their parameters."""
+        self.graph.zero(self._roots(indices), filters_only=filters_only)
 
     def scores(self, fn: Any) -> torch.Tensor:
         """Per-unit sums of ``fn(weight)`` over the output side of every member layer, where
@@ -271,15 +273,24 @@ class Graph:
         self._out_index = None
         _record_structure(self)
 
-    def zero(self, roots: Sequence[int]) -> None:
+    def zero(self, roots: Sequence[int], *, filters_only: bool = False) -> None:
+        """Zero what produces the units ``roots``: every output-side layer, or with
+        ``filters_only`` just the layers with filters (weights of two or more dimensions: convs,
+        Linear), leaving norm layers and scale parameters alone."""
         roots_set = np.asarray(list(roots), dtype=np.int64)
         with torch.no_grad():
             for site, side, _, r in self._unit_sides():
                 if side != "out":
                     continue
+                if filters_only:
+                    w = out_weight(site.module)
+                    if w is None or w.dim() < 2:
+                        continue
                 pos = torch.from_numpy(np.nonzero(np.isin(r, roots_set))[0])
                 if len(pos):
                     site.handler.zero(site.module, pos)
+            if filters_only:
+                return
             for ps in self.param_sites:
                 pos = torch.from_numpy(
                     np.nonzero(np.isin(self.labels.roots(ps.labels), roots_set))[0]

@@ -27,15 +27,12 @@ Differences from the papers, on purpose:
   last gap with single filters in score order), so the rate is one number for every layer, as
   in the papers, up to that last adjustment. Coupled channels (a residual stage) form one group
   and are scored and zeroed together.
-* "The filter" is every output-side parameter of a channel (:meth:`prunekit.graph.Group.zero`):
-  the conv filter, its bias and the following BatchNorm's scale and shift. The papers zero only
-  the conv weights, so a zeroed channel still outputs the BatchNorm shift and the physically
-  pruned model differs from the soft-pruned one; here the channel outputs exactly zero, and the
-  final removal does not change the model's outputs. A consequence: while a channel's conv
-  weights and BatchNorm scale are both zero their gradients are zero too, so a zeroed filter
-  grows back through SGD momentum carried over from the previous steps (then through its
-  gradient once non-zero), not through its gradient alone. The BatchNorm shift gets a gradient
-  directly.
+* Between epochs only the filters are zeroed (conv / Linear weights and biases,
+  ``Group.zero(..., filters_only=True)``), as in the papers: BatchNorm keeps its scale and
+  shift, so a zeroed filter keeps receiving gradient and can recover. At the end the final
+  selection is zeroed whole (BatchNorm terms included) and removed, so the removed model computes
+  exactly what that fully zeroed model computes; it differs from the soft-trained model by the
+  BatchNorm shifts of the removed channels, as pruning does in the papers.
 """
 
 from __future__ import annotations
@@ -92,7 +89,9 @@ class SoftPruner:
         picks = self.select()
         groups = {g.name: g for g in self.graph.groups}
         for name, indices in picks.items():
-            groups[name].zero(indices)
+            # the filters only, as in the papers: BatchNorm keeps its scale, so a zeroed filter
+            # keeps receiving gradient and can recover in the next epoch
+            groups[name].zero(indices, filters_only=True)
         self.history.append(picks)
         return picks
 
@@ -113,7 +112,11 @@ class SoftPruner:
         The removed channels output zero before removal, so the pruned model computes what the
         soft-pruned one did (exactly, up to floating point, unless a group is not
         :attr:`~prunekit.graph.Group.exact`)."""
-        return remove_selected(self.graph, self.step(), self.dense)
+        picks = self.step()
+        groups = {g.name: g for g in self.graph.groups}
+        for name, indices in picks.items():  # now the whole channel, BatchNorm terms included
+            groups[name].zero(indices)
+        return remove_selected(self.graph, picks, self.dense)
 
 
 class _SoftMethod(Method):
