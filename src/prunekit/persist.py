@@ -64,12 +64,7 @@ def save(model: nn.Module, path: PathLike, *, extra: Any = None) -> None:
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"save expects an nn.Module, got {type(model).__name__}")
-    try:
-        json.dumps(extra)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(
-            f"extra must be JSON-able (plain dicts, lists, numbers, text): {e}"
-        ) from e
+    check_extra(extra)
     state: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         if not isinstance(value, torch.Tensor):
@@ -139,6 +134,16 @@ def load(
     path = Path(path)
     ckpt = _read(path)
     return rebuild_saved(path, ckpt, ckpt["state_dict"], model, map_location)
+
+
+def check_extra(extra: Any) -> None:
+    """User metadata must be JSON-able, so a file stays plain data that loads without code."""
+    try:
+        json.dumps(extra)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"extra must be JSON-able (plain dicts, lists, numbers, text): {e}"
+        ) from e
 
 
 def rebuild_saved(

@@ -34,7 +34,6 @@ Integer, bool and other tensors are always stored bit-exactly.
 from __future__ import annotations
 
 import io
-import json
 import math
 import sys
 import zlib
@@ -161,12 +160,7 @@ def save_sparse(
         or not 0.0 <= min_sparsity <= 1.0
     ):
         raise ConfigError(f"min_sparsity must be a number in [0, 1], got {min_sparsity!r}")
-    try:
-        json.dumps(extra)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(
-            f"extra must be JSON-able (plain dicts, lists, numbers, text): {e}"
-        ) from e
+    persist.check_extra(extra)
 
     if isinstance(model_or_state_dict, nn.Module):
         model: nn.Module | None = model_or_state_dict
