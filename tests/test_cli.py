@@ -181,7 +181,7 @@ def test_entry_point_exit_codes() -> None:
 @pytest.mark.slow
 def test_default_demo_learns_digits(tmp_path) -> None:
     """The README's demo, as shipped: ResNet-20 on digits at 32x32."""
-    metrics = workflow.demo(workflow.DemoConfig(), out=tmp_path, progress=False)
+    metrics = workflow.run_pruning(workflow.PruneConfig(), out=tmp_path, progress=False)
     assert metrics["acc_before"] > 95
     assert metrics["acc_finetuned"] > 90
     assert abs(metrics["flops_after"] / metrics["flops_before"] - 0.5) <= 0.01

@@ -115,9 +115,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    config = config_from_args(workflow.PruneConfig, args)
-    if args.target_params is not None:
-        config.target_flops = None
+    config = config_from_args(workflow.PruneConfig, args)  # --target-params wins over flops
     metrics = workflow.run_pruning(config, out=args.out, progress=args.progress)
     print(workflow.demo_table(metrics))
     if args.out:

@@ -241,7 +241,6 @@ def select_channels(
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise ConfigError(f"round_to must be a positive int, got {round_to!r}")
     criterion = criteria.get(importance)
-    dense = graph.plan([])
     scores = {g.name: criterion(g).double() for g in graph.groups}
     for g in graph.groups:
         if scores[g.name].shape != (g.size,):
@@ -264,7 +263,7 @@ def select_channels(
             target_flops if target_flops is not None else target_params,  # type: ignore[arg-type]
             allow_zero=False,
         )
-        counts = _search(graph, sel, scope, metric, target, dense, total_units)
+        counts = _search(graph, sel, scope, metric, target, graph.plan([]), total_units)
     return sel.roots(counts)
 
 

@@ -273,9 +273,6 @@ class PruneConfig:
         return self.method if self.method else f"{self.importance} criterion"
 
 
-DemoConfig = PruneConfig  # the demo is a pruning run with the defaults
-
-
 def prune_step(config: PruneConfig, setup: Setup) -> Any:
     """Prune ``setup.model`` in place as ``config`` says; returns the method's report."""
     from prunekit import methods
@@ -374,9 +371,6 @@ def run_pruning(
             metrics,
         )
     return metrics
-
-
-demo = run_pruning
 
 
 def tagged(figures: dict[str, Any], stage: str) -> dict[str, Any]:
