@@ -124,7 +124,7 @@ def test_sparsity_training_drives_gamma_down() -> None:
             batch_size=16,
             options={"slimming_lambda": lam, "sparsity_epochs": 2, "sparsity_lr": 0.05},
         )
-        slimming.sparsity_train(model, ctx)
+        slimming.sparsity_train(model, ctx, slimming.NetworkSlimming().options(ctx))
         assert not model.bn_a.weight._backward_hooks  # hooks are gone after training
         return sum(float(w.detach().abs().sum()) for w in slimming.batchnorm_scales(model))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from prunekit import methods, workflow
 from prunekit.cli import main
@@ -66,3 +67,16 @@ def test_target_params_overrides_the_default_flops_target(tmp_path) -> None:
     metrics = workflow.run_pruning(config, out=tmp_path, progress=False)
     assert abs(metrics["params_after"] / metrics["params_before"] - 0.5) <= 0.02
     assert "target_flops" not in metrics
+
+
+def test_method_options_are_typed_and_unknown_ones_named() -> None:
+    method = methods.get("sfp")
+    ctx = methods.Context(torch.nn.Linear(2, 2), torch.randn(1, 2), [], [], {"target_flops": 0.5})
+    ctx.options = {"soft_epochs": "2", "soft_lr": "0.5", "progress": "false"}
+    assert method.options(ctx) == {"soft_epochs": 2, "soft_lr": 0.5, "progress": False}
+    ctx.options = {"soft_epoch": 2}
+    with pytest.raises(ConfigError, match=r"no option 'soft_epoch'.*soft_epochs=3"):
+        method.options(ctx)
+    ctx.options = {"soft_epochs": "2.5"}
+    with pytest.raises(ConfigError, match=r"'soft_epochs'.*expects int"):
+        method.options(ctx)

@@ -125,6 +125,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_methods(args: argparse.Namespace) -> None:
     from prunekit import methods
 
+    if args.show:
+        print(_method_card(args.show))
+        return
     listing = methods.list_methods()
     rows = [
         [e.id, e.type, status, e.title, f"{e.venue} {e.year or ''}".strip()]
@@ -135,6 +138,30 @@ def cmd_methods(args: argparse.Namespace) -> None:
     print(markdown_table(["id", "type", "status", "paper", "venue"], rows))
     done = sum(1 for _, status in listing if status == "implemented")
     print(f"{done} of {len(listing)} catalogue methods implemented; planned ones refuse to run")
+
+
+def _method_card(method_id: str) -> str:
+    """One method: its citation, status, summary and options with their defaults."""
+    import inspect
+
+    from prunekit import methods
+
+    e = methods.entry(method_id)  # an unknown id lists the catalogue's
+    lines = [f"{e.id} ({e.type}): {e.title}, {e.venue} {e.year or ''}".rstrip(), e.link or ""]
+    if e.id not in methods.METHODS:
+        lines.append("status: planned (not runnable yet)")
+        return "\n".join(lines)
+    cls = methods.METHODS.get(e.id)
+    lines += [
+        "status: implemented",
+        "",
+        inspect.getdoc(cls) or "",
+        "",
+        "options (--option KEY=VALUE):",
+    ]
+    opts = {**cls.defaults, "progress": True}
+    lines += [f"  {k} = {v!r}" for k, v in opts.items()]
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="the method catalogue with each entry's status")
     p.add_argument("--type", choices=["S", "U"], default=None, help="structured or unstructured")
     p.add_argument("--implemented", action="store_true", help="only the runnable ones")
+    p.add_argument("--show", metavar="ID", default=None, help="one method's paper and options")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_methods)
 

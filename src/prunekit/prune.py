@@ -77,6 +77,8 @@ class _Selector:
         self.order = {
             g.name: torch.argsort(scores[g.name], stable=True).tolist() for g in graph.groups
         }
+        # units scored +inf are never removed, in either scope
+        self.finite = {g.name: int(torch.isfinite(scores[g.name]).sum()) for g in graph.groups}
 
     @functools.cached_property
     def global_order(self) -> list[tuple[str, int]]:
@@ -94,7 +96,7 @@ class _Selector:
         return [(name, i) for _, name, i in flat]
 
     def max_remove(self, g: Group) -> int:
-        return g.size - self.min_keep(g)
+        return min(g.size - self.min_keep(g), self.finite[g.name])
 
     def min_keep(self, g: Group) -> int:
         r = self.round_to or 1

@@ -261,6 +261,12 @@ class PruneConfig:
     calib_batches: int = field(default=4, metadata={"help": "batches for data-driven criteria"})
     finetune_epochs: int = field(default=3, metadata={"help": "fine-tuning epochs after pruning"})
     finetune_lr: float = field(default=0.01, metadata={"help": "fine-tuning learning rate"})
+    option: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "method options as KEY=VALUE ... (prunekit methods --show ID lists them)"
+        },
+    )
 
     def target(self) -> dict[str, float]:
         if self.target_params is not None:
@@ -269,11 +275,23 @@ class PruneConfig:
             raise ConfigError("give --target-flops or --target-params")
         return {"target_flops": self.target_flops}
 
+    def options(self) -> dict[str, str]:
+        """``--option KEY=VALUE ...`` as a dict (values stay strings: the method converts them)."""
+        out = {}
+        for item in self.option:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--option expects KEY=VALUE, got {item!r}")
+            out[key.strip()] = value.strip()
+        if out and self.method is None:
+            raise ConfigError("--option needs --method (options belong to a method)")
+        return out
+
     def label(self) -> str:
         return self.method if self.method else f"{self.importance} criterion"
 
 
-def prune_step(config: PruneConfig, setup: Setup) -> Any:
+def prune_step(config: PruneConfig, setup: Setup, *, progress: bool = True) -> Any:
     """Prune ``setup.model`` in place as ``config`` says; returns the method's report."""
     from prunekit import methods
     from prunekit.prune import prune_channels
@@ -297,6 +315,7 @@ def prune_step(config: PruneConfig, setup: Setup) -> Any:
         calib_batches=config.calib_batches,
         batch_size=config.batch_size,
         seed=config.seed,
+        options={"progress": progress, **config.options()},
     )
     return method.prune(ctx)
 
@@ -311,6 +330,7 @@ def run_pruning(
     from prunekit.persist import save
 
     config.target()  # fail before training, not after
+    config.options()
     out_dir = Path(out) if out is not None else None
     job = TrainJob(
         model=config.model, data=config.data, root=config.root, image_size=config.image_size
@@ -337,7 +357,7 @@ def run_pruning(
     metrics.update(tagged(model_figures(model, example), "before"))
 
     t0 = time.perf_counter()
-    report = prune_step(config, setup)
+    report = prune_step(config, setup, progress=progress)
     metrics["prune_time_s"] = time.perf_counter() - t0
     metrics["acc_pruned"] = evaluate(model, setup.test_set)["top1"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -47,9 +47,40 @@ class Context:
 
 
 class Method:
-    """Base class: subclasses implement :meth:`prune` and are registered under a catalogue id."""
+    """Base class: subclasses implement :meth:`prune` and are registered under a catalogue id.
+
+    ``defaults`` lists the method's options with their default values (the paper's, where the
+    paper gives one; the docstring says which); :meth:`options` merges ``ctx.options`` over them.
+    """
 
     id: str = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def options(self, ctx: Context) -> dict[str, Any]:
+        """``defaults`` updated by ``ctx.options``, each value converted to its default's type.
+
+        An option the method does not have, or a value of the wrong kind, is a
+        :class:`~prunekit.errors.ConfigError` naming it and what was expected. ``progress``
+        (show progress bars, default True) is accepted by every method.
+        """
+        known = {"progress": True, **self.defaults}
+        out = dict(known)
+        for key, value in ctx.options.items():
+            if key not in known:
+                raise ConfigError(
+                    f"method {self.id!r} has no option {key!r}; its options: "
+                    + (", ".join(f"{k}={v!r}" for k, v in known.items()))
+                )
+            default = known[key]
+            try:
+                value = _convert(value, default)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"option {key!r} of method {self.id!r} expects {type(default).__name__} "
+                    f"(default {default!r}), got {value!r}"
+                ) from None
+            out[key] = value
+        return out
 
     @property
     def citation(self) -> CatalogueEntry:
@@ -57,6 +88,33 @@ class Method:
 
     def prune(self, ctx: Context) -> PruneReport:
         raise NotImplementedError
+
+
+def _convert(value: Any, default: Any) -> Any:
+    """``value`` as the type of ``default`` (a string from the command line, or a number)."""
+    if isinstance(default, bool):
+        return _to_bool(value)
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(default, int):
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(value)
+        return int(number)
+    if isinstance(default, float):
+        return float(value)
+    return value if default is None else type(default)(value)
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
 
 
 METHODS: Registry[type[Method]] = Registry("pruning method")

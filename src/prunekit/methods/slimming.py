@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -76,17 +76,18 @@ def add_l1_penalty(model: nn.Module, lam: float) -> list[RemovableHandle]:
     return [w.register_hook(hook_for(w)) for w in batchnorm_scales(model)]
 
 
-def sparsity_train(model: nn.Module, ctx: Context) -> None:
-    """Train ``model`` in place on ``ctx.train_set`` with the L1 penalty on BatchNorm scales."""
-    opts = ctx.options
-    lam = float(opts.get("slimming_lambda", DEFAULT_LAMBDA))
+def sparsity_train(model: nn.Module, ctx: Context, opts: dict[str, Any]) -> None:
+    """Train ``model`` in place on ``ctx.train_set`` with the L1 penalty on BatchNorm scales
+    (``opts``: :attr:`NetworkSlimming.defaults` as :meth:`~prunekit.methods.Method.options`
+    resolves them)."""
+    lam = opts["slimming_lambda"]
     if lam < 0 or not math.isfinite(lam):
         raise ConfigError(f"slimming_lambda must be a finite number >= 0, got {lam!r}")
     config = TrainConfig(
-        epochs=int(opts.get("sparsity_epochs", DEFAULT_EPOCHS)),
+        epochs=opts["sparsity_epochs"],
         batch_size=ctx.batch_size,
-        lr=float(opts.get("sparsity_lr", DEFAULT_LR)),
-        weight_decay=float(opts.get("sparsity_weight_decay", DEFAULT_WEIGHT_DECAY)),
+        lr=opts["sparsity_lr"],
+        weight_decay=opts["sparsity_weight_decay"],
         schedule="step",
         seed=ctx.seed,
     )
@@ -184,11 +185,19 @@ class NetworkSlimming(Method):
     below one global threshold on raw ``|gamma|`` that meets the target. See the module
     docstring for the details and deviations."""
 
+    defaults: ClassVar[dict[str, Any]] = {
+        "slimming_lambda": DEFAULT_LAMBDA,
+        "sparsity_epochs": DEFAULT_EPOCHS,
+        "sparsity_lr": DEFAULT_LR,
+        "sparsity_weight_decay": DEFAULT_WEIGHT_DECAY,
+    }
+
     def prune(self, ctx: Context) -> PruneReport:
+        opts = self.options(ctx)
         if not batchnorm_scales(ctx.model):
             raise ConfigError("slimming needs a model with affine BatchNorm layers")
-        if int(ctx.options.get("sparsity_epochs", DEFAULT_EPOCHS)) > 0:
-            sparsity_train(ctx.model, ctx)
+        if opts["sparsity_epochs"] > 0:
+            sparsity_train(ctx.model, ctx, opts)
         return prune_by_gamma(ctx.model, ctx.example_input, **ctx.target)
 
 

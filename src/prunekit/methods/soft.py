@@ -38,7 +38,7 @@ Differences from the papers, on purpose:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -124,18 +124,22 @@ class _SoftMethod(Method):
     (default 3), ``soft_lr`` (default 0.01) and ``progress`` (default True)."""
 
     criterion = "l2"
+    defaults: ClassVar[dict[str, Any]] = {
+        "soft_epochs": DEFAULT_SOFT_EPOCHS,
+        "soft_lr": DEFAULT_SOFT_LR,
+    }
 
     def prune(self, ctx: Context) -> PruneReport:
+        opts = self.options(ctx)
         pruner = SoftPruner(ctx.model, ctx.example_input, ctx.target, self.criterion)
-        epochs = int(ctx.options.get("soft_epochs", DEFAULT_SOFT_EPOCHS))
-        if epochs > 0:
+        if opts["soft_epochs"] > 0:
             config = TrainConfig(
-                epochs=epochs,
-                lr=float(ctx.options.get("soft_lr", DEFAULT_SOFT_LR)),
+                epochs=opts["soft_epochs"],
+                lr=opts["soft_lr"],
                 batch_size=ctx.batch_size,
                 seed=ctx.seed,
             )
-            pruner.train(ctx.train_set, config, progress=bool(ctx.options.get("progress", True)))
+            pruner.train(ctx.train_set, config, progress=opts["progress"])
         return pruner.finish()
 
 

@@ -1,0 +1,115 @@
+"""Pieces several methods share: which groups are plain layer-to-layer chains, and per-group
+widths chosen by a share per group.
+
+* :func:`chains`: the groups whose channels are made by exactly one layer with filters and read
+  by exactly one conv (``groups=1``) or Linear layer, one input position per channel. These are
+  the channels the layer-wise papers prune (ThiNet, channel pruning by LASSO, L1-filter in
+  residual networks: "only the inner convs of a residual block"); a residual stream, a concat
+  feeding several layers, a depthwise conv are not chains.
+* :func:`share_importance`: an importance for :func:`prunekit.prune.select_channels` (global
+  scope, raw scores) that removes channels from every group in proportion to a given share, the
+  lowest-scored first inside each group. One FLOPs or params target then fixes the overall
+  amount, and the shares fix how it spreads: random shares (random channel pruning) or shares
+  from a sensitivity analysis (L1-filter).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.graph import Graph, Group
+from prunekit.graph.core import Site, out_weight
+
+__all__ = ["Chain", "chains", "share_importance"]
+
+
+@dataclass
+class Chain:
+    """A group whose channels go from one ``producer`` to one ``consumer``.
+
+    ``producer_index[i]`` / ``consumer_index[i]``: the output position of the producer and the
+    input position of the consumer that carry unit ``i`` of ``group``.
+    """
+
+    group: Group
+    producer: Site
+    consumer: Site
+    producer_index: torch.Tensor
+    consumer_index: torch.Tensor
+
+
+def _positions(graph: Graph, site: Site, side: str, group: Group) -> np.ndarray | None:
+    """For each unit of ``group``, its one position on ``side`` of ``site`` (None unless each
+    unit has exactly one position there and the side carries no other channels)."""
+    arr = getattr(site, f"{side}_labels")
+    if arr is None or len(arr) != group.size:
+        return None
+    roots = graph.labels.roots(arr)
+    where = {int(r): i for i, r in enumerate(roots)}
+    if len(where) != group.size or any(u not in where for u in group.units):
+        return None
+    return np.array([where[u] for u in group.units], dtype=np.int64)
+
+
+def _is_plain_consumer(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.Conv2d) and module.groups == 1
+
+
+def chains(graph: Graph) -> list[Chain]:
+    """Every group of ``graph`` that is a plain chain (see the module docstring), in the graph's
+    group order."""
+    out = []
+    for group in graph.groups:
+        members = group.members
+        out_side = {m.layer for m in members if m.side == "out"}
+        producers = [
+            name
+            for name in out_side
+            if (w := out_weight(graph.sites[name].module)) is not None and w.dim() >= 2
+        ]
+        consumers = [m.layer for m in members if m.side == "in" and m.layer not in out_side]
+        if len(producers) != 1 or len(consumers) != 1:
+            continue
+        producer, consumer = graph.sites[producers[0]], graph.sites[consumers[0]]
+        if not _is_plain_consumer(consumer.module) or len(consumer.calls) > 1:
+            continue
+        p_idx = _positions(graph, producer, "out", group)
+        c_idx = _positions(graph, consumer, "in", group)
+        if p_idx is None or c_idx is None:
+            continue
+        out.append(
+            Chain(group, producer, consumer, torch.from_numpy(p_idx), torch.from_numpy(c_idx))
+        )
+    return out
+
+
+def share_importance(
+    within: Callable[[Group], torch.Tensor], share: Mapping[str, float]
+) -> Callable[[Group], torch.Tensor]:
+    """An importance for ``select_channels(scope="global", normalize=False)`` that spreads the
+    removal over groups in proportion to ``share[group name]``.
+
+    Inside a group, units are ranked by ``within(group)`` (lowest first); the unit of rank ``k``
+    (from 0) in a group of ``n`` scores ``(k + 1) / n / share``. A global threshold ``t`` then
+    removes about ``t * share * n`` units of each group: a group with twice the share loses twice
+    the fraction of its channels. Groups with no share (or share 0) score ``+inf`` and are kept.
+    """
+
+    def importance(group: Group) -> torch.Tensor:
+        s = float(share.get(group.name, 0.0))
+        if not s > 0 or not math.isfinite(s):
+            return torch.full((group.size,), math.inf, dtype=torch.float64)
+        order = torch.argsort(within(group).double(), stable=True)
+        rank = torch.empty(group.size, dtype=torch.float64)
+        rank[order] = torch.arange(1, group.size + 1, dtype=torch.float64)
+        return rank / group.size / s
+
+    return importance
