@@ -11,9 +11,6 @@ OUT`` runs :func:`worker` in each process. Only loopback (127.0.0.1) is used.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from torch.utils.data import Subset, TensorDataset
 
 from prunekit.train import TrainConfig, evaluate, fit, load_checkpoint
 from prunekit.train import distributed as dist_
+from torchrun_launch import run_torchrun
 
 N_SAMPLES = 65  # 4 full global batches of 16 and one of 1 sample, which rank 0 only pads
 CONFIG = TrainConfig(epochs=2, batch_size=16, lr=0.1, momentum=0.9, device="cpu", seed=7)
@@ -86,43 +84,9 @@ def worker(out: Path) -> None:
     dist_.shutdown()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_two_process_ddp_matches_single_process(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env.update(
-        MASTER_ADDR="127.0.0.1",
-        OMP_NUM_THREADS="1",
-        PYTHONWARNINGS="ignore",
-    )
-    if sys.platform.startswith("linux"):  # bind gloo to loopback, whatever the hostname resolves to
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-        __file__, str(tmp_path),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        # A rare abort of a gloo worker at interpreter teardown ("terminate called without an
-        # active exception") has been seen on these shared machines and not reproduced since
-        # the process group is shut down explicitly. Relaunch once on fresh files; every result
-        # below is still checked, and the first failure's output is kept for diagnosis.
-        (tmp_path.parent / f"{tmp_path.name}-first-failure.log").write_text(
-            proc.stdout + proc.stderr
-        )
-        for f in tmp_path.iterdir():
-            f.unlink()
-        cmd[cmd.index(next(c for c in cmd if c.startswith("--master_port")))] = (
-            f"--master_port={free_port()}"
-        )
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_torchrun(__file__, tmp_path)
 
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     model = make_model()

@@ -6,6 +6,7 @@ same thing with the same defaults.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -320,28 +321,53 @@ def prune_step(config: PruneConfig, setup: Setup, *, progress: bool = True) -> A
     return method.prune(ctx)
 
 
-def run_pruning(
-    config: PruneConfig, *, out: str | Path | None = None, progress: bool = True
-) -> dict[str, Any]:
-    """Train ``config.model`` on ``config.data``; prune it (``config.method`` or the
-    ``config.importance`` criterion) to the target; fine-tune; report accuracy, size and speed
-    before and after. With ``out``: metrics, config and the pruned model are saved there, and
-    rerunning resumes from the training and fine-tuning checkpoints."""
-    from prunekit.persist import save
-
-    config.target()  # fail before training, not after
-    config.options()
-    out_dir = Path(out) if out is not None else None
+def baseline_config(config: PruneConfig) -> tuple[TrainJob, TrainConfig]:
+    """The job and training config of ``config``'s baseline (every method of a comparison that
+    shares model, data, epochs, batch size, lr and seed shares this baseline)."""
     job = TrainJob(
         model=config.model, data=config.data, root=config.root, image_size=config.image_size
     )
     train_cfg = TrainConfig(
         epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed
     )
+    return job, train_cfg
+
+
+def run_pruning(
+    config: PruneConfig,
+    *,
+    out: str | Path | None = None,
+    progress: bool = True,
+    baseline: Trained | None = None,
+) -> dict[str, Any]:
+    """Train ``config.model`` on ``config.data``; prune it (``config.method`` or the
+    ``config.importance`` criterion) to the target; fine-tune; report accuracy, size and speed
+    before and after. With ``out``: metrics, config and the pruned model are saved there, and
+    rerunning resumes from the training and fine-tuning checkpoints.
+
+    ``baseline``: an already trained baseline (from :func:`train_and_test` with
+    :func:`baseline_config`'s configs) to prune a copy of, instead of training one; it is left
+    unchanged, so one baseline serves every method of a comparison.
+    """
+    from prunekit.persist import save
+
+    config.target()  # fail before training, not after
+    config.options()
+    out_dir = Path(out) if out is not None else None
+    job, train_cfg = baseline_config(config)
     t0 = time.perf_counter()
-    run = train_and_test(
-        job, train_cfg, checkpoint=out_dir / "checkpoint.pt" if out_dir else None, progress=progress
-    )
+    if baseline is None:
+        run = train_and_test(
+            job,
+            train_cfg,
+            checkpoint=out_dir / "checkpoint.pt" if out_dir else None,
+            progress=progress,
+        )
+    else:
+        model_copy = copy.deepcopy(baseline.setup.model)
+        run = dataclasses.replace(
+            baseline, setup=dataclasses.replace(baseline.setup, model=model_copy)
+        )
     setup, model, example = run.setup, run.setup.model, run.setup.example_input()
     metrics: dict[str, Any] = {
         "model": config.model,
