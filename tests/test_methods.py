@@ -17,7 +17,7 @@ def test_every_catalogue_entry_is_listed_with_a_status() -> None:
     assert len(listing) == len(methods.catalogue()) == 71
     status = {e.id: s for e, s in listing}
     assert status["hrank"] == "implemented"
-    assert status["thinet"] == "planned"
+    assert status["metapruning"] == "planned"
     assert set(status.values()) == {"implemented", "planned"}
 
 
@@ -29,8 +29,10 @@ def test_implemented_methods_carry_their_citation() -> None:
 
 
 def test_planned_methods_refuse_to_run_and_unknown_ids_list_known() -> None:
-    with pytest.raises(ConfigError, match="'thinet' is in the catalogue but not implemented yet"):
-        methods.get("thinet")
+    with pytest.raises(
+        ConfigError, match="'metapruning' is in the catalogue but not implemented yet"
+    ):
+        methods.get("metapruning")
     with pytest.raises(UnknownNameError, match="hrank"):
         methods.get("no_such_method")
 
@@ -44,7 +46,16 @@ def test_methods_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_prune_command_refuses_a_planned_method(capsys, tmp_path) -> None:
     code = main(
-        ["prune", "--method", "thinet", "--epochs", "1", "--out", str(tmp_path), "--no-progress"]
+        [
+            "prune",
+            "--method",
+            "metapruning",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
     )
     err = capsys.readouterr().err
     assert code == 1 and "not implemented yet" in err and err.count("\n") == 1
@@ -80,3 +91,16 @@ def test_method_options_are_typed_and_unknown_ones_named() -> None:
     ctx.options = {"soft_epochs": "2.5"}
     with pytest.raises(ConfigError, match=r"'soft_epochs'.*expects int"):
         method.options(ctx)
+
+
+def test_method_card_and_option_flags(capsys, tmp_path) -> None:
+    assert main(["methods", "--show", "sfp"]) == 0
+    out = capsys.readouterr().out
+    assert "Soft Filter Pruning" in out and "soft_epochs = 3" in out and "implemented" in out
+    assert main(["methods", "--show", "metapruning"]) == 0
+    assert "planned" in capsys.readouterr().out
+    argv = ["prune", "--model", "lenet5", "--method", "sfp", "--epochs", "1", "--no-progress"]
+    assert main([*argv, "--option", "soft_epochs=x", "--out", str(tmp_path)]) == 1
+    assert "'soft_epochs' of method 'sfp' expects int" in capsys.readouterr().err
+    assert main(["prune", "--option", "a=1", "--out", str(tmp_path)]) == 1
+    assert "--option needs --method" in capsys.readouterr().err

@@ -9,7 +9,7 @@ planned and refuses to run.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -57,7 +57,11 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {}
 
     def options(self, ctx: Context) -> dict[str, Any]:
-        """``defaults`` updated by ``ctx.options``, each value converted to its default's type.
+        """:meth:`resolve` of ``ctx.options``."""
+        return self.resolve(ctx.options)
+
+    def resolve(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``defaults`` updated by ``options``, each value converted to its default's type.
 
         An option the method does not have, or a value of the wrong kind, is a
         :class:`~prunekit.errors.ConfigError` naming it and what was expected. ``progress``
@@ -65,7 +69,7 @@ class Method:
         """
         known = {"progress": True, **self.defaults}
         out = dict(known)
-        for key, value in ctx.options.items():
+        for key, value in options.items():
             if key not in known:
                 raise ConfigError(
                     f"method {self.id!r} has no option {key!r}; its options: "
