@@ -136,7 +136,9 @@ class _Selector:
         }
 
 
-def _all_roots(graph: Graph, picks: dict[str, list[int]]) -> list[int]:
+def selection_roots(graph: Graph, picks: dict[str, list[int]]) -> list[int]:
+    """The graph's unit labels (roots) of a selection ``{group name: indices}``, as
+    :meth:`~prunekit.graph.Graph.plan` and :meth:`~prunekit.graph.Graph.remove` take them."""
     groups = {g.name: g for g in graph.groups}
     return [groups[n].units[i] for n, idx in picks.items() for i in idx]
 
@@ -194,7 +196,7 @@ def remove_selected(graph: Graph, picks: dict[str, list[int]], dense: Plan) -> P
     model (the graph tests check this on every zoo model and 40 other networks), so the report
     needs no second forward pass. Every method that ends in removal reports through here.
     """
-    roots = _all_roots(graph, picks)
+    roots = selection_roots(graph, picks)
     planned = graph.plan(roots)
     before = {g.name: g.size for g in graph.groups}
     if roots:
@@ -220,11 +222,15 @@ def select_channels(
     importance: str | criteria.Criterion = "l1",
     round_to: int | None = None,
     normalize: bool = True,
+    tolerance: float = TOLERANCE,
 ) -> dict[str, list[int]]:
     """Which channels of each group :func:`prune_channels` would remove, without removing them:
     ``{group name: indices}``. Soft-pruning methods zero these (``group.zero``) and let training
     continue; one-shot methods remove them. ``normalize=False`` compares raw scores across groups
-    in global scope (one threshold on one quantity, as network slimming's |gamma|)."""
+    in global scope (one threshold on one quantity, as network slimming's |gamma|).
+    ``tolerance``: how close to a FLOPs or params target the selection must land, as a fraction
+    of this graph's dense figure (a method pruning in steps passes the original model's
+    tolerance rescaled to the current one)."""
     given = [
         k
         for k, v in (
@@ -265,7 +271,7 @@ def select_channels(
             target_flops if target_flops is not None else target_params,  # type: ignore[arg-type]
             allow_zero=False,
         )
-        counts = _search(graph, sel, scope, metric, target, graph.plan([]), total_units)
+        counts = _search(graph, sel, scope, metric, target, graph.plan([]), tolerance)
     return sel.roots(counts)
 
 
@@ -276,7 +282,7 @@ def _search(
     metric: str,
     target: float,
     dense: Any,
-    total_units: int,
+    tolerance: float,
 ) -> dict[str, int]:
     """A selection whose predicted ``metric`` lies within the tolerance of ``(1 - target)``
     times the dense figure.
@@ -287,11 +293,11 @@ def _search(
     """
     dense_value = getattr(dense, metric)
     goal = (1.0 - target) * dense_value
-    tol = TOLERANCE * dense_value
+    tol = tolerance * dense_value
     groups = {g.name: g for g in graph.groups}
 
     def value(counts: dict[str, int]) -> int:
-        return getattr(graph.plan(_all_roots(graph, sel.roots(counts))), metric)
+        return getattr(graph.plan(selection_roots(graph, sel.roots(counts))), metric)
 
     start = dict.fromkeys(groups, 0)
     if scope == "layer":
@@ -364,4 +370,11 @@ def _walk(
     return rounded(raw)
 
 
-__all__ = ["GroupChange", "PruneReport", "prune_channels", "remove_selected", "select_channels"]
+__all__ = [
+    "GroupChange",
+    "PruneReport",
+    "prune_channels",
+    "remove_selected",
+    "select_channels",
+    "selection_roots",
+]

@@ -352,10 +352,11 @@ def run_pruning(
     from prunekit.persist import save
 
     config.target()  # fail before training, not after
+    options = config.options()
     if config.method is not None:
         from prunekit import methods
 
-        methods.get(config.method).resolve(config.options())
+        methods.get(config.method).resolve(options)
     out_dir = Path(out) if out is not None else None
     job, train_cfg = baseline_config(config)
     t0 = time.perf_counter()

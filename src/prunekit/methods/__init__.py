@@ -3,7 +3,16 @@ the implemented ones runnable by id (``prunekit prune --method ID``)."""
 
 from __future__ import annotations
 
-from prunekit.methods import criterion_based, slimming, soft  # noqa: F401  (register methods)
+from prunekit.methods import (  # noqa: F401  (importing a module registers its methods)
+    criterion_based,
+    gdp,
+    iterative,
+    reconstruction,
+    search,
+    slimming,
+    soft,
+    ssl,
+)
 from prunekit.methods.base import (
     METHODS,
     Context,

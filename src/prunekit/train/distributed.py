@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -16,8 +17,10 @@ import torch.distributed as dist
 __all__ = [
     "all_gather_objects",
     "all_reduce_sum",
+    "average_gradients",
     "barrier",
     "broadcast",
+    "broadcast_buffers",
     "env_world_size",
     "init_from_env",
     "is_distributed",
@@ -78,6 +81,26 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def average_gradients(params: Iterable[torch.Tensor]) -> None:
+    """Replace each parameter's ``.grad`` by its mean over ranks (no-op alone): a hand-written
+    training loop then takes the same step on every rank, as DDP would."""
+    if not is_distributed():
+        return
+    n = world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(n)
+
+
+def broadcast_buffers(model: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s buffers (BatchNorm running statistics, which each rank
+    updates from its own batches); no-op alone."""
+    if is_distributed():
+        for buf in model.buffers():
+            dist.broadcast(buf, src=src)
 
 
 def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:

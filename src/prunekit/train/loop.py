@@ -163,8 +163,7 @@ def fit(
         if world > 1:
             # Each rank's last forward updated its own BatchNorm running stats: make all ranks
             # hold rank 0's, the ones the checkpoint stores.
-            for buf in model.buffers():
-                dist_.broadcast(buf, src=0)
+            dist_.broadcast_buffers(model)
         last = run.epoch == config.epochs
         if val_set is not None and (last or run.epoch % config.eval_every == 0):
             final = evaluate(model, val_set, batch_size=config.batch_size, device=device)
