@@ -104,3 +104,13 @@ def test_method_card_and_option_flags(capsys, tmp_path) -> None:
     assert "'soft_epochs' of method 'sfp' expects int" in capsys.readouterr().err
     assert main(["prune", "--option", "a=1", "--out", str(tmp_path)]) == 1
     assert "--option needs --method" in capsys.readouterr().err
+
+
+def test_targets_follow_the_method_type() -> None:
+    cfg = workflow.PruneConfig(method="magnitude", target_sparsity=0.9)
+    assert cfg.target() == {"target_sparsity": 0.9}
+    with pytest.raises(ConfigError, match="'magnitude' is unstructured: give --target-sparsity"):
+        workflow.PruneConfig(method="magnitude").target()
+    with pytest.raises(ConfigError, match="--target-sparsity is for unstructured methods"):
+        workflow.PruneConfig(method="hrank", target_sparsity=0.5).target()
+    assert workflow.PruneConfig(method="hrank").target() == {"target_flops": 0.5}

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from prunekit import data as pk_data
-from prunekit import measure
+from prunekit import masks, measure
 from prunekit import models as pk_models
 from prunekit.configs import run_hash, to_dict
 from prunekit.errors import ConfigError
@@ -259,6 +259,13 @@ class PruneConfig:
     target_params: float | None = field(
         default=None, metadata={"help": "fraction of params to remove (overrides --target-flops)"}
     )
+    target_sparsity: float | None = field(
+        default=None,
+        metadata={
+            "help": "fraction of conv/Linear weights to zero (unstructured methods; "
+            "overrides --target-flops)"
+        },
+    )
     calib_batches: int = field(default=4, metadata={"help": "batches for data-driven criteria"})
     finetune_epochs: int = field(default=3, metadata={"help": "fine-tuning epochs after pruning"})
     finetune_lr: float = field(default=0.01, metadata={"help": "fine-tuning learning rate"})
@@ -270,6 +277,22 @@ class PruneConfig:
     )
 
     def target(self) -> dict[str, float]:
+        """The one target of the run: ``target_sparsity`` for an unstructured method (type U in
+        the catalogue), else ``target_params`` or ``target_flops``; a target that does not fit
+        the method's type is refused."""
+        unstructured = self.method is not None and _method_type(self.method) == "U"
+        if unstructured:
+            if self.target_sparsity is None:
+                raise ConfigError(
+                    f"method {self.method!r} is unstructured: give --target-sparsity "
+                    "(the fraction of weights to zero)"
+                )
+            return {"target_sparsity": self.target_sparsity}
+        if self.target_sparsity is not None:
+            raise ConfigError(
+                "--target-sparsity is for unstructured methods (prunekit methods --type U); "
+                "structured pruning takes --target-flops or --target-params"
+            )
         if self.target_params is not None:
             return {"target_params": self.target_params}
         if self.target_flops is None:
@@ -290,6 +313,12 @@ class PruneConfig:
 
     def label(self) -> str:
         return self.method if self.method else f"{self.importance} criterion"
+
+
+def _method_type(method_id: str) -> str:
+    from prunekit import methods
+
+    return methods.entry(method_id).type
 
 
 def prune_step(config: PruneConfig, setup: Setup, *, progress: bool = True) -> Any:
@@ -406,7 +435,15 @@ def run_pruning(
         )
     metrics["finetune_time_s"] = time.perf_counter() - t0
     metrics["acc_finetuned"] = evaluate(model, setup.test_set)["top1"]
-    metrics["groups_pruned"] = sum(g.after < g.before for g in report.groups)
+    from prunekit.methods import SparsityReport
+
+    if isinstance(report, SparsityReport):
+        masks.finalize(model)  # bake the masks in: a plain model, zeros where pruned
+        final = masks.report(model)["overall"]
+        metrics["sparsity"] = final["sparsity"]
+        metrics["nonzero_params"] = final["nonzero"]
+    else:
+        metrics["groups_pruned"] = sum(g.after < g.before for g in report.groups)
     metrics.update(tagged(model_figures(model, example), "after"))
     if out_dir is not None and rank() == 0:
         save(model, out_dir / "pruned.pt", extra={"run": dataclasses.asdict(config)})
@@ -461,6 +498,8 @@ def demo_table(metrics: dict[str, Any]) -> str:
         ["test accuracy (%)", metrics["acc_before"], metrics.get("acc_finetuned"), None],
         ["  right after pruning (%)", None, metrics.get("acc_pruned"), None],
     ]
+    if "sparsity" in metrics:
+        rows.append(["weight sparsity (conv/Linear)", 0.0, metrics["sparsity"], None])
     for label, key in DEMO_ROWS:
         before, after = metrics.get(key.format("before")), metrics.get(key.format("after"))
         rows.append([label, before, after, ratio(before, after)])
@@ -468,6 +507,8 @@ def demo_table(metrics: dict[str, Any]) -> str:
         f"{metrics['target_flops']:.0%} fewer FLOPs"
         if "target_flops" in metrics
         else f"{metrics['target_params']:.0%} fewer params"
+        if "target_params" in metrics
+        else f"{metrics['target_sparsity']:.0%} of its weights zero"
     )
     title = (
         f"{metrics['model']} on {metrics['data']} {tuple(metrics['input_shape'])}: "

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 from prunekit.methods import (  # noqa: F401  (importing a module registers its methods)
     criterion_based,
+    deep_compression,
     gdp,
     iterative,
+    lottery,
     reconstruction,
     search,
     slimming,
     soft,
     ssl,
+    unstructured,
 )
 from prunekit.methods.base import (
     METHODS,
     Context,
     Method,
+    SparsityReport,
+    count_nonzero,
     get,
     iter_implemented,
     list_methods,
@@ -29,7 +34,9 @@ __all__ = [
     "CatalogueEntry",
     "Context",
     "Method",
+    "SparsityReport",
     "catalogue",
+    "count_nonzero",
     "entry",
     "get",
     "iter_implemented",

@@ -26,7 +26,8 @@ from prunekit.registry import Registry
 @dataclass
 class Context:
     """Everything a method may use. ``target`` holds exactly one of ``target_flops`` /
-    ``target_params`` (fractions removed)."""
+    ``target_params`` (fractions removed) for a structured method, ``target_sparsity`` (the
+    fraction of conv / Linear weights to zero) for an unstructured one."""
 
     model: nn.Module
     example_input: torch.Tensor
@@ -44,6 +45,53 @@ class Context:
         g = torch.Generator().manual_seed(self.seed)
         loader = DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g)
         return list(itertools.islice(iter(loader), self.calib_batches))
+
+
+@dataclass
+class SparsityReport:
+    """What an unstructured (fine-grained) method did: the conv / Linear weights of the model,
+    how many are non-zero before and after, and the overall sparsity reached. The masks stay on
+    the model (parametrizations keep pruned weights at zero while the runner fine-tunes);
+    :func:`prunekit.masks.finalize` bakes them in."""
+
+    params: int
+    nonzero_before: int
+    nonzero_after: int
+    layers: dict[str, float] = field(default_factory=dict)  # weight name -> sparsity
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzero_after / self.params if self.params else 0.0
+
+    @classmethod
+    def measure(cls, model: nn.Module, nonzero_before: int) -> SparsityReport:
+        """The report of ``model`` as it is now (``nonzero_before`` counted beforehand with
+        :func:`count_nonzero`)."""
+        from prunekit.masks import report
+
+        rep = report(model)
+        overall = rep["overall"]
+        return cls(
+            params=int(overall["params"]),
+            nonzero_before=nonzero_before,
+            nonzero_after=int(overall["nonzero"]),
+            layers={k: float(v["sparsity"]) for k, v in rep["layers"].items()},
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "params": self.params,
+            "nonzero_before": self.nonzero_before,
+            "nonzero_after": self.nonzero_after,
+            "sparsity": self.sparsity,
+        }
+
+
+def count_nonzero(model: nn.Module) -> int:
+    """Non-zero conv / Linear weights of ``model`` (what :class:`SparsityReport` counts)."""
+    from prunekit.masks import report
+
+    return int(report(model)["overall"]["nonzero"])
 
 
 class Method:
