@@ -24,7 +24,9 @@ def test_every_catalogue_entry_is_listed_with_a_status() -> None:
 def test_implemented_methods_carry_their_citation() -> None:
     for cls in methods.iter_implemented():
         e = methods.entry(cls.id)
-        assert e.title and e.link and e.type in ("S", "U")
+        assert e.title and e.type in ("S", "U")
+        # every entry from a paper links it; N:M sparsity is a hardware pattern, not one paper
+        assert e.link or (e.venue is None and e.id == "nm_sparsity")
         assert cls().citation == e
 
 
