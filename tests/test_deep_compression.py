@@ -351,3 +351,25 @@ def test_method_bad_options() -> None:
         get("deep_compression").prune(ctx)
     with pytest.raises(ConfigError, match="bits_conv"):
         get("deep_compression").prune(_ctx(nn.Linear(4, 2), 0.5, (4,), bits_conv=0))
+
+
+def test_compress_command_and_load_dispatch(tmp_path, capsys) -> None:
+    from prunekit import load, models, save
+    from prunekit.cli import main
+    from prunekit.compress import deep_compression as dc
+
+    torch.manual_seed(0)
+    model = models.create("lenet_300_100", num_classes=10, in_channels=1, input_size=(8, 8))
+    masks.prune(model, 0.9, scope="global")
+    masks.finalize(model)
+    save(model, tmp_path / "m.pt")
+    assert main(["compress", str(tmp_path / "m.pt"), str(tmp_path / "m.dc")]) == 0
+    out = capsys.readouterr().out
+    assert "m.dc" in out and "x smaller" in out
+    x = torch.randn(3, 1, 8, 8)
+    expected = load(tmp_path / "m.pt")
+    dc.quantize_model(expected, bits_conv=8, bits_fc=5, seed=0)
+    got = load(tmp_path / "m.dc")  # the one loader reads both formats
+    assert torch.equal(got(x), expected.eval()(x))
+    assert main(["compress", str(tmp_path / "missing.pt"), str(tmp_path / "o.dc")]) == 1
+    assert "missing.pt" in capsys.readouterr().err

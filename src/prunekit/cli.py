@@ -164,6 +164,29 @@ def _method_card(method_id: str) -> str:
     return "\n".join(lines)
 
 
+def cmd_compress(args: argparse.Namespace) -> None:
+    """Deep Compression of a saved model: weight sharing by k-means per layer, Huffman-coded
+    indices and relative positions of the non-zeros, written as one file."""
+    from prunekit import load
+    from prunekit.compress import deep_compression as dc
+
+    model = load(args.model_file)
+    report = dc.compress_model(
+        model,
+        args.out,
+        bits_conv=args.bits_conv,
+        bits_fc=args.bits_fc,
+        gap_bits_conv=args.gap_bits_conv,
+        gap_bits_fc=args.gap_bits_fc,
+        value_dtype=args.value_dtype,
+        seed=args.seed,
+    )
+    print(
+        f"{args.out}: {report.bytes_written:,} bytes; fp32 dense {report.dense_bytes:,} bytes; "
+        f"{report.ratio:.1f}x smaller"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunekit", description="Prune convolutional networks, measure and compare them."
@@ -192,6 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", metavar="ID", default=None, help="one method's paper and options")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("compress", help="Deep Compression of a saved model into one small file")
+    p.add_argument("model_file", help="a model saved by prunekit (e.g. a run's pruned.pt)")
+    p.add_argument("out", help="the compressed file to write (prunekit.load reads it)")
+    p.add_argument("--bits-conv", type=int, default=8, help="index bits per conv weight")
+    p.add_argument("--bits-fc", type=int, default=5, help="index bits per Linear weight")
+    p.add_argument("--gap-bits-conv", type=int, default=8, help="relative-position bits, conv")
+    p.add_argument("--gap-bits-fc", type=int, default=5, help="relative-position bits, Linear")
+    p.add_argument("--value-dtype", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("train", help="train a model on a data set (resumes an interrupted run)")
     _common(p)

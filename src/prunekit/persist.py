@@ -129,11 +129,24 @@ def load(
     be loaded into a compatible class of the caller's own. Pass a callable rather than an instance
     if the instance must survive a failed load: surgery happens before the weights are checked.
 
-    The weights are assigned (not copied), so they keep the dtype they were saved with.
+    The weights are assigned (not copied), so they keep the dtype they were saved with. A file
+    written by ``prunekit compress`` (Deep Compression) loads the same way.
     """
     path = Path(path)
+    from prunekit.compress import deep_compression
+
+    if _starts_with(path, deep_compression.MAGIC):  # a Deep Compression file (prunekit compress)
+        return deep_compression.load_deep_compressed(path, model, map_location=map_location)
     ckpt = _read(path)
     return rebuild_saved(path, ckpt, ckpt["state_dict"], model, map_location)
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False  # _read reports the missing or unreadable file
 
 
 def check_extra(extra: Any) -> None:
