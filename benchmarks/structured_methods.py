@@ -31,13 +31,13 @@ DEFAULT_METHODS = [
     "l1_filter",
     "thinet",
     "lasso_channel",
-    "taylor",
     "ssl",
     "slimming",
     "sfp",
     "gdp",
     "fpgm",
     "hrank",
+    "taylor",
 ]
 
 
@@ -84,7 +84,10 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                     f"({time.perf_counter() - t0:.0f}s)",
                     flush=True,
                 )
-            cfg = workflow.PruneConfig(**{**vars(config), "method": method})
+            opts = tuple(
+                o.split(":", 1)[1] for o in args.method_option if o.startswith(f"{method}:")
+            )
+            cfg = workflow.PruneConfig(**{**vars(config), "method": method, "option": opts})
             m = workflow.run_pruning(cfg, out=out, progress=False, baseline=baseline)
             print(
                 f"seed {seed} {method}: {m['acc_before']:.2f} -> {m['acc_pruned']:.2f} -> "
@@ -154,6 +157,13 @@ def main() -> None:
     p.add_argument("--calib-batches", type=int, default=4)
     p.add_argument("--finetune-epochs", type=int, default=3)
     p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument(
+        "--method-option",
+        nargs="+",
+        default=[],
+        metavar="ID:KEY=VALUE",
+        help="an option for one method, e.g. taylor:maps_per_step=8 (others keep their defaults)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier timings)")
     p.add_argument("--work", default="runs/structured_methods", help="per-run folders (resume)")
     p.add_argument("--out", default=None, help="write OUT.md and OUT.json")
@@ -168,7 +178,8 @@ def main() -> None:
         f"{args.model} on {args.data} at {args.image_size}x{args.image_size}; baseline {args.epochs} "
         f"epochs (batch {args.batch_size}, SGD lr {args.lr} cosine); every method removes "
         f"{args.target_flops:.0%} of the FLOPs, then {args.finetune_epochs} fine-tuning epochs at lr "
-        f"{args.finetune_lr}; methods' own options at their defaults (`prunekit methods --show ID`); "
+        f"{args.finetune_lr}; methods' own options at their defaults (`prunekit methods --show ID`)"
+        f"{' except ' + ', '.join(args.method_option) if args.method_option else ''}; "
         f"seeds {args.seeds}; mean ± sd over seeds; latency at batch 1, {args.threads} torch "
         f"thread(s), torch {torch.__version__} (CPU)"
     )
