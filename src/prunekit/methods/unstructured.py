@@ -117,7 +117,7 @@ from prunekit.errors import ConfigError
 from prunekit.masks.engine import weight_name
 from prunekit.masks.scope import global_keep
 from prunekit.methods.base import Context, Method, SparsityReport, count_nonzero, register_method
-from prunekit.train import Callback, TrainConfig, fit
+from prunekit.train import Callback
 
 log = logging.getLogger(__name__)
 
@@ -192,14 +192,19 @@ def train_with_masks(
         return
     if not lr > 0 or not math.isfinite(lr):
         raise ConfigError(f"learning rate must be a finite number > 0, got {lr!r}")
-    device = model_device(model)
-    config = TrainConfig(
-        epochs=epochs, batch_size=ctx.batch_size, lr=lr, schedule="cosine", seed=ctx.seed
+    from prunekit.methods.lottery import train_with_masks as train
+
+    train(
+        model,
+        ctx.train_set,
+        epochs=epochs,
+        lr=lr,
+        schedule="cosine",
+        batch_size=ctx.batch_size,
+        seed=ctx.seed,
+        callbacks=callbacks,
+        progress=progress,
     )
-    try:
-        fit(model, ctx.train_set, config, progress=progress, callbacks=callbacks)
-    finally:
-        model.to(device)
 
 
 def _check_nonnegative(name: str, value: float) -> None:
