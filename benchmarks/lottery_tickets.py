@@ -120,6 +120,13 @@ def plot(data: dict[str, list[tuple[float, float, float]]], path: str, title: st
             label=RESETS[reset],
         )
     ax.set_xscale("log")
+    ticks = [
+        t
+        for t in (100, 50, 20, 10, 5, 2, 1, 0.5)
+        if t >= min(100 * p[0] for v in data.values() for p in v)
+    ]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.invert_xaxis()
     ax.set_xlabel("weights remaining (%, log scale)")
     ax.set_ylabel("test top-1 (%)")

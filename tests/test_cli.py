@@ -13,7 +13,7 @@ import prunekit
 from prunekit import measure, workflow
 from prunekit.cli import build_parser, main
 
-COMMANDS = ["demo", "train", "eval", "info", "list"]
+COMMANDS = ["demo", "train", "eval", "info", "list", "export", "bench", "compress", "methods"]
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -185,3 +185,46 @@ def test_default_demo_learns_digits(tmp_path) -> None:
     assert metrics["acc_before"] > 95
     assert metrics["acc_finetuned"] > 90
     assert abs(metrics["flops_after"] / metrics["flops_before"] - 0.5) <= 0.01
+
+
+BENCH_SPEC = """
+name: cli-bench
+models: [lenet5]
+datasets: [{name: digits, image_size: 28}]
+methods: [hrank]
+targets: {flops: [0.3]}
+seeds: [0]
+baseline: {epochs: 1}
+finetune: {epochs: 0}
+measure: {latency: false}
+"""
+
+
+def test_bench_run_report_and_export_of_a_run(tmp_path, capsys) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(BENCH_SPEC)
+    store = tmp_path / "results.sqlite"
+    argv = ["bench", "run", str(spec), "--store", str(store), "--no-progress"]
+    code, out, _ = run(argv, capsys)
+    assert code == 0 and "1 runs; 0 already done, 1 run now, 0 failed" in out
+    code, out, _ = run(argv, capsys)  # a rerun skips the finished run
+    assert code == 0 and "1 already done, 0 run now" in out
+
+    code, out, _ = run(["bench", "report", str(store), "--out", str(tmp_path / "rep")], capsys)
+    assert code == 0
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "hrank" in html and "data:image/png;base64," in html
+
+    (pruned,) = (tmp_path / "results-work" / "runs").glob("*/pruned.pt")
+    onnx_file = tmp_path / "pruned.onnx"
+    code, out, _ = run(["export", str(pruned), str(onnx_file)], capsys)
+    assert code == 0 and onnx_file.exists() and "max |onnxruntime - torch|" in out
+
+
+def test_bench_errors_name_the_spec_key(tmp_path, capsys) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(BENCH_SPEC.replace("finetune: {epochs: 0}", "finetune: {epoch: 0}"))
+    code, _, err = run(["bench", "run", str(spec), "--store", str(tmp_path / "s.sqlite")], capsys)
+    assert code == 1 and "finetune.epoch: unknown key" in err and str(spec) in err
+    code, _, err = run(["bench", "report", str(tmp_path / "missing.sqlite")], capsys)
+    assert code == 1 and "missing.sqlite" in err

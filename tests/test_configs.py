@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 
 import pytest
@@ -80,6 +82,18 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path) -> None:
         raise RuntimeError("crash mid-write")
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temp file left behind
+
+
+def test_atomic_write_gives_the_mode_a_plain_open_gives(tmp_path) -> None:
+    old = os.umask(0o022)
+    try:
+        atomic_write_json({"a": 1}, tmp_path / "shared.json")
+        os.umask(0o077)
+        atomic_write_json({"a": 1}, tmp_path / "private.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
 
 
 def test_registry_lists_known_names_on_unknown() -> None:

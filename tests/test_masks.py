@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -201,6 +203,18 @@ def test_finalize_removes_parametrizations_and_keeps_outputs(tiny: Tiny) -> None
     assert "conv1.weight" in tiny.state_dict() and masks.get_masks(tiny) == {}
     assert torch.equal(tiny(x), before)
     assert masks.report(tiny)["layers"]["conv1.weight"]["sparsity"] == pytest.approx(0.8, abs=0.01)
+
+
+def test_finalizing_a_copy_leaves_the_masked_original_working(tiny: Tiny) -> None:
+    masks.prune(tiny, 0.5)
+    x = torch.randn(2, 3, 8, 8)
+    tiny.eval()
+    before = tiny(x)
+    clone = copy.deepcopy(tiny)
+    masks.finalize(clone)
+    assert torch.equal(clone(x), before)
+    assert torch.equal(tiny(x), before)  # the original keeps its parametrized weight
+    assert set(masks.get_masks(tiny)) == {"conv1.weight", "conv2.weight"}
 
 
 def test_save_load_round_trip(tiny: Tiny, tmp_path) -> None:

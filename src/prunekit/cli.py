@@ -187,6 +187,74 @@ def cmd_compress(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_bench_run(args: argparse.Namespace) -> None:
+    """Run every (model, data, method, target, seed) of a spec; finished runs are skipped."""
+    from prunekit.bench import load_spec, run_spec
+
+    spec = load_spec(args.spec)
+    summary = run_spec(
+        spec,
+        args.store,
+        workers=args.workers,
+        threads=args.threads,
+        work_dir=args.work_dir,
+        progress=args.progress,
+    )
+    print(
+        f"{spec.name}: {summary.total} runs; {summary.skipped_done} already done, "
+        f"{summary.ran} run now, {summary.failed} failed; store {summary.store}"
+    )
+    if summary.failed:
+        raise RuntimeError(
+            f"{summary.failed} run(s) failed; their errors are in {summary.store} "
+            f"(prunekit bench report lists them); run the same command again to retry them"
+        )
+
+
+def cmd_bench_report(args: argparse.Namespace) -> None:
+    """Tables, plots and the paper-vs-ours table of one or more stores (shards are merged)."""
+    from prunekit.bench.report import report_from_stores
+
+    files = report_from_stores(args.stores, args.out, title=args.title)
+    print(f"{files.html}\n{files.markdown}")
+
+
+def _example_from_file(model: Any, shape: str | None) -> Any:
+    """An input for ``model``: ``--input-shape C,H,W`` (or ``L`` / ``C,L``), else the input the
+    file's architecture record names."""
+    import torch
+
+    if shape is not None:
+        try:
+            dims = [int(v) for v in shape.split(",")]
+        except ValueError as e:
+            raise ValueError(f"--input-shape must be integers like 3,32,32, got {shape!r}") from e
+        return torch.randn(1, *dims)
+    kwargs = (getattr(model, "prunekit_arch", None) or {}).get("kwargs", {})
+    size, channels = kwargs.get("input_size"), kwargs.get("in_channels")
+    if size is None or channels is None:
+        from prunekit.errors import ConfigError
+
+        raise ConfigError("the model file does not record its input size; give --input-shape C,H,W")
+    return torch.randn(1, channels, *([size] if isinstance(size, int) else size))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """ONNX export of a saved model, checked against PyTorch, with onnxruntime latency."""
+    from prunekit import load
+    from prunekit.export import check_onnx, export_onnx, onnx_latency
+
+    model = load(args.model_file)
+    example = _example_from_file(model, args.input_shape)
+    path = export_onnx(model, example, args.out)
+    diff = check_onnx(path, model, example)
+    print(f"{path}: written; max |onnxruntime - torch| = {diff:.2e}")
+    if args.latency:
+        ms = onnx_latency(path, example, batch_sizes=tuple(args.batch_sizes), threads=args.threads)
+        for n, t in sorted(ms.items()):
+            print(f"onnxruntime latency, batch {n}: {t:.3f} ms ({args.threads} thread(s))")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunekit", description="Prune convolutional networks, measure and compare them."
@@ -227,6 +295,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("export", help="ONNX export of a saved model, checked and timed")
+    p.add_argument("model_file", help="a model saved by prunekit (e.g. a run's pruned.pt)")
+    p.add_argument("out", help="the .onnx file to write")
+    p.add_argument(
+        "--input-shape",
+        default=None,
+        metavar="C,H,W",
+        help="input shape without the batch (default: the one the file records)",
+    )
+    p.add_argument("--latency", action="store_true", help="time it under onnxruntime")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="N")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.set_defaults(func=cmd_export)
+
+    bench = sub.add_parser("bench", help="benchmark specs: run them, report on them")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="ACTION")
+    p = bench_sub.add_parser(
+        "run", help="run a YAML spec into a result store (rerun: skips finished runs)"
+    )
+    p.add_argument("spec", help="a YAML spec (see benchmarks/specs/)")
+    p.add_argument("--store", default="results.sqlite", help="SQLite result store to write")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per worker (default: cores/workers)",
+    )
+    p.add_argument(
+        "--work-dir", default=None, help="baselines and run folders (default: beside the store)"
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=cmd_bench_run)
+    p = bench_sub.add_parser("report", help="HTML and Markdown report of one or more stores")
+    p.add_argument("stores", nargs="+", help="store files or folders of shards (*.sqlite)")
+    p.add_argument(
+        "--out", default="report", metavar="DIR", help="folder to write (default: report)"
+    )
+    p.add_argument("--title", default="prunekit benchmark", help="the report's title")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.set_defaults(func=cmd_bench_report)
 
     p = sub.add_parser("train", help="train a model on a data set (resumes an interrupted run)")
     _common(p)

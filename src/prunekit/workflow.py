@@ -368,11 +368,14 @@ def run_pruning(
     out: str | Path | None = None,
     progress: bool = True,
     baseline: Trained | None = None,
+    latency: bool = True,
 ) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data``; prune it (``config.method`` or the
-    ``config.importance`` criterion) to the target; fine-tune; report accuracy, size and speed
-    before and after. With ``out``: metrics, config and the pruned model are saved there, and
-    rerunning resumes from the training and fine-tuning checkpoints.
+    ``config.importance`` criterion) to the target; fine-tune; report accuracy (top-1, and top-5
+    as ``top5_<stage>`` when the model has more than 5 classes), size and speed before and after.
+    With ``out``: metrics, config and the pruned model are saved there, and rerunning resumes
+    from the training and fine-tuning checkpoints. ``latency=False`` skips the latency timings
+    (a caller that times the models itself, e.g. at other batch sizes or thread counts).
 
     ``baseline``: an already trained baseline (from :func:`train_and_test` with
     :func:`baseline_config`'s configs) to prune a copy of, instead of training one; it is left
@@ -413,12 +416,14 @@ def run_pruning(
         "acc_before": run.test["top1"],
         "train_time_s": time.perf_counter() - t0,
     }
-    metrics.update(tagged(model_figures(model, example), "before"))
+    if "top5" in run.test:
+        metrics["top5_before"] = run.test["top5"]
+    metrics.update(tagged(model_figures(model, example, latency=latency), "before"))
 
     t0 = time.perf_counter()
     report = prune_step(config, setup, progress=progress)
     metrics["prune_time_s"] = time.perf_counter() - t0
-    metrics["acc_pruned"] = evaluate(model, setup.test_set)["top1"]
+    _record_accuracy(metrics, "pruned", evaluate(model, setup.test_set))
 
     finetune_cfg = dataclasses.replace(
         train_cfg, epochs=max(config.finetune_epochs, 1), lr=config.finetune_lr
@@ -434,7 +439,7 @@ def run_pruning(
             progress=progress,
         )
     metrics["finetune_time_s"] = time.perf_counter() - t0
-    metrics["acc_finetuned"] = evaluate(model, setup.test_set)["top1"]
+    _record_accuracy(metrics, "finetuned", evaluate(model, setup.test_set))
     from prunekit.methods import SparsityReport
 
     if isinstance(report, SparsityReport):
@@ -444,7 +449,7 @@ def run_pruning(
         metrics["nonzero_params"] = final["nonzero"]
     else:
         metrics["groups_pruned"] = sum(g.after < g.before for g in report.groups)
-    metrics.update(tagged(model_figures(model, example), "after"))
+    metrics.update(tagged(model_figures(model, example, latency=latency), "after"))
     if out_dir is not None and rank() == 0:
         save(model, out_dir / "pruned.pt", extra={"run": dataclasses.asdict(config)})
         metrics["pruned_model_file"] = str(out_dir / "pruned.pt")
@@ -458,6 +463,12 @@ def run_pruning(
             metrics,
         )
     return metrics
+
+
+def _record_accuracy(metrics: dict[str, Any], stage: str, result: dict[str, Any]) -> None:
+    metrics[f"acc_{stage}"] = result["top1"]
+    if "top5" in result:
+        metrics[f"top5_{stage}"] = result["top5"]
 
 
 def tagged(figures: dict[str, Any], stage: str) -> dict[str, Any]:

@@ -92,6 +92,19 @@ def get_masks(model: nn.Module) -> dict[str, Mask]:
     return found
 
 
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized ``module`` a class of its own before its parametrizations go.
+
+    ``torch.nn.utils.parametrize`` serves a parametrized tensor through a property of a class
+    made for the module, and ``copy.deepcopy`` keeps that class: a copy and its original share
+    it. Removing the copy's parametrizations deletes the property from the shared class and would
+    break the original, so the module first gets a fresh class with the same members.
+    """
+    cls = type(module)
+    members = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, members)
+
+
 def finalize(model: nn.Module) -> nn.Module:
     """Bake every prunekit mask into its weight and drop the parametrizations (in place).
 
@@ -101,6 +114,7 @@ def finalize(model: nn.Module) -> nn.Module:
     """
     for name, mask in get_masks(model).items():
         module, tensor_name = split_name(model, name)
+        _own_class(module)
         parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
         weight = getattr(module, tensor_name)
         with torch.no_grad():  # +0.0 at pruned entries (w * 0 is -0.0 for negative w)

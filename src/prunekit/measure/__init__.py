@@ -11,12 +11,13 @@ from prunekit.measure.latency import Latency, measure_latency
 from prunekit.measure.memory import peak_memory
 from prunekit.measure.params import ParamCount, count_params
 from prunekit.measure.size import file_size, serialized_size
-from prunekit.measure.summary import layer_table, summarize
+from prunekit.measure.summary import batch_of, layer_table, summarize
 
 __all__ = [
     "FlopCount",
     "Latency",
     "ParamCount",
+    "batch_of",
     "count_flops",
     "count_params",
     "file_size",

@@ -16,7 +16,7 @@ from prunekit.measure.params import count_params
 from prunekit.measure.size import serialized_size
 
 
-def _batch_of(inputs: Inputs, n: int) -> tuple[Any, ...]:
+def batch_of(inputs: Inputs, n: int) -> tuple[Any, ...]:
     """Repeat (or cut) the first dimension of each tensor input to ``n``."""
     out = []
     for a in as_args(inputs):
@@ -36,7 +36,7 @@ def summarize(
     min_run_time: float = 0.5,
 ) -> dict[str, float | int]:
     """Params, FLOPs and MACs per sample, bytes, peak memory and latency at each batch size."""
-    one = _batch_of(inputs, 1)
+    one = batch_of(inputs, 1)
     params = count_params(model)
     flops = count_flops(model, one)
     out: dict[str, float | int] = {
@@ -49,7 +49,7 @@ def summarize(
     }
     if latency:
         for n in batch_sizes:
-            lat = measure_latency(model, _batch_of(inputs, n), min_run_time=min_run_time)
+            lat = measure_latency(model, batch_of(inputs, n), min_run_time=min_run_time)
             out[f"latency_b{n}_ms"] = lat.median_ms
             out[f"latency_b{n}_iqr_ms"] = lat.iqr_ms
     return out

@@ -1,0 +1,164 @@
+"""Plots of a benchmark table: accuracy after fine-tuning against FLOPs removed (sparsity for
+unstructured runs), measured speedup and parameters left; one curve per method over its targets,
+error bars one standard deviation over seeds, the dense baseline as a dashed line.
+
+Each plot is first described as plain data (:class:`PlotSeries`); the figure is drawn from that
+description alone, so what the report's JSON says was plotted is what was plotted. Figures are
+``matplotlib.figure.Figure`` objects on an Agg canvas, never pyplot's global figures.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from prunekit.io import atomic_open
+
+if TYPE_CHECKING:
+    from prunekit.bench.report import Row, Table
+
+KIND_ORDER = ("flops", "params", "sparsity")
+Y_LABEL = "top-1 after fine-tuning (%)"
+
+
+@dataclass
+class PlotSeries:
+    """One plot as data: its panels (one per target kind) and, per panel, one series per method
+    with the mean x and y of each target and the y standard deviation over seeds."""
+
+    name: str
+    file: str  # relative to the report folder
+    title: str
+    baseline: float | None
+    panels: list[dict[str, str]] = field(default_factory=list)  # {name, title, xlabel}
+    series: list[dict[str, Any]] = field(default_factory=list)  # {panel, label, x, y, yerr}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """What a plot puts on x for runs of one target kind."""
+
+    key: str
+    label: str
+
+
+# plot name -> (title, x axis for structured runs, x axis for unstructured runs)
+PLOTS: dict[str, tuple[str, Axis, Axis]] = {
+    "accuracy_vs_reduction": (
+        "accuracy vs reduction",
+        Axis("flops_removed_pct", "FLOPs removed (%)"),
+        Axis("sparsity_pct", "sparsity (%)"),
+    ),
+    "accuracy_vs_speedup": (
+        "accuracy vs measured speedup",
+        Axis("speedup", "speedup, batch 1 latency ratio (x)"),
+        Axis("speedup", "speedup, batch 1 latency ratio (x)"),
+    ),
+    "accuracy_vs_params": (
+        "accuracy vs parameters",
+        Axis("params_after", "parameters after pruning"),
+        Axis("nonzero_params_after", "non-zero parameters after pruning"),
+    ),
+}
+
+
+def slug(text: str) -> str:
+    """``text`` as a safe file-name part."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+
+
+def kinds_of(table: Table) -> list[str]:
+    present = {row.target_kind for row in table.rows}
+    return [k for k in KIND_ORDER if k in present] + sorted(present - set(KIND_ORDER))
+
+
+def axis_for(kind: str, structured: Axis, unstructured: Axis) -> Axis:
+    return unstructured if kind == "sparsity" else structured
+
+
+def curve(rows: list[Row], axis: Axis) -> dict[str, list[float]] | None:
+    """Mean points of ``rows`` (one method's targets), in target order; None when none has both
+    an x and a y."""
+    xs, ys, errs = [], [], []
+    for row in sorted(rows, key=lambda r: r.target):
+        x, y = row.stats.get(axis.key), row.stats.get("acc_finetuned")
+        if x is None or y is None:
+            continue
+        xs.append(x.mean)
+        ys.append(y.mean)
+        errs.append(y.sd if y.sd is not None else 0.0)
+    return {"x": xs, "y": ys, "yerr": errs} if xs else None
+
+
+def describe(table: Table) -> list[PlotSeries]:
+    """The plots of ``table`` as data; a plot with nothing to draw is left out."""
+    plots = []
+    baseline = table.baseline.mean if table.baseline else None
+    for name, (title, structured, unstructured) in PLOTS.items():
+        plot = PlotSeries(
+            name=name,
+            file=f"plots/{table.slug}-{name}.png",
+            title=f"{table.title}: {title}",
+            baseline=baseline,
+        )
+        for kind in kinds_of(table):
+            axis = axis_for(kind, structured, unstructured)
+            by_label: dict[str, list[Row]] = {}
+            for row in table.rows:
+                if row.target_kind == kind:
+                    by_label.setdefault(row.label, []).append(row)
+            series = []
+            for label, rows in by_label.items():
+                points = curve(rows, axis)
+                if points is not None:
+                    series.append({"panel": kind, "label": label, **points})
+            if series:
+                plot.panels.append({"name": kind, "title": f"{kind} targets", "xlabel": axis.label})
+                plot.series.extend(series)
+        if plot.series:
+            plots.append(plot)
+    return plots
+
+
+def render(plot: PlotSeries) -> Figure:
+    """Draw ``plot`` on a new figure (Agg canvas), one panel per entry of ``plot.panels``."""
+    fig = Figure(figsize=(5.0 * len(plot.panels), 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(plot.panels), squeeze=False)[0]
+    for ax, panel in zip(axes, plot.panels, strict=True):
+        for s in plot.series:
+            if s["panel"] != panel["name"]:
+                continue
+            ax.errorbar(s["x"], s["y"], yerr=s["yerr"], marker="o", capsize=3, label=s["label"])
+        if plot.baseline is not None:
+            ax.axhline(
+                plot.baseline,
+                linestyle="--",
+                color="0.35",
+                label=f"dense baseline ({plot.baseline:.2f})",
+            )
+        ax.set_title(panel["title"])
+        ax.set_xlabel(panel["xlabel"])
+        ax.set_ylabel(Y_LABEL)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(plot.title)
+    return fig
+
+
+def save(plot: PlotSeries, path: str | Path) -> bytes:
+    """Render ``plot`` to a PNG at ``path`` (atomically); returns the PNG bytes."""
+    fig = render(plot)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    fig.clear()
+    data = buffer.getvalue()
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return data

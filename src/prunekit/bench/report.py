@@ -1,0 +1,655 @@
+"""The benchmark report: finished runs aggregated over seeds into one table per model and data set,
+with plots and the published figures beside ours, written as Markdown, self-contained HTML and
+JSON."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prunekit.bench import paper as paper_mod
+from prunekit.bench import plots as plots_mod
+from prunekit.io import atomic_open, atomic_write_json
+from prunekit.tables import markdown_table
+
+if TYPE_CHECKING:
+    from prunekit.bench.store import RunRecord
+
+# Settings of a run that are neither its table (model, data, size) nor its row (method, target).
+SCHEDULE_KEYS = ("epochs", "batch_size", "lr", "finetune_epochs", "finetune_lr", "calib_batches")
+ENV_KEYS = ("torch", "threads", "workers", "device")
+
+# Metrics copied from a record as they are.
+DIRECT_KEYS = (
+    "acc_before",
+    "acc_pruned",
+    "acc_finetuned",
+    "top5_before",
+    "top5_pruned",
+    "top5_finetuned",
+    "params_before",
+    "params_after",
+    "flops_before",
+    "flops_after",
+    "latency_before_ms",
+    "latency_after_ms",
+    "latency_b32_before_ms",
+    "latency_b32_after_ms",
+    "onnx_speedup",
+    "bytes_dense",
+    "bytes_sparse",
+    "bytes_deep_compression",
+)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample standard deviation (None for a single value) and count of a metric."""
+
+    mean: float
+    sd: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat:
+        values = list(values)
+        sd = statistics.stdev(values) if len(values) > 1 else None
+        return cls(statistics.fmean(values), sd, len(values))
+
+    def format(self, digits: int) -> str:
+        mean = f"{self.mean:,.{digits}f}"
+        return mean if self.sd is None else f"{mean} ± {self.sd:,.{digits}f}"
+
+
+@dataclass
+class Row:
+    """The runs of one method at one target in one table, over their seeds."""
+
+    method: str
+    label: str
+    target_kind: str
+    target: float
+    unstructured: bool
+    seeds: list[int]
+    config: dict[str, Any]  # what the runs share (seed left out)
+    stats: dict[str, Stat]
+
+    def mean(self, key: str) -> float | None:
+        stat = self.stats.get(key)
+        return None if stat is None else stat.mean
+
+    @property
+    def target_text(self) -> str:
+        return f"{self.target_kind} {self.target:g}"
+
+
+@dataclass
+class Table:
+    """Every finished run of one model on one data set (at one input size)."""
+
+    model: str
+    data: str
+    image_size: int | None
+    rows: list[Row]
+    env: dict[str, str]
+    schedule: dict[str, Any]  # settings every row shares
+    baseline: Stat | None  # dense top-1, one value per distinct baseline
+
+    @property
+    def title(self) -> str:
+        size = f" at {self.image_size}x{self.image_size}" if self.image_size else ""
+        return f"{self.model} on {self.data}{size}"
+
+    @property
+    def slug(self) -> str:
+        size = f"-{self.image_size}" if self.image_size else ""
+        return plots_mod.slug(f"{self.model}-{self.data}{size}")
+
+
+@dataclass
+class Unfinished:
+    """A run that did not finish (failed, or still running when the report was made)."""
+
+    id: str
+    status: str
+    model: str
+    data: str
+    method: str
+    target: str
+    seed: Any
+    error: str
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    digits: int
+
+
+COLUMNS = (
+    Column("acc_before", "top-1 before", 2),
+    Column("acc_pruned", "top-1 pruned", 2),
+    Column("acc_finetuned", "top-1 fine-tuned", 2),
+    Column("acc_drop", "drop", 2),
+    Column("top5_before", "top-5 before", 2),
+    Column("top5_pruned", "top-5 pruned", 2),
+    Column("top5_finetuned", "top-5 fine-tuned", 2),
+    Column("sparsity_pct", "sparsity %", 1),
+    Column("params_after", "params after", 0),
+    Column("params_removed_pct", "params -%", 1),
+    Column("nonzero_params_after", "non-zero params", 0),
+    Column("flops_removed_pct", "FLOPs -%", 1),
+    Column("latency_after_ms", "b1 ms", 3),
+    Column("speedup", "b1 speedup", 2),
+    Column("latency_b32_after_ms", "b32 ms", 2),
+    Column("speedup_b32", "b32 speedup", 2),
+    Column("onnx_speedup", "ONNX speedup", 2),
+    Column("bytes_dense", "bytes dense", 0),
+    Column("bytes_sparse", "bytes sparse", 0),
+    Column("bytes_deep_compression", "bytes Deep Compression", 0),
+    Column("prune_time_s", "prune s", 2),
+    Column("finetune_time_s", "fine-tune s", 2),
+)
+
+
+@dataclass
+class ReportFiles:
+    """What :func:`write_report` wrote."""
+
+    html: Path
+    markdown: Path
+    plots: list[Path] = field(default_factory=list)
+    data: Path | None = None
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def ratio_removed(before: float | None, after: float | None) -> float | None:
+    if before is None or after is None or before <= 0:
+        return None
+    return 100.0 * (1.0 - after / before)
+
+
+def is_unstructured(record: RunRecord) -> bool:
+    return record.config.get("target_kind") == "sparsity" or "sparsity" in record.metrics
+
+
+def record_values(record: RunRecord) -> dict[str, float]:
+    """The figures of one run that the report aggregates, derived ones included."""
+    m, t = record.metrics, record.timings
+    out = {k: v for k in DIRECT_KEYS if (v := number(m.get(k))) is not None}
+    get = out.get
+    drop = number(m.get("acc_drop"))
+    if drop is None and get("acc_before") is not None and get("acc_finetuned") is not None:
+        drop = out["acc_before"] - out["acc_finetuned"]
+    derived: dict[str, float | None] = {
+        "acc_drop": drop,
+        "params_removed_pct": ratio_removed(get("params_before"), get("params_after")),
+        "flops_removed_pct": ratio_removed(get("flops_before"), get("flops_after")),
+        "speedup": number(m.get("speedup")),
+        "speedup_b32": number(m.get("speedup_b32")),
+        "prune_time_s": number(m.get("prune_time_s", t.get("prune_s"))),
+        "finetune_time_s": number(m.get("finetune_time_s", t.get("finetune_s"))),
+    }
+    if derived["speedup"] is None and get("latency_after_ms"):
+        derived["speedup"] = ratio(get("latency_before_ms"), get("latency_after_ms"))
+    if derived["speedup_b32"] is None and get("latency_b32_after_ms"):
+        derived["speedup_b32"] = ratio(get("latency_b32_before_ms"), get("latency_b32_after_ms"))
+    if is_unstructured(record):
+        nonzero = number(m.get("nonzero_params_after", m.get("nonzero_params")))
+        sparsity = number(m.get("sparsity"))
+        derived["nonzero_params_after"] = nonzero
+        derived["sparsity_pct"] = None if sparsity is None else 100.0 * sparsity
+        derived["nonzero_removed_pct"] = ratio_removed(get("params_before"), nonzero)
+        if get("bytes_deep_compression") and get("params_before"):
+            # as the paper counts it: against the dense weights stored as float32
+            derived["bytes_ratio"] = 4.0 * out["params_before"] / out["bytes_deep_compression"]
+    out.update({k: v for k, v in derived.items() if v is not None})
+    return out
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def options_text(options: Any) -> str:
+    if not isinstance(options, dict) or not options:
+        return ""
+    return ", ".join(f"{k}={options[k]}" for k in sorted(options))
+
+
+def row_key(config: dict[str, Any]) -> str:
+    shared = {k: v for k, v in config.items() if k not in ("seed", "root")}
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
+def table_env(records: Sequence[RunRecord]) -> dict[str, str]:
+    env = {}
+    for key in ENV_KEYS:
+        values = sorted({str(r.env[key]) for r in records if r.env.get(key) is not None})
+        env[key] = " / ".join(values) if values else "-"
+    return env
+
+
+def table_baseline(records: Sequence[RunRecord]) -> Stat | None:
+    """Dense top-1 over distinct baselines (the seed and training settings that make one)."""
+    by_baseline: dict[str, list[float]] = {}
+    for r in records:
+        acc = number(r.metrics.get("acc_before"))
+        if acc is None:
+            continue
+        key = json.dumps([r.config.get(k) for k in ("seed", "epochs", "batch_size", "lr")])
+        by_baseline.setdefault(key, []).append(acc)
+    means = [statistics.fmean(v) for v in by_baseline.values()]
+    return Stat.of(means) if means else None
+
+
+def make_rows(records: Sequence[RunRecord], varying: Sequence[str]) -> list[Row]:
+    groups: dict[str, list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault(row_key(r.config), []).append(r)
+    rows = []
+    for members in groups.values():
+        members.sort(key=lambda r: str(r.config.get("seed")))
+        config = {k: v for k, v in members[0].config.items() if k != "seed"}
+        method = str(config.get("method"))
+        extras = [options_text(config.get("options"))]
+        extras += [f"{k}={config.get(k)}" for k in varying]
+        extra = ", ".join(e for e in extras if e)
+        values: dict[str, list[float]] = {}
+        for r in members:
+            for k, v in record_values(r).items():
+                values.setdefault(k, []).append(v)
+        rows.append(
+            Row(
+                method=method,
+                label=f"{method} ({extra})" if extra else method,
+                target_kind=str(config.get("target_kind")),
+                target=float(number(config.get("target")) or 0.0),
+                unstructured=any(is_unstructured(r) for r in members),
+                seeds=[r.config.get("seed") for r in members],
+                config=config,
+                stats={k: Stat.of(v) for k, v in values.items()},
+            )
+        )
+    rows.sort(key=lambda row: (row.method, row.label, row.target_kind, row.target))
+    return rows
+
+
+def aggregate(records: Sequence[RunRecord]) -> list[Table]:
+    """The finished (``status == "done"``) records as one :class:`Table` per model and data set."""
+    by_table: dict[tuple[str, str, Any], list[RunRecord]] = {}
+    for r in records:
+        if r.status != "done":
+            continue
+        c = r.config
+        by_table.setdefault(
+            (str(c.get("model")), str(c.get("data")), c.get("image_size")), []
+        ).append(r)
+    tables = []
+    for (model, data, size), members in sorted(by_table.items(), key=lambda kv: str(kv[0])):
+        settings = {k: {json.dumps(r.config.get(k)) for r in members} for k in SCHEDULE_KEYS}
+        varying = [k for k in SCHEDULE_KEYS if len(settings[k]) > 1]
+        schedule = {k: members[0].config.get(k) for k in SCHEDULE_KEYS if k not in varying}
+        tables.append(
+            Table(
+                model=model,
+                data=data,
+                image_size=size if isinstance(size, int) else None,
+                rows=make_rows(members, varying),
+                env=table_env(members),
+                schedule=schedule,
+                baseline=table_baseline(members),
+            )
+        )
+    return tables
+
+
+def short_error(text: str | None) -> str:
+    """One line of an error: a traceback's final line, else the first line (at most 300 chars)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        return "-"
+    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def unfinished(records: Sequence[RunRecord]) -> list[Unfinished]:
+    out = []
+    for r in records:
+        if r.status == "done":
+            continue
+        c = r.config
+        method = str(c.get("method"))
+        if opts := options_text(c.get("options")):
+            method = f"{method} ({opts})"
+        out.append(
+            Unfinished(
+                id=r.id,
+                status=r.status,
+                model=str(c.get("model")),
+                data=str(c.get("data")),
+                method=method,
+                target=f"{c.get('target_kind')} {c.get('target')}",
+                seed=c.get("seed"),
+                error=short_error(r.error) if r.error else "-",
+            )
+        )
+    out.sort(key=lambda u: (u.status, u.model, u.data, u.method, u.target, str(u.seed)))
+    return out
+
+
+# --------------------------------------------------------------------------- cells
+
+
+def columns_of(table: Table) -> list[Column]:
+    """The columns that at least one row of ``table`` has a value for."""
+    return [c for c in COLUMNS if any(c.key in row.stats for row in table.rows)]
+
+
+def table_cells(table: Table) -> tuple[list[str], list[list[str]]]:
+    columns = columns_of(table)
+    headers = ["method", "target", "seeds", *(c.header for c in columns)]
+    rows = []
+    for row in table.rows:
+        cells = [row.label, row.target_text, str(len(row.seeds))]
+        for c in columns:
+            stat = row.stats.get(c.key)
+            cells.append("-" if stat is None else stat.format(c.digits))
+        rows.append(cells)
+    return headers, rows
+
+
+def env_text(table: Table) -> str:
+    e = table.env
+    return (
+        f"torch {e['torch']}, {e['threads']} threads, {e['workers']} data workers, "
+        f"device {e['device']}"
+    )
+
+
+def schedule_text(table: Table) -> str:
+    s = table.schedule
+    parts = [f"{k.replace('_', ' ')} {s[k]}" for k in SCHEDULE_KEYS if k in s]
+    base = f"dense top-1 {table.baseline.format(2)}" if table.baseline else "dense top-1 -"
+    return "; ".join([base, *parts])
+
+
+PAPER_HEADERS = (
+    "method",
+    "source",
+    "paper",
+    "paper before",
+    "paper after",
+    "paper drop",
+    "ours",
+    "ours before",
+    "ours after",
+    "ours drop",
+    "what differs",
+)
+
+
+def paper_cells(rows: Sequence[paper_mod.PaperRow]) -> list[list[str]]:
+    out = []
+    for p in rows:
+        prefix = "err " if p.metric == "error" else ""
+        out.append(
+            [
+                p.method,
+                p.source,
+                p.paper_setting,
+                f"{prefix}{p.paper_before:.2f}",
+                f"{prefix}{p.paper_after:.2f}",
+                f"{p.paper_drop:.2f}",
+                p.ours_setting,
+                f"{prefix}{p.ours_before:.2f}" if p.ours_before is not None else "-",
+                f"{prefix}{p.ours_after:.2f}" if p.ours_after is not None else "-",
+                f"{p.ours_drop:.2f}" if p.ours_drop is not None else "-",
+                p.differs,
+            ]
+        )
+    return out
+
+
+UNFINISHED_HEADERS = ("id", "status", "model", "data", "method", "target", "seed", "error")
+
+
+def unfinished_cells(items: Sequence[Unfinished]) -> list[list[str]]:
+    return [
+        [u.id, u.status, u.model, u.data, u.method, u.target, str(u.seed), u.error] for u in items
+    ]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def md_cell(text: str) -> str:
+    """``text`` safe in a Markdown table cell: no pipes, no line breaks, no raw HTML tags."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "\\<").replace("\n", " ")
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    return markdown_table([md_cell(h) for h in headers], [[md_cell(c) for c in r] for r in rows])
+
+
+def render_markdown(
+    title: str,
+    tables: Sequence[Table],
+    plots: dict[str, list[plots_mod.PlotSeries]],
+    paper_rows: Sequence[paper_mod.PaperRow],
+    pending: Sequence[Unfinished],
+    counts: tuple[int, int],
+) -> str:
+    parts = [f"# {md_cell(title)}", "", summary_text(counts), ""]
+    for table in tables:
+        headers, rows = table_cells(table)
+        parts += [f"## {md_cell(table.title)}", ""]
+        parts += [f"Environment: {md_cell(env_text(table))}.", ""]
+        parts += [f"Setting: {md_cell(schedule_text(table))}.", ""]
+        parts += [md_table(headers, rows), ""]
+        for plot in plots.get(table.slug, []):
+            parts += [f"![{md_cell(plot.title)}]({plot.file})", ""]
+    parts += ["## Paper vs ours", ""]
+    if paper_rows:
+        parts += [PAPER_NOTE, "", md_table(PAPER_HEADERS, paper_cells(paper_rows)), ""]
+    else:
+        parts += ["No method of these results has published figures on file.", ""]
+    parts += ["## Not finished", ""]
+    if pending:
+        parts += [md_table(UNFINISHED_HEADERS, unfinished_cells(pending)), ""]
+    else:
+        parts += ["Every run finished.", ""]
+    return "\n".join(parts)
+
+
+PAPER_NOTE = (
+    "Paper figures beside ours at our target closest to the paper's reduction. "
+    "Drops are top-1 points lost by pruning; error rates are 100 - top-1."
+)
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 100%; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; vertical-align: top; }
+th { background: #f0f0f0; }
+td:first-child, th:first-child, td.text { text-align: left; }
+p.meta { color: #555; margin: 0.2em 0; }
+figure { display: inline-block; margin: 0.5em 1em 1em 0; }
+img { max-width: 100%; border: 1px solid #eee; }
+.scroll { overflow-x: auto; }
+"""
+
+
+def html_table(headers: Sequence[str], rows: Sequence[Sequence[str]], text_cols: int = 1) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="text">{esc(c)}</td>' if i < text_cols else f"<td>{esc(c)}</td>"
+            for i, c in enumerate(row)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def render_html(
+    title: str,
+    tables: Sequence[Table],
+    plots: dict[str, list[plots_mod.PlotSeries]],
+    images: dict[str, bytes],
+    paper_rows: Sequence[paper_mod.PaperRow],
+    pending: Sequence[Unfinished],
+    counts: tuple[int, int],
+) -> str:
+    esc = html.escape
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="meta">{esc(summary_text(counts))}</p>',
+    ]
+    for table in tables:
+        headers, rows = table_cells(table)
+        out += [
+            f"<section><h2>{esc(table.title)}</h2>",
+            f'<p class="meta">Environment: {esc(env_text(table))}.</p>',
+            f'<p class="meta">Setting: {esc(schedule_text(table))}.</p>',
+            html_table(headers, rows, text_cols=2),
+        ]
+        for plot in plots.get(table.slug, []):
+            data = base64.b64encode(images[plot.file]).decode("ascii")
+            out.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{esc(plot.title)}">'
+                f"<figcaption>{esc(plot.title)}</figcaption></figure>"
+            )
+        out.append("</section>")
+    out.append("<section><h2>Paper vs ours</h2>")
+    if paper_rows:
+        out.append(f'<p class="meta">{esc(PAPER_NOTE)}</p>')
+        out.append(html_table(PAPER_HEADERS, paper_cells(paper_rows), text_cols=3))
+    else:
+        out.append("<p>No method of these results has published figures on file.</p>")
+    out.append("</section><section><h2>Not finished</h2>")
+    if pending:
+        out.append(html_table(UNFINISHED_HEADERS, unfinished_cells(pending), text_cols=8))
+    else:
+        out.append("<p>Every run finished.</p>")
+    out.append("</section></body></html>")
+    return "\n".join(out) + "\n"
+
+
+def summary_text(counts: tuple[int, int]) -> str:
+    done, pending = counts
+    return f"{done} finished runs reported; {pending} not finished."
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def table_json(table: Table) -> dict[str, Any]:
+    def stat(s: Stat | None) -> dict[str, Any] | None:
+        return None if s is None else dataclasses.asdict(s)
+
+    return {
+        "model": table.model,
+        "data": table.data,
+        "image_size": table.image_size,
+        "env": table.env,
+        "schedule": table.schedule,
+        "baseline": stat(table.baseline),
+        "rows": [
+            {
+                "method": r.method,
+                "label": r.label,
+                "target_kind": r.target_kind,
+                "target": r.target,
+                "unstructured": r.unstructured,
+                "seeds": r.seeds,
+                "config": r.config,
+                "stats": {k: stat(v) for k, v in sorted(r.stats.items())},
+            }
+            for r in table.rows
+        ],
+    }
+
+
+def write_report(
+    records: Sequence[RunRecord], out_dir: str | Path, *, title: str = "prunekit benchmark"
+) -> ReportFiles:
+    """Write ``report.md``, ``report.html`` (self-contained), ``report.json`` and the plots under
+    ``out_dir/plots`` for ``records``. Only finished runs enter the tables; the others are listed
+    under "Not finished" with their error."""
+    out_dir = Path(out_dir)
+    tables = aggregate(records)
+    pending = unfinished(records)
+    counts = (sum(r.status == "done" for r in records), len(pending))
+    plots: dict[str, list[plots_mod.PlotSeries]] = {}
+    images: dict[str, bytes] = {}
+    plot_files = []
+    for table in tables:
+        described = plots_mod.describe(table)
+        plots[table.slug] = described
+        for plot in described:
+            images[plot.file] = plots_mod.save(plot, out_dir / plot.file)
+            plot_files.append(out_dir / plot.file)
+    paper_rows = paper_mod.paper_table(tables)
+
+    files = ReportFiles(
+        html=out_dir / "report.html",
+        markdown=out_dir / "report.md",
+        plots=plot_files,
+        data=out_dir / "report.json",
+    )
+    markdown = render_markdown(title, tables, plots, paper_rows, pending, counts)
+    with atomic_open(files.markdown, "w") as f:
+        f.write(markdown)
+    page = render_html(title, tables, plots, images, paper_rows, pending, counts)
+    with atomic_open(files.html, "w") as f:
+        f.write(page)
+    atomic_write_json(
+        {
+            "title": title,
+            "tables": [table_json(t) for t in tables],
+            "plots": [dataclasses.asdict(p) for ps in plots.values() for p in ps],
+            "paper": [dataclasses.asdict(p) for p in paper_rows],
+            "not_finished": [dataclasses.asdict(u) for u in pending],
+        },
+        files.data,
+    )
+    return files
+
+
+def report_from_stores(paths: Sequence[str | Path], out_dir: str | Path, **kw: Any) -> ReportFiles:
+    """:func:`write_report` for every record in the store files (or folders of them) ``paths``."""
+    from prunekit.bench.store import load_records
+    from prunekit.errors import ConfigError
+
+    records = load_records(paths)
+    if not records:
+        names = ", ".join(str(p) for p in paths) or "(none given)"
+        raise ConfigError(f"no run records in {names}: expected benchmark store files with runs")
+    return write_report(records, out_dir, **kw)

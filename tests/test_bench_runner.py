@@ -1,0 +1,421 @@
+"""The result store and the benchmark runner: records, shards, resuming, failures, torchrun
+partitions, worker pools and a runner killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import types
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from prunekit.bench import Store, expand, load_records, parse_spec, run_spec
+from prunekit.bench.runner import LAUNCHER_VARS
+from prunekit.bench.spec import Spec
+from prunekit.bench.store import shard_path
+from prunekit.errors import ConfigError
+
+HELPER = Path(__file__).with_name("bench_kill_helper.py")
+
+
+def tiny(**overrides: Any) -> dict[str, Any]:
+    """A spec of quick runs: lenet5 on digits, one baseline epoch, no fine-tuning, no timing."""
+    spec: dict[str, Any] = {
+        "name": "tiny",
+        "models": ["lenet5"],
+        "datasets": [{"name": "digits", "image_size": 28}],
+        "methods": ["hrank", {"id": "magnitude", "options": {"rounds": 1, "retrain_epochs": 0}}],
+        "targets": {"flops": [0.3], "sparsity": [0.5]},
+        "seeds": [0],
+        "baseline": {"epochs": 1},
+        "finetune": {"epochs": 0},
+        "measure": {"latency": False},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def finishes(store_path: Path) -> Counter[str]:
+    with Store(store_path, create=False) as store:
+        return Counter(e.run_id for e in store.events() if e.event == "finish")
+
+
+# ---------------------------------------------------------------------------------- store
+
+
+def test_store_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "results.sqlite"
+    with Store(path) as store:
+        store.start("a", {"model": "lenet5"})
+        rec = store.get("a")
+        assert rec is not None
+        assert (rec.status, rec.attempts, rec.finished, rec.shard) == (
+            "running",
+            1,
+            None,
+            str(path),
+        )
+        assert rec.started > 0
+        store.finish("a", {"acc": 91.5, "n": np.int64(3)}, {"total_s": 2.0}, {"host": "h"})
+        store.start("b", {"model": "vgg"})
+        store.fail("b", "ValueError: boom")
+        with pytest.raises(ConfigError, match="never started"):
+            store.finish("zzz", {}, {}, {})
+        with pytest.raises(ConfigError, match="status must be one of"):
+            store.records("finished")
+    with Store(path) as store:  # everything survives reopening
+        a, b = store.get("a"), store.get("b")
+        assert a is not None and b is not None
+        assert (a.status, a.config, a.metrics) == (
+            "done",
+            {"model": "lenet5"},
+            {"acc": 91.5, "n": 3},
+        )
+        assert (a.timings, a.env, a.error) == ({"total_s": 2.0}, {"host": "h"}, None)
+        assert a.finished is not None and a.finished >= a.started
+        assert (b.status, b.error) == ("failed", "ValueError: boom")
+        assert store.done_ids() == {"a"}
+        assert [r.id for r in store.records("failed")] == ["b"]
+        assert store.get("nothing") is None
+        store.start("b", {"model": "vgg"})  # a new attempt clears the old error
+        b = store.get("b")
+        assert b is not None and (b.status, b.attempts, b.error) == ("running", 2, None)
+        assert [e.event for e in store.events("b")] == ["start", "fail", "start"]
+        assert {e.pid for e in store.events()} == {os.getpid()}
+
+
+def test_store_uses_write_ahead_logging(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite"
+    Store(path).close()
+
+    def write(prefix: str) -> None:
+        with Store(path) as store:
+            for i in range(30):
+                store.start(f"{prefix}{i}", {})
+                store.finish(f"{prefix}{i}", {"i": i}, {}, {})
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in "xyz"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with Store(path) as store:
+        assert len(store.done_ids()) == 90
+        assert len(store.events()) == 180
+
+
+def test_a_file_that_is_not_a_store_is_refused_untouched(tmp_path: Path) -> None:
+    text = tmp_path / "notes.sqlite"
+    text.write_text("not a database at all, just some words that fill a page " * 20)
+    before = text.read_bytes()
+    with pytest.raises(ConfigError, match=r"notes\.sqlite is not a prunekit result store"):
+        Store(text)
+    assert text.read_bytes() == before
+
+    other = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE songs (title TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ConfigError, match=r"other\.sqlite is a SQLite database but not a prunekit"):
+        Store(other)
+
+    future = tmp_path / "future.sqlite"
+    Store(future).close()
+    conn = sqlite3.connect(future)
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ConfigError, match="schema version '99'"):
+        Store(future)
+
+    with pytest.raises(ConfigError, match=r"missing\.sqlite does not exist"):
+        Store(tmp_path / "missing.sqlite", create=False)
+
+
+def test_shard_path() -> None:
+    assert shard_path("out/results.sqlite", 1, 2) == Path("out/results.rank1-of-2.sqlite")
+    assert shard_path("out/results.sqlite", 0, 1) == Path("out/results.sqlite")
+    with pytest.raises(ConfigError, match="rank"):
+        shard_path("results.sqlite", 2, 2)
+
+
+def test_load_records_merges_shards_done_winning(tmp_path: Path) -> None:
+    with Store(shard_path(tmp_path / "r.sqlite", 0, 2)) as s0:
+        s0.start("a", {"k": "a"})
+        s0.finish("a", {"acc": 1.0}, {}, {})
+        s0.start("b", {"k": "b"})
+        s0.fail("b", "boom")
+    with Store(shard_path(tmp_path / "r.sqlite", 1, 2)) as s1:
+        s1.start("b", {"k": "b"})
+        s1.finish("b", {"acc": 2.0}, {}, {})
+        s1.start("c", {"k": "c"})
+    (tmp_path / "notes.txt").write_text("ignored")
+    merged = load_records([tmp_path])
+    assert [(r.id, r.status) for r in merged] == [("a", "done"), ("b", "done"), ("c", "running")]
+    b = merged[1]
+    assert b.metrics == {"acc": 2.0} and b.shard.endswith("r.rank1-of-2.sqlite")
+    # files named one by one give the same merge, whatever their order
+    files = sorted(tmp_path.glob("*.sqlite"), reverse=True)
+    assert [(r.id, r.status) for r in load_records(files)] == [(r.id, r.status) for r in merged]
+    with pytest.raises(ConfigError, match=r"gone\.sqlite does not exist"):
+        load_records([tmp_path / "gone.sqlite"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no result stores"):
+        load_records([tmp_path / "empty"])
+
+
+# ---------------------------------------------------------------------------------- runner
+
+
+def test_runs_then_skips_what_is_done(tmp_path: Path) -> None:
+    spec = parse_spec(tiny())
+    store = tmp_path / "results.sqlite"
+    summary = run_spec(spec, store, progress=False)
+    assert (summary.total, summary.skipped_done, summary.ran, summary.failed) == (2, 0, 2, 0)
+    assert summary.store == store
+    records = {r.config["method"]: r for r in load_records([store])}
+    assert {r.status for r in records.values()} == {"done"}
+    for rec in records.values():
+        m = rec.metrics
+        assert m["acc_drop"] == pytest.approx(m["acc_before"] - m["acc_finetuned"])
+        assert m["bytes_dense"] > 0 and m["bytes_sparse"] > 0
+        assert not any(k.startswith(("top5", "latency", "speedup", "onnx")) for k in m)
+        assert set(rec.timings) == {"baseline_s", "prune_s", "finetune_s", "measure_s", "total_s"}
+        assert set(rec.env) >= {"torch", "python", "platform", "device", "threads", "workers"}
+        assert {"host", "prunekit"} <= set(rec.env)
+        assert rec.env["workers"] == 1
+    hrank, magnitude = records["hrank"].metrics, records["magnitude"].metrics
+    assert hrank["flops_after"] < hrank["flops_before"]
+    assert "bytes_deep_compression" not in hrank
+    assert 0 < magnitude["bytes_deep_compression"] < magnitude["bytes_dense"]
+    assert magnitude["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert magnitude["bytes_sparse"] < magnitude["bytes_dense"]
+
+    work = tmp_path / "results-work"
+    (baseline,) = (work / "baselines").glob("*.pt")  # one baseline serves both runs
+    assert {p.name for p in (work / "runs").iterdir()} == {r.id for r in records.values()}
+
+    again = run_spec(spec, store, progress=False)
+    assert (again.total, again.skipped_done, again.ran, again.failed) == (2, 2, 0, 0)
+    assert finishes(store) == Counter({r.id: 1 for r in records.values()})
+
+    # a new store with the same work folder finds the baseline trained and does not retrain it
+    stamp = baseline.stat().st_mtime_ns
+    fresh = run_spec(spec, tmp_path / "other.sqlite", progress=False, work_dir=work)
+    assert (fresh.ran, fresh.failed) == (2, 0)
+    assert baseline.stat().st_mtime_ns == stamp
+
+
+def test_latency_and_onnx_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, tuple[int, ...], int]] = []
+
+    def onnx_latency(
+        model: torch.nn.Module, example: torch.Tensor, *, batch_sizes: Any, threads: int
+    ) -> dict[int, float]:
+        params = sum(p.numel() for p in model.parameters())
+        calls.append((params, tuple(batch_sizes), threads))
+        return {n: n * params / 1e5 for n in batch_sizes}
+
+    fake = types.ModuleType("prunekit.export")
+    fake.onnx_latency = onnx_latency  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "prunekit.export", fake)
+    spec = parse_spec(
+        tiny(
+            methods=["hrank"],
+            measure={"latency": True, "batch_sizes": [1, 2], "onnx": True, "threads": 1},
+        )
+    )
+    store = tmp_path / "results.sqlite"
+    assert run_spec(spec, store, progress=False).failed == 0
+    (rec,) = load_records([store])
+    m = rec.metrics
+    for key in ("latency", "latency_b2"):
+        assert m[f"{key}_before_ms"] > 0 and m[f"{key}_after_ms"] > 0
+    assert m["speedup"] == pytest.approx(m["latency_before_ms"] / m["latency_after_ms"])
+    assert m["speedup_b2"] == pytest.approx(m["latency_b2_before_ms"] / m["latency_b2_after_ms"])
+    assert [c[1:] for c in calls] == [((1, 2), 1), ((1, 2), 1)]
+    assert [c[0] for c in calls] == [m["params_before"], m["params_after"]]
+    assert m["onnx_latency_before_ms"] == pytest.approx(m["params_before"] / 1e5)
+    assert m["onnx_latency_b2_after_ms"] == pytest.approx(2 * m["params_after"] / 1e5)
+    assert m["onnx_speedup"] == pytest.approx(m["params_before"] / m["params_after"])
+    assert "onnx_speedup_b2" in m
+
+
+def test_a_failing_run_is_recorded_and_the_others_go_on(tmp_path: Path) -> None:
+    missing = tmp_path / "no-mnist-here"
+    spec = parse_spec(
+        tiny(
+            methods=["hrank"],
+            datasets=[
+                {"name": "digits", "image_size": 28},
+                {"name": "mnist", "root": str(missing)},
+            ],
+        )
+    )
+    store = tmp_path / "results.sqlite"
+    summary = run_spec(spec, store, progress=False)
+    assert (summary.total, summary.ran, summary.failed) == (2, 2, 1)
+    records = {r.config["data"]: r for r in load_records([store])}
+    assert records["digits"].status == "done"
+    failed = records["mnist"]
+    assert failed.status == "failed"
+    assert (failed.error or "").startswith("baseline failed: MissingFileError: ")
+    assert str(missing) in (failed.error or "")
+
+    again = run_spec(spec, store, progress=False)  # failed runs are run again, done ones not
+    assert (again.skipped_done, again.ran, again.failed) == (1, 1, 1)
+    with Store(store) as s:
+        retried = s.get(failed.id)
+        assert retried is not None and retried.attempts == 2
+    assert finishes(store) == Counter({records["digits"].id: 1})
+
+
+def test_torchrun_ranks_split_the_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = parse_spec(tiny(targets={"flops": [0.3, 0.5], "sparsity": [0.5]}))
+    ordered = sorted(r.id for r in expand(spec))
+    assert len(ordered) == 3
+    store = tmp_path / "results.sqlite"
+    for rank in (0, 1):
+        for name, value in {
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "29999",
+            "GROUP_RANK": "0",
+            "ROLE_RANK": str(rank),
+        }.items():
+            monkeypatch.setenv(name, value)
+        summary = run_spec(spec, store, progress=False)
+        assert summary.store == tmp_path / f"results.rank{rank}-of-2.sqlite"
+        assert not any(name in os.environ for name in LAUNCHER_VARS)
+        assert not torch.distributed.is_initialized()
+        with Store(summary.store) as shard:
+            assert sorted(shard.done_ids()) == ordered[rank::2]
+    assert not (tmp_path / "results.sqlite").exists()
+    merged = load_records([tmp_path])
+    assert sorted(r.id for r in merged) == ordered
+    assert {r.status for r in merged} == {"done"}
+
+
+def test_two_workers_share_one_store(tmp_path: Path) -> None:
+    missing = tmp_path / "no-mnist-here"
+    datasets = [{"name": "digits", "image_size": 28}, {"name": "mnist", "root": str(missing)}]
+    spec = parse_spec(tiny(datasets=datasets))
+    store = tmp_path / "results.sqlite"
+    summary = run_spec(spec, store, workers=2, threads=1, progress=False)
+    assert (summary.total, summary.ran, summary.failed) == (4, 4, 2)
+    records = load_records([store])
+    done = [r for r in records if r.status == "done"]
+    assert {r.config["data"] for r in done} == {"digits"} and len(done) == 2
+    assert {r.env["workers"] for r in done} == {2}
+    assert {r.env["threads"] for r in done} == {1}
+    for rec in records:
+        if rec.config["data"] == "mnist":  # its baseline failed once, both runs recorded so
+            assert rec.status == "failed"
+            assert (rec.error or "").startswith("baseline failed: MissingFileError")
+    with Store(store) as s:
+        finish_pids = {e.pid for e in s.events() if e.event == "finish"}
+    assert os.getpid() not in finish_pids  # the workers wrote them
+    assert len(list((tmp_path / "results-work" / "baselines").glob("*.pt"))) == 1
+
+
+def test_bad_worker_counts_are_refused(tmp_path: Path) -> None:
+    spec = parse_spec(tiny())
+    with pytest.raises(ConfigError, match="workers must be an integer >= 1"):
+        run_spec(spec, tmp_path / "r.sqlite", workers=0)
+    with pytest.raises(ConfigError, match="threads must be"):
+        run_spec(spec, tmp_path / "r.sqlite", threads=True)
+
+
+# ---------------------------------------------------------------------------------- kill -9
+
+
+def _progress(store_path: Path) -> tuple[list[Any], list[Any]] | None:
+    if not store_path.exists():
+        return None
+    try:
+        with Store(store_path, create=False) as store:
+            return store.records("done"), store.records("running")
+    except (ConfigError, sqlite3.OperationalError):
+        return None  # the runner is creating it
+
+
+def test_a_killed_runner_resumes_without_repeating_finished_runs(tmp_path: Path) -> None:
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        yaml.safe_dump(tiny(methods=["hrank"], targets={"flops": [0.3, 0.5]}, seeds=[0, 1]))
+    )
+    spec: Spec = parse_spec(yaml.safe_load(spec_file.read_text()))
+    assert len(expand(spec)) == 4
+    store = tmp_path / "results.sqlite"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(HELPER), str(spec_file), str(store)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, "the runner ended before it could be killed"
+            assert time.monotonic() < deadline, "no run finished in time"
+            seen = _progress(store)
+            if seen is not None:
+                done, running = seen
+                last = max((r.finished for r in done), default=None)
+                if last is not None and any(r.started >= last for r in running):
+                    break
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    with Store(store, create=False) as s:
+        finished_before = {r.id: r.finished for r in s.records("done")}
+        interrupted = [r.id for r in s.records("running")]
+    assert finished_before and interrupted
+
+    summary = run_spec(spec, store, progress=False)
+    assert summary.skipped_done == len(finished_before)
+    assert summary.failed == 0
+    with Store(store) as s:
+        records = {r.id: r for r in s.records()}
+        events = s.events()
+    assert {r.status for r in records.values()} == {"done"} and len(records) == 4
+    assert Counter(e.run_id for e in events if e.event == "finish") == Counter(
+        {rid: 1 for rid in records}
+    )
+    for rid, finished in finished_before.items():
+        assert records[rid].finished == finished
+        assert records[rid].attempts == 1
+    for rid in interrupted:
+        assert records[rid].attempts == 2
