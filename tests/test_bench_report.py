@@ -174,7 +174,7 @@ def test_markdown_table_has_mean_and_sd_over_seeds(records, tmp_path):
     assert dns["bytes Deep Compression"] == "4,000 ± 0"
     assert rows[("hrank", "flops 0.5")]["non-zero params"] == "-"
     # the environment is stated once per table, the plots referenced by relative path
-    assert "torch 2.13.0, 1 threads, 0 data workers, device cpu" in text
+    assert "torch 2.13.0, 1 torch thread(s) per run, 0 run(s) at a time" in text
     for p in files.plots:
         assert f"]({p.relative_to(tmp_path).as_posix()})" in text
     # the failed and the running run are not in the tables

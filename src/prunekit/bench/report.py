@@ -381,8 +381,8 @@ def table_cells(table: Table) -> tuple[list[str], list[list[str]]]:
 def env_text(table: Table) -> str:
     e = table.env
     return (
-        f"torch {e['torch']}, {e['threads']} threads, {e['workers']} data workers, "
-        f"device {e['device']}"
+        f"torch {e['torch']}, {e['threads']} torch thread(s) per run, {e['workers']} run(s) at "
+        f"a time (latency is timed while they share the machine), device {e['device']}"
     )
 
 

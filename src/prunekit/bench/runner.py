@@ -415,7 +415,7 @@ def measure_run(
         from prunekit.export import onnx_latency
 
         kwargs = {"batch_sizes": tuple(measure.batch_sizes), "threads": measure.threads}
-        before = onnx_latency(dense, example, **kwargs)
+        before = onnx_latency(_dense_onnx(cfg, dense, example, run_dir), example, **kwargs)
         after = onnx_latency(pruned, example, **kwargs)
         out.update(_latency_keys("onnx_latency", "onnx_speedup", before, after))
     if methods.entry(cfg.method).type == "U":  # last: it quantises the model in place
@@ -424,6 +424,17 @@ def measure_run(
         report = compress_model(pruned, run_dir / "pruned.deepc")
         out["bytes_deep_compression"] = report.bytes_written
     return out
+
+
+def _dense_onnx(cfg: RunConfig, dense: Any, example: torch.Tensor, run_dir: Path) -> Path:
+    """The baseline's ONNX file, exported once per baseline (``<work>/baselines/<key>.onnx``)
+    and timed afresh in every run, beside the pruned model."""
+    from prunekit.export import export_onnx
+
+    path = run_dir.parent.parent / "baselines" / f"{cfg.baseline_key}.onnx"
+    if not path.exists():
+        export_onnx(dense, example, path)  # atomic: a concurrent worker sees all of it or none
+    return path
 
 
 def _torch_latency(model: Any, example: torch.Tensor, measure: MeasureSpec) -> dict[int, float]:
