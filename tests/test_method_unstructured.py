@@ -257,6 +257,10 @@ def test_nm_target_must_match_and_odd_layers_are_skipped() -> None:
     method = methods.get("nm_sparsity")
     method.prune(_ctx(_convnet(3), _images(), 0.75, n=1, m=4))
     assert method.skipped == ["0.weight"]  # 3 input channels
+    layer = nn.Linear(6, 2)
+    data = TensorDataset(torch.randn(4, 6), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ConfigError, match=r"divisible by m=4 \(input sizes: 6\)"):
+        methods.get("nm_sparsity").prune(_ctx(layer, data, 0.75, n=1, m=4))
 
 
 def test_nm_end_to_end() -> None:

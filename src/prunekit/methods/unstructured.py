@@ -695,8 +695,8 @@ class NMSparsity(Method):
             )
         if not eligible:
             raise ConfigError(
-                f"nm_sparsity: no layer has an input size divisible by m={m}; "
-                f"layers: {', '.join(layers)}"
+                f"nm_sparsity: no layer has an input size divisible by m={m} (input sizes: "
+                f"{', '.join(map(str, sorted({mod.weight.shape[1] for mod in layers.values()})))})"
             )
         masks.prune(model, implied, granularity="n:m", n=n, m=m, include=eligible)
         return _finish(model, before)
