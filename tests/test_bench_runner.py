@@ -313,6 +313,38 @@ def test_torchrun_ranks_split_the_runs(tmp_path: Path, monkeypatch: pytest.Monke
     assert {r.status for r in merged} == {"done"}
 
 
+TORCHRUN_SCRIPT = """
+import sys
+from pathlib import Path
+
+from prunekit.bench import run_spec
+
+out = Path(sys.argv[1])
+run_spec(out.parent / "spec.yaml", out / "results.sqlite", progress=False,
+         work_dir=out.parent / "work")
+"""
+
+
+def test_a_real_torchrun_launch_splits_the_runs_into_shards(tmp_path: Path) -> None:
+    from torchrun_launch import run_torchrun
+
+    spec = tiny(targets={"flops": [0.3, 0.5], "sparsity": [0.5]})
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    script = tmp_path / "bench_under_torchrun.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    run_torchrun(str(script), out)
+    shards = sorted(p.name for p in out.glob("*.sqlite"))
+    assert shards == ["results.rank0-of-2.sqlite", "results.rank1-of-2.sqlite"]
+    per_shard = [finishes(out / name) for name in shards]
+    assert all(len(c) >= 1 for c in per_shard)  # both ranks ran runs
+    assert not set(per_shard[0]) & set(per_shard[1])  # and no run was run on both
+    merged = load_records([out])
+    assert sorted(r.id for r in merged) == sorted(r.id for r in expand(parse_spec(spec)))
+    assert {r.status for r in merged} == {"done"}
+
+
 def test_two_workers_share_one_store(tmp_path: Path) -> None:
     missing = tmp_path / "no-mnist-here"
     datasets = [{"name": "digits", "image_size": 28}, {"name": "mnist", "root": str(missing)}]

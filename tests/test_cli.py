@@ -115,7 +115,9 @@ def test_demo_prunes_finetunes_and_writes_metrics(tmp_path, capsys) -> None:
     keys = ["params_before", "params_after", "flops_before", "flops_after", "acc_before"]
     keys += ["acc_pruned", "acc_finetuned", "latency_before_ms", "latency_after_ms"]
     keys += ["bytes_before", "bytes_after"]
+    keys += ["top5_before", "top5_pruned", "top5_finetuned"]  # 10 classes: top-5 is defined
     assert set(keys) <= set(metrics)
+    assert all(metrics[f"top5_{s}"] >= metrics[f"acc_{s}"] for s in ("before", "finetuned"))
     setup = workflow.prepare("lenet5", "digits")
     assert metrics["params_before"] == measure.count_params(setup.model).total
     assert metrics["flops_before"] == measure.count_flops(setup.model, setup.example_input()).flops
