@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -126,16 +127,30 @@ def describe(table: Table) -> list[PlotSeries]:
     return plots
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h")
+
+
 def render(plot: PlotSeries) -> Figure:
     """Draw ``plot`` on a new figure (Agg canvas), one panel per entry of ``plot.panels``."""
-    fig = Figure(figsize=(5.0 * len(plot.panels), 4.0), layout="constrained")
+    fig = Figure(figsize=(max(7.0, 5.0 * len(plot.panels)), 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(plot.panels), squeeze=False)[0]
+    labels = list(dict.fromkeys(s["label"] for s in plot.series))  # one style per method
+    colors = matplotlib.colormaps["tab20"].colors
     for ax, panel in zip(axes, plot.panels, strict=True):
         for s in plot.series:
             if s["panel"] != panel["name"]:
                 continue
-            ax.errorbar(s["x"], s["y"], yerr=s["yerr"], marker="o", capsize=3, label=s["label"])
+            i = labels.index(s["label"])
+            ax.errorbar(
+                s["x"],
+                s["y"],
+                yerr=s["yerr"],
+                marker=MARKERS[i % len(MARKERS)],
+                color=colors[(2 * i) % len(colors) + (2 * i) // len(colors) % 2],
+                capsize=3,
+                label=s["label"],
+            )
         if plot.baseline is not None:
             ax.axhline(
                 plot.baseline,
