@@ -152,11 +152,9 @@ class RunConfig:
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any]) -> RunConfig:
         """The config a store record holds (unknown keys are refused)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        extra = sorted(set(mapping) - names)
-        if extra:
-            raise ConfigError(f"run config has unknown keys {extra}; expected {sorted(names)}")
-        return cls(**dict(mapping))
+        from prunekit.configs import from_dict
+
+        return from_dict(cls, dict(mapping))
 
     @property
     def id(self) -> str:
