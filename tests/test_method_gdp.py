@@ -12,36 +12,12 @@ from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
 
 import prunekit.methods.gdp as gdp
+from nets import ConvBNNet, random_data
 from prunekit import measure, methods
 from prunekit.errors import ConfigError
 from prunekit.graph import build
 from prunekit.methods.base import Context
 from prunekit.train import TrainConfig
-
-
-class SmallNet(nn.Module):
-    """conv-bn-relu x2 -> pool -> fc (protected)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.b1 = nn.BatchNorm2d(8)
-        self.c2 = nn.Conv2d(8, 12, 3, padding=1, bias=False)
-        self.b2 = nn.BatchNorm2d(12)
-        self.fc = nn.Linear(12, 4)
-        self.protected_layers = ("fc",)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.b1(self.c1(x)))
-        x = torch.relu(self.b2(self.c2(x)))
-        return self.fc(x.mean((2, 3)))
-
-
-def _data(n: int = 64) -> TensorDataset:
-    g = torch.Generator().manual_seed(1)
-    return TensorDataset(
-        torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
-    )
 
 
 def _linear_pair(w1: list[list[float]]) -> nn.Sequential:
@@ -130,7 +106,7 @@ def test_l1_masked_filter_that_grows_back_reenters() -> None:
 
 def test_masked_filters_train_and_removal_equals_zeroed_model() -> None:
     torch.manual_seed(0)
-    model = SmallNet()
+    model = ConvBNNet((8, 12))
     x = torch.randn(2, 3, 8, 8)
     pruner = gdp.GlobalDynamicPruner(
         model, x, {"target_flops": 0.4}, saliency="l1", mask_interval=1000
@@ -142,7 +118,7 @@ def test_masked_filters_train_and_removal_equals_zeroed_model() -> None:
     raw = model.c2.parametrizations.weight.original
     before = raw.detach()[masked].clone()
     config = TrainConfig(epochs=1, lr=0.05, batch_size=16, device="cpu", seed=0)
-    pruner.train(_data(), config, progress=False)
+    pruner.train(random_data(64), config, progress=False)
     assert pruner.picks == picks  # no update within the interval
     assert not torch.allclose(raw.detach()[masked], before)  # updated straight through
     assert torch.all(model.c2.weight[masked] == 0)  # while the forward sees zeros
@@ -162,7 +138,13 @@ def test_masked_filters_train_and_removal_equals_zeroed_model() -> None:
 
 
 def test_bad_options_are_refused() -> None:
-    ctx = Context(SmallNet(), torch.randn(1, 3, 8, 8), _data(), _data(16), {"target_flops": 0.3})
+    ctx = Context(
+        ConvBNNet((8, 12)),
+        torch.randn(1, 3, 8, 8),
+        random_data(64),
+        random_data(16),
+        {"target_flops": 0.3},
+    )
     ctx.options = {"saliency": "hessian"}
     with pytest.raises(ConfigError, match="saliency"):
         methods.get("gdp").prune(ctx)

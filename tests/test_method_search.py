@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from nets import ConvBNNet, random_data
 from prunekit import measure, methods
 from prunekit.errors import ConfigError
 from prunekit.graph import build
@@ -116,28 +117,6 @@ def test_l1_filter_gives_the_sensitive_layer_the_smaller_share() -> None:
     assert evaluate(model, data)["top1"] == 100.0  # redundant channels cost nothing
 
 
-class SmallNet(nn.Module):
-    """conv-bn-relu x3 (widths 16, 32, 64: one channel is at most ~3% of the FLOPs, fine
-    enough for a 1% tolerance) -> pool -> fc (protected)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.b1 = nn.BatchNorm2d(16)
-        self.c2 = nn.Conv2d(16, 32, 3, padding=1, bias=False)
-        self.b2 = nn.BatchNorm2d(32)
-        self.c3 = nn.Conv2d(32, 64, 3, padding=1, bias=False)
-        self.b3 = nn.BatchNorm2d(64)
-        self.fc = nn.Linear(64, 4)
-        self.protected_layers = ("fc",)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.b1(self.c1(x)))
-        x = torch.relu(self.b2(self.c2(x)))
-        x = torch.relu(self.b3(self.c3(x)))
-        return self.fc(x.mean((2, 3)))
-
-
 class TinyResidual(nn.Module):
     """stem conv-bn (8), one basic block (conv1 8->16 -bn-relu- conv2 16->8 -bn + identity),
     pool, fc."""
@@ -159,15 +138,8 @@ class TinyResidual(nn.Module):
         return self.fc(torch.relu(x + y).mean((2, 3)))
 
 
-def _data(n: int = 48) -> TensorDataset:
-    g = torch.Generator().manual_seed(1)
-    return TensorDataset(
-        torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
-    )
-
-
 def _ctx(model: nn.Module, target: dict[str, float], **options) -> Context:  # type: ignore[no-untyped-def]
-    data = _data()
+    data = random_data(48)
     return Context(
         model,
         torch.randn(1, 3, 8, 8),
@@ -181,7 +153,7 @@ def _ctx(model: nn.Module, target: dict[str, float], **options) -> Context:  # t
 
 @pytest.mark.parametrize("target", [{"target_flops": 0.4}, {"target_params": 0.3}])
 def test_l1_filter_end_to_end(target: dict[str, float]) -> None:
-    model = SmallNet()
+    model = ConvBNNet((16, 32, 64))
     model.train()
     report = methods.get("l1_filter").prune(_ctx(model, target))
     key = next(iter(target))
@@ -209,10 +181,12 @@ def test_l1_filter_prunes_only_inner_convs_of_residual_blocks() -> None:
 def test_l1_filter_bad_options() -> None:
     with pytest.raises(ConfigError, match="sensitivity_ratios"):
         methods.get("l1_filter").prune(
-            _ctx(SmallNet(), {"target_flops": 0.3}, sensitivity_ratios="0.5,0.2")
+            _ctx(ConvBNNet((16, 32, 64)), {"target_flops": 0.3}, sensitivity_ratios="0.5,0.2")
         )
     with pytest.raises(ConfigError, match="val_batches"):
-        methods.get("l1_filter").prune(_ctx(SmallNet(), {"target_flops": 0.3}, val_batches=-1))
+        methods.get("l1_filter").prune(
+            _ctx(ConvBNNet((16, 32, 64)), {"target_flops": 0.3}, val_batches=-1)
+        )
 
 
 # --------------------------------------------------------------------------- random channel
@@ -243,7 +217,7 @@ def test_sample_shares_are_seeded_and_in_range() -> None:
 
 
 def test_random_channel_candidates_meet_target_and_best_is_applied() -> None:
-    model = SmallNet()
+    model = ConvBNNet((16, 32, 64))
     original = copy.deepcopy(model)
     method = methods.get("random_channel")
     report = method.prune(_ctx(model, {"target_flops": 0.5}, candidates=4, candidate_steps=2))
@@ -273,7 +247,7 @@ class _WidestC3(RandomChannel):
 
 
 def test_the_best_scoring_candidate_is_applied() -> None:
-    model = SmallNet()
+    model = ConvBNNet((16, 32, 64))
     method = _WidestC3()
     method.id = "random_channel"
     method.prune(_ctx(model, {"target_flops": 0.5}, candidates=5, candidate_steps=0))
@@ -288,7 +262,7 @@ def test_the_best_scoring_candidate_is_applied() -> None:
 def test_random_channel_seeds() -> None:
     def shares(seed: int) -> list[dict[str, float]]:
         m = methods.get("random_channel")
-        ctx = _ctx(SmallNet(), {"target_flops": 0.4}, candidates=2, candidate_steps=0)
+        ctx = _ctx(ConvBNNet((16, 32, 64)), {"target_flops": 0.4}, candidates=2, candidate_steps=0)
         ctx.seed = seed
         m.prune(ctx)
         return [c.shares for c in m.candidates]
@@ -299,9 +273,13 @@ def test_random_channel_seeds() -> None:
 
 def test_random_channel_bad_options() -> None:
     with pytest.raises(ConfigError, match="within"):
-        methods.get("random_channel").prune(_ctx(SmallNet(), {"target_flops": 0.3}, within="x"))
+        methods.get("random_channel").prune(
+            _ctx(ConvBNNet((16, 32, 64)), {"target_flops": 0.3}, within="x")
+        )
     with pytest.raises(ConfigError, match="candidates"):
-        methods.get("random_channel").prune(_ctx(SmallNet(), {"target_flops": 0.3}, candidates=0))
+        methods.get("random_channel").prune(
+            _ctx(ConvBNNet((16, 32, 64)), {"target_flops": 0.3}, candidates=0)
+        )
 
 
 # --------------------------------------------------------------------------- shared loops
@@ -322,9 +300,15 @@ def test_sgd_step_is_the_hand_computed_update_and_restores_mode() -> None:
 
 
 def test_batch_stream_starts_with_the_calibration_batches() -> None:
-    data = _data(20)
+    data = random_data(20)
     ctx = Context(
-        SmallNet(), torch.randn(1, 3, 8, 8), data, data, {}, calib_batches=2, batch_size=8
+        ConvBNNet((16, 32, 64)),
+        torch.randn(1, 3, 8, 8),
+        data,
+        data,
+        {},
+        calib_batches=2,
+        batch_size=8,
     )
     stream = batch_stream(data, 8, 0)
     for (xa, ya), (xb, yb) in zip(ctx.calibration(), [next(stream), next(stream)], strict=True):

@@ -7,37 +7,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 import prunekit.methods.soft  # noqa: F401  (registers sfp and fpgm)
+from nets import ConvBNNet, random_data
 from prunekit import measure, methods
 from prunekit.methods.soft import SoftPruner
 from prunekit.train import TrainConfig, fit
-
-
-class SmallNet(nn.Module):
-    """conv-bn-relu x2 -> pool -> fc (protected)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.b1 = nn.BatchNorm2d(8)
-        self.c2 = nn.Conv2d(8, 12, 3, padding=1, bias=False)
-        self.b2 = nn.BatchNorm2d(12)
-        self.fc = nn.Linear(12, 4)
-        self.protected_layers = ("fc",)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.b1(self.c1(x)))
-        x = torch.relu(self.b2(self.c2(x)))
-        return self.fc(x.mean((2, 3)))
-
-
-def _data(n: int = 64) -> TensorDataset:
-    g = torch.Generator().manual_seed(1)
-    return TensorDataset(
-        torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
-    )
 
 
 def _config(epochs: int, lr: float = 0.05) -> TrainConfig:
@@ -52,7 +27,7 @@ def _layers(pruner: SoftPruner, name: str) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
 
 
 def test_step_zeroes_exactly_the_selected_filters() -> None:
-    model = SmallNet()
+    model = ConvBNNet((8, 12))
     x = torch.randn(2, 3, 8, 8)
     pruner = SoftPruner(model, x, {"target_flops": 0.4}, "l2")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -81,7 +56,7 @@ def _name(model: nn.Module, module: nn.Module) -> str:
 
 
 def test_zeroed_filters_keep_training_and_can_recover() -> None:
-    model = SmallNet()
+    model = ConvBNNet((8, 12))
     pruner = SoftPruner(model, torch.randn(2, 3, 8, 8), {"target_flops": 0.4}, "l2")
     seen: dict[str, Any] = {}
 
@@ -94,13 +69,13 @@ def test_zeroed_filters_keep_training_and_can_recover() -> None:
                 for n, idx in picks.items()
             }
 
-    fit(model, _data(), _config(2), progress=False, callbacks=[pruner.callback, probe])
+    fit(model, random_data(64), _config(2), progress=False, callbacks=[pruner.callback, probe])
     assert len(pruner.history) == 2
     assert all(v > 0 for v in seen["after"].values())  # updated after being zeroed
 
 
 def test_final_model_is_smaller_and_computes_the_zeroed_model_outputs() -> None:
-    model = SmallNet().double()
+    model = ConvBNNet((8, 12)).double()
     x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
     pruner = SoftPruner(model, x, {"target_flops": 0.5}, "l2")
     picks = pruner.step()
@@ -122,14 +97,14 @@ def test_final_model_is_smaller_and_computes_the_zeroed_model_outputs() -> None:
 
 
 def test_sfp_method_meets_the_flops_target() -> None:
-    model = SmallNet()
+    model = ConvBNNet((8, 12))
     x = torch.randn(1, 3, 8, 8)
     dense = measure.count_flops(model, x).flops
     ctx = methods.Context(
         model,
         x,
-        _data(),
-        _data(16),
+        random_data(64),
+        random_data(16),
         {"target_flops": 0.5},
         batch_size=16,
         options={"soft_epochs": 1, "progress": False},
@@ -165,7 +140,12 @@ def test_fpgm_method_uses_the_geometric_median_and_sfp_the_norm() -> None:
         x = torch.randn(1, 1, 1, 1)
         # 17 params: a 5, fc 12; one filter of a costs 3 of them
         ctx = methods.Context(
-            model, x, _data(), _data(), {"target_params": 3 / 17}, options={"soft_epochs": 0}
+            model,
+            x,
+            random_data(64),
+            random_data(64),
+            {"target_params": 3 / 17},
+            options={"soft_epochs": 0},
         )
         report = methods.get(method).prune(ctx)
         assert report.params_after == 14

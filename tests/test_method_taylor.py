@@ -12,18 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from nets import ConvBNNet, random_data
 from prunekit import measure, methods
 from prunekit.errors import ConfigError
 from prunekit.graph import build
 from prunekit.methods.base import Context
 from prunekit.methods.iterative import flops_savings, taylor_scores
-
-
-def _data(n: int, shape: tuple[int, ...], classes: int, seed: int = 1) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(
-        torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
-    )
 
 
 def _ctx(model: nn.Module, data: TensorDataset, target: dict[str, float], **options) -> Context:  # type: ignore[no-untyped-def]
@@ -82,7 +76,7 @@ def _flops(wa: int, wb: int) -> int:
 
 def test_first_step_removes_the_lowest_hand_computed_scores_globally() -> None:
     model = TwoOneByOne()
-    data = _data(32, (2, 3, 3), 2)
+    data = random_data(32, (2, 3, 3), 2)
     calibration = _ctx(model, data, {}).calibration()
     hand = _hand_scores(copy.deepcopy(model), calibration)
     assert float(hand["a"][2]) == 0.0  # the zero filter
@@ -120,7 +114,7 @@ def test_each_step_removes_maps_per_step_until_the_target() -> None:
     torch.manual_seed(0)
     model = OneGroup()
     original = copy.deepcopy(model)
-    ctx = _ctx(model, _data(32, (1, 2, 2), 2), {"target_flops": 0.5}, maps_per_step=3)
+    ctx = _ctx(model, random_data(32, (1, 2, 2), 2), {"target_flops": 0.5}, maps_per_step=3)
     ctx.options["finetune_steps"] = 0
     method = methods.get("taylor")
     report = method.prune(ctx)
@@ -171,7 +165,7 @@ def test_flops_savings_by_hand() -> None:
 def test_flops_regulariser_moves_the_lowest_score_to_the_costly_layer() -> None:
     model = CheapCostly().eval()
     graph = build(model, torch.randn(1, 1, 2, 2))
-    batches = _ctx(model, _data(32, (1, 2, 2), 2), {}).calibration()
+    batches = _ctx(model, random_data(32, (1, 2, 2), 2), {}).calibration()
 
     def lowest(lam: float) -> tuple[str, int]:
         scores = taylor_scores(graph, batches, flops_lambda=lam, flops_unit=DENSE)
@@ -190,7 +184,7 @@ def test_flops_regulariser_moves_the_lowest_score_to_the_costly_layer() -> None:
 def test_regularised_method_removes_the_costly_channel() -> None:
     ctx = _ctx(
         CheapCostly(),
-        _data(32, (1, 2, 2), 2),
+        random_data(32, (1, 2, 2), 2),
         {"target_flops": SAVE_B / DENSE},
         flops_lambda=10.0,
         finetune_steps=0,
@@ -201,34 +195,13 @@ def test_regularised_method_removes_the_costly_channel() -> None:
     assert report.flops_after == DENSE - SAVE_B  # one costly channel meets the target
 
 
-class SmallNet(nn.Module):
-    """conv-bn-relu x3 (16, 32, 64) -> pool -> fc (protected)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.b1 = nn.BatchNorm2d(16)
-        self.c2 = nn.Conv2d(16, 32, 3, padding=1, bias=False)
-        self.b2 = nn.BatchNorm2d(32)
-        self.c3 = nn.Conv2d(32, 64, 3, padding=1, bias=False)
-        self.b3 = nn.BatchNorm2d(64)
-        self.fc = nn.Linear(64, 4)
-        self.protected_layers = ("fc",)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.b1(self.c1(x)))
-        x = torch.relu(self.b2(self.c2(x)))
-        x = torch.relu(self.b3(self.c3(x)))
-        return self.fc(x.mean((2, 3)))
-
-
 @pytest.mark.parametrize("target", [{"target_flops": 0.5}, {"target_params": 0.4}])
 def test_taylor_end_to_end(target: dict[str, float]) -> None:
     torch.manual_seed(0)
-    model = SmallNet()
+    model = ConvBNNet((16, 32, 64))
     model.train()
     fc_before = model.fc.weight.detach().clone()
-    ctx = _ctx(model, _data(48, (3, 8, 8), 4), target, maps_per_step=8, finetune_steps=2)
+    ctx = _ctx(model, random_data(48, (3, 8, 8), 4), target, maps_per_step=8, finetune_steps=2)
     ctx.options["finetune_lr"] = 0.01
     method = methods.get("taylor")
     report = method.prune(ctx)
@@ -262,6 +235,6 @@ def test_taylor_end_to_end(target: dict[str, float]) -> None:
     ],
 )
 def test_bad_options(options, match: str) -> None:  # type: ignore[no-untyped-def]
-    ctx = _ctx(OneGroup(), _data(8, (1, 2, 2), 2), {"target_flops": 0.5}, **options)
+    ctx = _ctx(OneGroup(), random_data(8, (1, 2, 2), 2), {"target_flops": 0.5}, **options)
     with pytest.raises(ConfigError, match=match):
         methods.get("taylor").prune(ctx)

@@ -112,8 +112,9 @@ def _export_copy(model: nn.Module) -> nn.Module:
     return clone
 
 
-def _input_names(n: int) -> list[str]:
-    return ["input"] if n == 1 else [f"input_{i}" for i in range(n)]
+def _names(stem: str, n: int) -> list[str]:
+    """``[stem]`` for one tensor, ``stem_0, stem_1, ...`` for several."""
+    return [stem] if n == 1 else [f"{stem}_{i}" for i in range(n)]
 
 
 def export_onnx(
@@ -148,14 +149,13 @@ def export_onnx(
         with torch.no_grad():
             outputs = clone(*args)
         n_out = len(outputs) if isinstance(outputs, (tuple, list)) else 1
-        output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
         with _quiet_exporter():
             program = torch.onnx.export(
                 clone,
                 args,
                 None,
-                input_names=_input_names(len(args)),
-                output_names=output_names,
+                input_names=_names("input", len(args)),
+                output_names=_names("output", n_out),
                 opset_version=opset,
                 dynamo=True,
                 dynamic_shapes=dynamic_shapes,
