@@ -50,6 +50,7 @@ def test_registry_lists_every_family() -> None:
         "resnet34",
         "resnet50",
         "mnist1d_cnn",
+        "resnet20_1d",
     }
     assert set(ALL) == expected
     assert sorted(ALL) == ALL

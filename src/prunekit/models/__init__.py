@@ -15,6 +15,7 @@ from prunekit.models import (  # noqa: F401
     lenet,
     mnist1d,
     mobilenetv2,
+    resnet1d,
     resnet_cifar,
     resnet_imagenet,
     vgg,
