@@ -208,7 +208,7 @@ def test_runs_then_skips_what_is_done(tmp_path: Path) -> None:
     hrank, magnitude = records["hrank"].metrics, records["magnitude"].metrics
     assert hrank["flops_after"] < hrank["flops_before"]
     assert "bytes_deep_compression" not in hrank
-    assert 0 < magnitude["bytes_deep_compression"] < magnitude["bytes_dense"]
+    assert "bytes_deep_compression" not in magnitude  # its evaluated model is not quantised
     assert magnitude["sparsity"] == pytest.approx(0.5, abs=0.02)
     assert magnitude["bytes_sparse"] < magnitude["bytes_dense"]
 

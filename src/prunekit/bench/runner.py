@@ -394,7 +394,6 @@ def measure_run(
     file sizes, latency and speed-up (torch and optionally ONNX); measured on the
     pruned model as saved in ``run_dir/pruned.pt`` against the dense baseline."""
     import prunekit
-    from prunekit import methods
     from prunekit.compress.sparse import save_sparse
     from prunekit.measure import file_size
 
@@ -418,7 +417,7 @@ def measure_run(
         before = onnx_latency(_dense_onnx(cfg, dense, example, run_dir), example, **kwargs)
         after = onnx_latency(pruned, example, **kwargs)
         out.update(_latency_keys("onnx_latency", "onnx_speedup", before, after))
-    if methods.entry(cfg.method).type == "U":  # last: it quantises the model in place
+    if cfg.method == "deep_compression":  # the only evaluated model that is the quantised one
         from prunekit.compress.deep_compression import compress_model
 
         report = compress_model(pruned, run_dir / "pruned.deepc")
