@@ -7,20 +7,21 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit.criteria.activations import channel_dim, collect
+from prunekit.criteria.activations import channel_dim, collect, readers
 from prunekit.criteria.hrank import HRank, feature_map_ranks
 
 SIDE = 5
 
 
 def known_rank_images(n: int) -> torch.Tensor:
-    """``(n, 3, SIDE, SIDE)``: channel 0 rank 1, channel 1 rank 2, channel 2 full rank."""
+    """``(n, 3, SIDE, SIDE)``: channel 0 rank 1, channel 1 rank 2, channel 2 full rank, all
+    non-negative (a ReLU leaves them as they are)."""
     x = torch.empty(n, 3, SIDE, SIDE)
     for i in range(n):
-        u, v = torch.randn(2, SIDE, 2)
+        u, v = torch.randn(2, SIDE, 2).abs()
         x[i, 0] = torch.outer(u[:, 0], v[:, 0])
         x[i, 1] = u @ v.T
-        x[i, 2] = torch.randn(SIDE, SIDE)
+        x[i, 2] = torch.randn(SIDE, SIDE).abs()
     return x
 
 
@@ -65,15 +66,16 @@ def test_scores_are_the_known_ranks_and_lowest_rank_is_pruned() -> None:
     assert model.a.out_channels == 2
 
 
-def test_scores_sum_over_the_layers_of_a_group() -> None:
-    """conv -> BN: both carry the channel; BN in eval mode with a zero shift keeps the rank."""
+def test_conv_and_bn_of_a_group_are_ranked_once_at_the_map_read() -> None:
+    """conv -> BN -> ReLU -> b: both layers carry the channel; the one map ranked is the one b
+    reads (BN in eval mode with a zero shift keeps the rank)."""
     model = Select(bn=True)
     with torch.no_grad():
         model.bn.bias.zero_()
     x = known_rank_images(6)
     group = prunekit.graph.build(model, x[:1]).group("a")
     assert sorted(group.out_layers) == ["a", "bn"]
-    assert HRank([x])(group).tolist() == [2.0, 4.0, 2.0 * SIDE]
+    assert HRank([x])(group).tolist() == [1.0, 2.0, float(SIDE)]
 
 
 def test_max_batches_generator_and_one_pass_per_graph() -> None:
@@ -90,10 +92,10 @@ def test_max_batches_generator_and_one_pass_per_graph() -> None:
     graph = prunekit.graph.build(model, torch.randn(1, 3, SIDE, SIDE))
     passes = []
     gather = crit.gather
-    crit.gather = lambda m, layers: passes.append(sorted(layers)) or gather(m, layers)  # type: ignore[method-assign]
+    crit.gather = lambda m, taps: passes.append(sorted(t.key for t in taps)) or gather(m, taps)  # type: ignore[method-assign]
     for g in graph.groups:
         assert crit(g).shape == (g.size,)
-    assert passes == [sorted({n for g in graph.groups for n in g.out_layers})]
+    assert passes == [["b:in", "fc:in"]]  # the maps b and fc read
     crit(graph.group("a"))
     assert len(passes) == 1
     graph.group("a").prune([0])  # widths changed: gathered again
@@ -120,9 +122,12 @@ def test_mode_restored_and_hooks_removed() -> None:
 
 def test_hooks_removed_when_the_pass_fails() -> None:
     model = Select()
+    taps = readers(prunekit.graph.build(model, torch.randn(1, 3, SIDE, SIDE)))
     with pytest.raises(RuntimeError):
-        collect(model, {"a": (model.a, 3)}, [torch.randn(1, 7, SIDE, SIDE)], feature_map_ranks)
-    assert not model.a._forward_hooks and model.training
+        collect(model, taps, [torch.randn(1, 7, SIDE, SIDE)], feature_map_ranks)
+    assert model.training
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
 
 
 def test_channel_dim() -> None:

@@ -1,33 +1,64 @@
-"""Calibration passes shared by the data-driven criteria (HRank, Taylor).
+"""Activation statistics at the tensor the next layer reads, shared by every activation-based
+criterion (HRank, Taylor, and the ones to come).
 
-:func:`collect` runs calibration batches through a model in eval mode with forward hooks on a
-given set of layers and sums, per layer, one statistic per sample and output channel. When it is
-given a loss it also runs a backward pass and hands the statistic the gradient of the loss with
-respect to each hooked output. Sums and sample counts are reduced over DDP ranks with
-:func:`~prunekit.train.distributed.all_reduce_sum`, so every rank gets the same means.
+A data-driven criterion scores a channel by the feature map that carries it. The map that
+matters is the one the following layer consumes: after the nonlinearity, the pooling, the
+residual addition; not the raw conv or BatchNorm output, whose maps (before the ReLU) are, for
+instance, all of full rank. :func:`readers` finds those tensors in a channel graph: for every
+unit of every group, the inputs of the layers that read the unit without passing it through
+(a conv with ``groups=1``, a Linear; not the BatchNorm or the depthwise conv of the same
+channels, which carry the unit on both sides). Each such input is a :class:`Tap`. A unit read
+by no layer (its channels only reach functional ops) is measured at the outputs of the layers
+that produce it instead.
 
-:class:`ActivationCriterion` is the base of the criteria built on it: constructed with the data,
-called per group; the first call on a graph gathers statistics for the output-side layers of all
-of that graph's groups in one pass, later calls on the same graph reuse them.
+:func:`collect` runs calibration batches through the model in eval mode with a hook on every
+tap, takes each unit's map out of the tapped tensor (its channel, or the several positions a
+flatten gives it before a Linear) and sums one statistic per sample and unit. With a loss it
+also runs a backward pass and hands the statistic the loss gradient with respect to the tapped
+tensor (the total over everything that reads it). A tensor read by several layers in one pass
+(a residual stream read by the next block's conv and by its shortcut) counts once. Sums and
+sample counts are reduced over DDP ranks, so every rank gets the same means.
+
+:class:`ActivationCriterion` is the base of the criteria built on it. The first call on a graph
+gathers the statistic of every unit of every group in one pass; later calls on the same graph
+(until it is pruned) reuse it. A unit that several tapped maps carry (the channels of a
+residual stage: the output of every block of the stage) gets the mean of its maps' values, so a
+unit's score is on the same scale whether one map or ten carry it; a criterion then turns the
+group's vector into scores once (:meth:`ActivationCriterion.finish`, e.g. Taylor's L2
+normalisation per group).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from prunekit.errors import DataError
 from prunekit.graph import Graph, Group
 from prunekit.train.distributed import all_reduce_sum
 
-__all__ = ["ActivationCriterion", "Stat", "channel_dim", "collect", "split_batch"]
+__all__ = [
+    "ActivationCriterion",
+    "Stat",
+    "Tap",
+    "channel_dim",
+    "collect",
+    "readers",
+    "split_batch",
+]
 
-#: ``stat(activation, grad)`` -> ``(N, C)`` values per sample and channel; the activation has its
-#: channels moved to dim 1 (``(N, C, ...)``), ``grad`` is the loss gradient (same layout) or None.
+#: ``stat(maps, grad)`` -> ``(N, U)`` values per sample and unit. ``maps`` is ``(N, U, ...)``:
+#: each unit's map (``H x W`` for a conv input; a vector for the several positions a flatten
+#: gives a channel before a Linear; nothing for one feature); ``grad`` is the loss gradient in the
+#: same layout, or None.
 Stat = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 # layers whose features are on the last dimension (channels-last)
@@ -41,20 +72,20 @@ _CHANNELS_LAST: tuple[type[nn.Module], ...] = (
 
 
 def channel_dim(module: nn.Module, output: torch.Tensor, width: int) -> int:
-    """The dimension of ``output`` that holds ``module``'s ``width`` output channels.
+    """The dimension of ``output`` (or input) of ``module`` that holds ``width`` channels.
 
     Dim 1 for convolutions and channel norms, the last dim for Linear-like layers; for another
     layer type whichever of the two has the right size (dim 1 first). Raises ``ValueError`` if
     neither has ``width`` entries.
     """
     if output.dim() < 2:
-        raise ValueError(f"output of shape {tuple(output.shape)} has no batch and channel dims")
+        raise ValueError(f"tensor of shape {tuple(output.shape)} has no batch and channel dims")
     order = (-1, 1) if isinstance(module, _CHANNELS_LAST) else (1, -1)
     for dim in order:
         if output.shape[dim] == width:
             return dim % output.dim()
     raise ValueError(
-        f"output of shape {tuple(output.shape)} has no dimension of {width} channels "
+        f"tensor of shape {tuple(output.shape)} has no dimension of {width} channels "
         f"({type(module).__name__})"
     )
 
@@ -69,11 +100,84 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
     return batch, None
 
 
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]  # (attn_output, attn_weights) of MultiheadAttention
+# ------------------------------------------------------------------------------ where to look
+@dataclass(frozen=True)
+class Tap:
+    """A tensor statistics are taken on: the input ``layer`` reads (``side="in"``) or the output
+    it makes (``side="out"``, the fallback for units no layer reads). ``roots``: the units it
+    carries (graph label roots), one per row of ``index``; ``index[i]``: the positions of unit
+    ``roots[i]`` along the tensor's channel dim (one, or several after a flatten); ``width``:
+    the size of that dim."""
+
+    layer: str
+    side: str
+    module: nn.Module
+    width: int
+    roots: np.ndarray
+    index: torch.Tensor
+
+    @property
+    def key(self) -> str:
+        return f"{self.layer}:{self.side}"
+
+
+def _unit_blocks(
+    labels_roots: np.ndarray, wanted: set[int]
+) -> list[tuple[np.ndarray, torch.Tensor]]:
+    """Positions of each wanted root in ``labels_roots``, grouped by how many each has:
+    ``[(roots, index (U, P)), ...]``."""
+    by_count: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for r in np.unique(labels_roots).tolist():
+        if r in wanted:
+            pos = np.flatnonzero(labels_roots == r)
+            by_count.setdefault(len(pos), []).append((r, pos))
+    out = []
+    for _, items in sorted(by_count.items()):
+        roots = np.array([r for r, _ in items], dtype=np.int64)
+        index = torch.from_numpy(np.stack([p for _, p in items]).astype(np.int64))
+        out.append((roots, index))
+    return out
+
+
+def readers(graph: Graph) -> list[Tap]:
+    """The taps that measure every unit of ``graph``'s groups: the input of every layer that
+    reads units without producing them, and, for units that no layer reads, the outputs of the
+    layers that produce them."""
+    units = {u for g in graph.groups for u in g.units}
+    taps: list[Tap] = []
+    read: set[int] = set()
+    produced: dict[str, np.ndarray] = {}
+    for site in graph.sites.values():
+        if site.out_labels is not None and len(site.out_labels):
+            produced[site.name] = graph.labels.roots(site.out_labels)
+    for site in graph.sites.values():
+        if site.in_labels is None or not len(site.in_labels):
+            continue
+        roots = graph.labels.roots(site.in_labels)
+        own = set(produced.get(site.name, np.empty(0, np.int64)).tolist())
+        wanted = (set(roots.tolist()) & units) - own
+        for i, (r, index) in enumerate(_unit_blocks(roots, wanted)):
+            name = site.name if i == 0 else f"{site.name}#{i}"
+            taps.append(Tap(name, "in", site.module, len(roots), r, index))
+            read.update(r.tolist())
+    unread = units - read
+    if unread:
+        for site in graph.sites.values():
+            roots = produced.get(site.name)
+            if roots is None:
+                continue
+            for i, (r, index) in enumerate(_unit_blocks(roots, unread)):
+                name = site.name if i == 0 else f"{site.name}#{i}"
+                taps.append(Tap(name, "out", site.module, len(roots), r, index))
+    return taps
+
+
+# ------------------------------------------------------------------------------ the pass
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]  # a layer's first input; (attn_output, attn_weights) of attention
     return None
 
 
@@ -91,75 +195,115 @@ def _to(x: Any, device: torch.device) -> Any:
     return x
 
 
+def unit_maps(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """``(N, U, ...)``: the map of each unit of ``index`` (``U x P`` positions along ``dim``) in
+    ``t``. One position per unit keeps the other dims (``H x W``); several are flattened with
+    the other dims into one vector per unit."""
+    moved = t.movedim(dim, 1)
+    n, rest = moved.shape[0], moved.shape[2:]
+    u, p = index.shape
+    picked = moved.index_select(1, index.reshape(-1).to(moved.device))
+    if p == 1:
+        return picked
+    return picked.reshape(n, u, p * math.prod(rest))
+
+
 def collect(
     model: nn.Module,
-    layers: dict[str, tuple[nn.Module, int]],
+    taps: Iterable[Tap],
     batches: Iterable[Any],
     stat: Stat,
     *,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     max_batches: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Mean over calibration samples of ``stat`` per output channel of each layer.
+    """Mean over calibration samples of ``stat`` per unit of each tap: ``{tap.key: (U,)}`` in
+    the order of ``tap.roots``.
 
-    ``layers`` maps a name to ``(module, width)``: the module whose output is hooked and its number
-    of output channels. Each batch (see :func:`split_batch`) is moved to the model's device and run
-    through ``model`` in eval mode (every module's own mode is restored afterwards). Without
-    ``loss_fn`` the pass runs under ``torch.no_grad`` and ``stat(activation, None)`` is evaluated
-    in the hook; with it, ``loss_fn(model(x), y)`` is differentiated (with ``torch.autograd.grad``,
-    so no parameter's ``.grad`` changes) and ``stat(activation, grad)`` gets the gradient of the
-    loss with respect to the layer's output as the layer produced it (before any in-place op that
-    follows). A layer called several times counts each call's samples. Per-layer sums and counts
-    are summed over DDP ranks, so the result, float64 on the CPU, is identical on every rank. A
-    layer never called gets NaN means (it is absent from the result).
+    Each batch (see :func:`split_batch`) is moved to the model's device and run through
+    ``model`` in eval mode (every module's own mode is restored afterwards). Without ``loss_fn``
+    the pass runs under ``torch.no_grad`` and ``stat(maps, None)`` is evaluated in the hook;
+    with it, ``loss_fn(model(x), y)`` is differentiated (with ``torch.autograd.grad``, so no
+    parameter's ``.grad`` changes) and ``stat(maps, grad)`` gets the gradient of the loss with
+    respect to the tapped tensor (a copy of the tensor is kept, so an in-place op after the read
+    does not change it). A tensor tapped at several layers in one pass counts once, at the first.
+    A layer called several times counts each call's samples. Sums and counts are summed over
+    DDP ranks, so the result, float64 on the CPU, is identical on every rank. A tap that saw no
+    sample is absent from the result.
     """
+    taps = list(taps)
     device = _device(model)
-    names = sorted(layers)
-    sums = {n: torch.zeros(layers[n][1], dtype=torch.float64, device=device) for n in names}
-    counts = torch.zeros(len(names), dtype=torch.float64, device=device)
-    slot = {n: i for i, n in enumerate(names)}
+    keys = [t.key for t in taps]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"taps must be distinct, got {keys}")
+    sums = [torch.zeros(len(t.roots), dtype=torch.float64, device=device) for t in taps]
+    counts = torch.zeros(len(taps), dtype=torch.float64, device=device)
     tensor_hooks: list[Any] = []
+    seen: dict[int, torch.Tensor] = {}  # tensors tapped in this pass (kept alive: ids stay unique)
 
-    def add(name: str, values: torch.Tensor) -> None:
-        sums[name] += values.detach().to(torch.float64).sum(0).to(device)
-        counts[slot[name]] += values.shape[0]
+    def add(i: int, values: torch.Tensor) -> None:
+        sums[i] += values.detach().to(torch.float64).sum(0).to(device)
+        counts[i] += values.shape[0]
 
-    def make_hook(name: str, width: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            out = _first_tensor(output)
-            if out is None:
-                return
-            act = out.movedim(channel_dim(module, out, width), 1)
-            if loss_fn is None:
-                add(name, stat(act.detach(), None))
-                return
-            if not out.requires_grad:
-                return
-            # the output may be changed in place later (ReLU(inplace=True)): keep a copy
-            saved = act.detach().clone()
+    def take(i: int, tap: Tap, t: torch.Tensor | None) -> None:
+        if t is None or t.dim() < 2:
+            return
+        # the same tensor read by several layers (a residual stream): once per pass; a tap whose
+        # module does not see the channels where expected (another input) is skipped
+        if id(t) in seen and seen[id(t)] is t:
+            return
+        try:
+            dim = channel_dim(tap.module, t, tap.width)
+        except ValueError:
+            return
+        seen[id(t)] = t
+        maps = unit_maps(t, dim, tap.index)
+        if loss_fn is None:
+            add(i, stat(maps.detach(), None))
+            return
+        if not t.requires_grad:
+            return
+        saved = maps.detach().clone()
 
-            def on_grad(grad: torch.Tensor) -> None:
-                dim = channel_dim(module, grad, width)
-                add(name, stat(saved, grad.detach().movedim(dim, 1)))
+        def on_grad(grad: torch.Tensor) -> None:
+            add(i, stat(saved, unit_maps(grad.detach(), dim, tap.index)))
 
-            tensor_hooks.append(out.register_hook(on_grad))
+        tensor_hooks.append(t.register_hook(on_grad))
 
-        return hook
+    def make_hook(i: int, tap: Tap) -> Callable[..., None]:
+        if tap.side == "in":
+
+            def pre(module: nn.Module, args: Any) -> None:
+                take(i, tap, _first_tensor(args))
+
+            return pre
+
+        def post(module: nn.Module, args: Any, output: Any) -> None:
+            take(i, tap, _first_tensor(output))
+
+        return post
 
     training = {m: m.training for m in model.modules()}
-    handles = [layers[n][0].register_forward_hook(make_hook(n, layers[n][1])) for n in names]
+    handles = []
     try:
+        for i, tap in enumerate(taps):
+            hook = make_hook(i, tap)
+            if tap.side == "in":
+                handles.append(tap.module.register_forward_pre_hook(hook))
+            else:
+                handles.append(tap.module.register_forward_hook(hook))
         model.eval()
         for batch in itertools.islice(batches, max_batches):
             x, y = split_batch(batch)
             x, y = _to(x, device), _to(y, device)
+            seen.clear()
             if loss_fn is None:
                 with torch.no_grad():
                     model(x)
                 continue
             xs = x if isinstance(x, (tuple, list)) else (x,)
             leaves = [t.detach().requires_grad_(True) for t in xs if _is_float(t)]
-            if leaves:  # differentiate w.r.t. the inputs: every hooked output is on the path
+            if leaves:  # differentiate w.r.t. the inputs: every tapped tensor is on the path
                 it = iter(leaves)
                 xs = tuple(next(it) if _is_float(t) else t for t in xs)
                 wrt = leaves
@@ -174,6 +318,7 @@ def collect(
                 h.remove()
             tensor_hooks.clear()
     finally:
+        seen.clear()
         for h in handles:
             h.remove()
         for h in tensor_hooks:
@@ -181,16 +326,18 @@ def collect(
         for m, mode in training.items():
             m.train(mode)
 
-    if names:
-        flat = all_reduce_sum(torch.cat([*(sums[n] for n in names), counts]))
-        total = flat[-len(names) :]
-        offset = 0
-        for n in names:
-            width = layers[n][1]
-            sums[n] = flat[offset : offset + width]
-            offset += width
-        return {n: (sums[n] / total[slot[n]]).cpu() for n in names if total[slot[n]] > 0}
-    return {}
+    if not taps:
+        return {}
+    flat = all_reduce_sum(torch.cat([*sums, counts]))
+    total = flat[-len(taps) :]
+    out = {}
+    offset = 0
+    for i, tap in enumerate(taps):
+        width = len(tap.roots)
+        if total[i] > 0:
+            out[tap.key] = (flat[offset : offset + width] / total[i]).cpu()
+        offset += width
+    return out
 
 
 def _is_float(t: Any) -> bool:
@@ -205,14 +352,26 @@ def _reiterable(batches: Iterable[Any], max_batches: int | None) -> Iterable[Any
     return batches
 
 
-class ActivationCriterion:
-    """Base of criteria computed from activations on calibration data.
+def _is_empty(batches: Iterable[Any]) -> bool:
+    try:
+        return len(batches) == 0  # type: ignore[arg-type]
+    except TypeError:  # no length: look at the first item (a re-iterable gives it again)
+        return next(iter(batches), None) is None
 
-    A subclass implements :meth:`gather`, returning one score per output position of each named
-    layer; ``criterion(group)`` sums them per unit with :meth:`Group.values`. Statistics are
-    gathered once per graph (for every output-side layer of all its groups) and again only if
-    a layer's width changed since (the graph was pruned).
+
+# ------------------------------------------------------------------------------ the criterion
+class ActivationCriterion:
+    """Base of criteria computed from feature maps on calibration data.
+
+    A subclass implements :meth:`gather` (per-unit values of each tap, usually one
+    :func:`collect`) and may override :meth:`finish` (the group's vector of per-unit values ->
+    its scores). ``criterion(group)`` returns ``finish`` of the mean, per unit, of the values of
+    the taps that carry it. Statistics are gathered once per graph for all of its groups and
+    again only when the graph changed (it was pruned). ``batches`` must hold at least one batch:
+    a criterion with no calibration data is an error.
     """
+
+    name = "activation criterion"
 
     def __init__(
         self,
@@ -224,32 +383,58 @@ class ActivationCriterion:
         if max_batches is not None and max_batches < 1:
             raise ValueError(f"max_batches must be positive, got {max_batches}")
         self.batches = _reiterable(batches, max_batches)
+        if _is_empty(self.batches):
+            raise DataError(
+                f"{self.name} needs calibration batches (inputs or (x, y) pairs); got none"
+            )
         self.model = model
         self.max_batches = max_batches
-        self._cache: weakref.WeakKeyDictionary[
-            Graph, tuple[tuple[tuple[str, int], ...], dict[str, torch.Tensor]]
-        ] = weakref.WeakKeyDictionary()
+        self._cache: weakref.WeakKeyDictionary[Graph, tuple[Any, dict[str, torch.Tensor]]] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    def gather(self, model: nn.Module, layers: dict[str, tuple[nn.Module, int]]) -> dict[str, Any]:
-        """Per-position scores of each layer (see :func:`collect` for ``layers``)."""
+    def gather(self, model: nn.Module, taps: list[Tap]) -> dict[str, torch.Tensor]:
+        """Per-unit values of each tap (``{tap.key: (U,)}``, see :func:`collect`)."""
         raise NotImplementedError
 
+    def finish(self, values: torch.Tensor) -> torch.Tensor:
+        """A group's scores from its per-unit values (default: the values themselves)."""
+        return values
+
     def stats(self, graph: Graph) -> dict[str, torch.Tensor]:
-        """Scores of every output-side layer of ``graph``'s groups (cached per graph state)."""
-        names = sorted({n for g in graph.groups for n in g.out_layers})
-        layers = {}
-        for n in names:
-            site = graph.sites[n]
-            width = len(site.out_labels) if site.out_labels is not None else 0
-            layers[n] = (site.module, width)
-        key = tuple((n, w) for n, (_, w) in layers.items())
+        """``{group name: per-unit values}`` for every group of ``graph``, before
+        :meth:`finish` (cached per graph state)."""
+        key = tuple((g.name, tuple(g.units)) for g in graph.groups)
         hit = self._cache.get(graph)
-        if hit is None or hit[0] != key:
-            model = self.model if self.model is not None else graph.model
-            hit = (key, self.gather(model, layers))
-            self._cache[graph] = hit
-        return hit[1]
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        taps = readers(graph)
+        model = self.model if self.model is not None else graph.model
+        per_tap = self.gather(model, taps)
+        total: dict[int, float] = {}
+        count: dict[int, int] = {}
+        for tap in taps:
+            values = per_tap.get(tap.key)
+            if values is None:
+                continue
+            for r, v in zip(tap.roots.tolist(), values.tolist(), strict=True):
+                total[r] = total.get(r, 0.0) + v
+                count[r] = count.get(r, 0) + 1
+        out = {}
+        for g in graph.groups:
+            out[g.name] = torch.tensor(
+                [total[u] / count[u] if u in count else math.nan for u in g.units],
+                dtype=torch.float64,
+            )
+        self._cache[graph] = (key, out)
+        return out
 
     def __call__(self, group: Group) -> torch.Tensor:
-        stats = self.stats(group.graph)
-        return group.values(lambda site: stats.get(site.name))
+        values = self.stats(group.graph)[group.name]
+        if torch.isnan(values).any():
+            missing = int(torch.isnan(values).sum())
+            raise ValueError(
+                f"{self.name}: {missing} channel(s) of group {group.name!r} were never seen "
+                "in the calibration pass (no layer read them)"
+            )
+        return self.finish(values)
