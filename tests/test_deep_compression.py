@@ -26,6 +26,7 @@ from prunekit.compress.deep_compression import (
 from prunekit.compress.huffman import HuffmanCode, code_lengths
 from prunekit.errors import CheckpointError, ConfigError, MissingFileError
 from prunekit.methods import Context, get
+from prunekit.targets import Target
 
 TEXTBOOK = {"a": 45, "b": 13, "c": 12, "d": 16, "e": 9, "f": 5}
 
@@ -346,7 +347,7 @@ def test_method_bad_options() -> None:
     with pytest.raises(ConfigError, match="pruning"):
         get("deep_compression").prune(_ctx(nn.Linear(4, 2), 0.5, (4,), pruning="random"))
     ctx = _ctx(nn.Linear(4, 2), 0.5, (4,))
-    ctx.target = {"target_flops": 0.5}
+    ctx.target = Target("flops", 0.5)
     with pytest.raises(ConfigError, match="target_sparsity"):
         get("deep_compression").prune(ctx)
     with pytest.raises(ConfigError, match="bits_conv"):

@@ -17,6 +17,7 @@ from prunekit import measure, methods
 from prunekit.errors import ConfigError
 from prunekit.graph import build
 from prunekit.methods.base import Context
+from prunekit.targets import Target
 from prunekit.train import TrainConfig
 
 
@@ -54,7 +55,7 @@ def test_straight_through_mask_forward_and_gradient_by_hand() -> None:
 def _one_unit_target(pruner: gdp.GlobalDynamicPruner) -> dict[str, float]:
     group = pruner.graph.groups[0]
     share = 1 - pruner.graph.plan([group.units[0]]).params / pruner.dense.params
-    return {"target_params": share}
+    return Target("params", share)
 
 
 def _step(model: nn.Module, pruner: gdp.GlobalDynamicPruner, x: torch.Tensor) -> float:

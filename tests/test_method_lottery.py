@@ -13,10 +13,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import prunekit.methods.lottery as lottery
 from prunekit import masks, methods
 from prunekit.errors import ConfigError
+from prunekit.methods.admm import admm_dual_update, admm_penalty_hooks, admm_project
 from prunekit.methods.base import Context
+from prunekit.methods.bimp import BudgetedIMP, allr_initial_lr, bimp_schedule, relative_norm_drop
+from prunekit.methods.lth import lth_schedule
 from prunekit.train import TrainConfig, fit
 
 
@@ -97,10 +99,10 @@ def _assert_ticket_equals(pruned: nn.Module, ref_state: dict[str, torch.Tensor])
 
 def test_lth_schedule_by_hand() -> None:
     # 1 - 0.5^r: 0.5, 0.75, 0.875; the next (0.9375) passes 0.9, so the last round is 0.9
-    assert lottery.lth_schedule(0.9, 0.5) == pytest.approx([0.5, 0.75, 0.875, 0.9])
-    assert lottery.lth_schedule(0.5, 0.2) == pytest.approx([0.2, 0.36, 0.488, 0.5])
-    assert lottery.lth_schedule(0.2, 0.2) == pytest.approx([0.2])
-    assert lottery.lth_schedule(0.0, 0.2) == []
+    assert lth_schedule(0.9, 0.5) == pytest.approx([0.5, 0.75, 0.875, 0.9])
+    assert lth_schedule(0.5, 0.2) == pytest.approx([0.2, 0.36, 0.488, 0.5])
+    assert lth_schedule(0.2, 0.2) == pytest.approx([0.2])
+    assert lth_schedule(0.0, 0.2) == []
 
 
 def test_lth_rounds_follow_geometric_sparsity_and_end_at_target(tmp_path) -> None:
@@ -198,12 +200,12 @@ def test_lth_bad_options() -> None:
 
 def test_admm_projection_keeps_top_k_ties_by_position() -> None:
     t = {"a": torch.tensor([[1.0, -2.0, 2.0, 3.0]])}
-    z, keep = lottery.admm_project(t, 0.5, "layer")
+    z, keep = admm_project(t, 0.5, "layer")
     # k = 2: 3 and one of the tied |2|s survive; the earlier tied entry (index 1) is dropped
     assert keep["a"].tolist() == [[False, False, True, True]]
     assert z["a"].tolist() == [[0.0, 0.0, 2.0, 3.0]]
     # global: one k = 2 over [2, 1 | 2, 5]: drop 1, then the first 2
-    z, keep = lottery.admm_project(
+    z, keep = admm_project(
         {"a": torch.tensor([2.0, 1.0]), "b": torch.tensor([-2.0, 5.0])}, 0.5, "global"
     )
     assert keep["a"].tolist() == [False, False]
@@ -215,14 +217,14 @@ def test_admm_dual_update_by_hand() -> None:
     u = {"w": torch.tensor([0.5, -1.0])}
     w = {"w": torch.tensor([2.0, 3.0])}
     z = {"w": torch.tensor([2.0, 0.0])}
-    assert lottery.admm_dual_update(u, w, z)["w"].tolist() == [0.5, 2.0]  # U + W - Z
+    assert admm_dual_update(u, w, z)["w"].tolist() == [0.5, 2.0]  # U + W - Z
 
 
 def test_admm_penalty_gradient_is_rho_w_minus_z_plus_u() -> None:
     w = nn.Parameter(torch.tensor([1.0, 2.0, 3.0]))
     z = {"w": torch.tensor([1.0, 0.0, 3.0])}
     u = {"w": torch.tensor([0.5, 0.5, -1.0])}
-    handles = lottery.admm_penalty_hooks({"w": w}, z, u, lambda: 0.1)
+    handles = admm_penalty_hooks({"w": w}, z, u, lambda: 0.1)
     (w * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
     # [1, 2, 3] + 0.1 * ([1, 2, 3] - [1, 0, 3] + [0.5, 0.5, -1]) = [1.05, 2.25, 2.9]
     assert w.grad.tolist() == pytest.approx([1.05, 2.25, 2.9])
@@ -282,21 +284,21 @@ def test_budgeted_end_to_end() -> None:
 
 def test_bimp_cycle_sparsities_and_epochs_by_hand() -> None:
     # 1 - 0.125^(j/3): 1 - 0.5, 1 - 0.25, 1 - 0.125
-    assert lottery.bimp_schedule(0.875, 3) == pytest.approx([0.5, 0.75, 0.875])
-    assert lottery.bimp_schedule(0.3, 1) == [0.3]
-    assert lottery.BudgetedIMP.cycle_epochs(5, 3) == [1, 2, 2]
-    assert lottery.BudgetedIMP.cycle_epochs(3, 3) == [1, 1, 1]
+    assert bimp_schedule(0.875, 3) == pytest.approx([0.5, 0.75, 0.875])
+    assert bimp_schedule(0.3, 1) == [0.3]
+    assert BudgetedIMP.cycle_epochs(5, 3) == [1, 2, 2]
+    assert BudgetedIMP.cycle_epochs(3, 3) == [1, 1, 1]
 
 
 def test_allr_initial_lr_by_hand() -> None:
     before = {"a": torch.tensor([3.0, 4.0])}
     after = {"a": torch.tensor([0.0, 4.0])}
-    assert lottery.relative_norm_drop(before, after) == pytest.approx(0.6)  # 3 / 5
+    assert relative_norm_drop(before, after) == pytest.approx(0.6)  # 3 / 5
     # d = 0.6 / sqrt(0.5) = 0.848528...; lr0 = 0.1 * d inside [0.001, 0.1]
-    assert lottery.allr_initial_lr(0.6, 0.5, 0.1, 0.01) == pytest.approx(0.0848528137)
-    assert lottery.allr_initial_lr(0.9, 0.25, 0.1, 0.01) == pytest.approx(0.1)  # d = 1.8, capped
-    assert lottery.allr_initial_lr(0.01, 0.5, 0.1, 0.5) == pytest.approx(0.05)  # floor 0.5 * 0.1
-    assert lottery.allr_initial_lr(0.0, 0.0, 0.1, 0.02) == pytest.approx(0.002)
+    assert allr_initial_lr(0.6, 0.5, 0.1, 0.01) == pytest.approx(0.0848528137)
+    assert allr_initial_lr(0.9, 0.25, 0.1, 0.01) == pytest.approx(0.1)  # d = 1.8, capped
+    assert allr_initial_lr(0.01, 0.5, 0.1, 0.5) == pytest.approx(0.05)  # floor 0.5 * 0.1
+    assert allr_initial_lr(0.0, 0.0, 0.1, 0.02) == pytest.approx(0.002)
 
 
 def test_bimp_allr_start_for_a_crafted_weight_and_linear_decay() -> None:

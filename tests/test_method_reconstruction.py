@@ -14,12 +14,9 @@ from torch.utils.data import TensorDataset
 from prunekit import measure, methods
 from prunekit.errors import ConfigError
 from prunekit.graph import build
-from prunekit.methods.reconstruction import (
-    lasso_select,
-    least_squares_weights,
-    thinet_greedy,
-    thinet_scales,
-)
+from prunekit.methods.lasso_channel import lasso_select
+from prunekit.methods.reconstruct import least_squares_weights
+from prunekit.methods.thinet import thinet_greedy, thinet_scales
 from prunekit.prune import remove_selected
 
 # Contributions x̂ of four input channels on two samples (rows: samples).

@@ -16,15 +16,9 @@ from prunekit import measure, methods
 from prunekit.errors import ConfigError
 from prunekit.graph import build
 from prunekit.methods.base import Context
-from prunekit.methods.search import (
-    RandomChannel,
-    batch_stream,
-    sample_shares,
-    sensitivity_curves,
-    sgd_steps,
-    tolerance,
-    widths_for,
-)
+from prunekit.methods.l1_filter import sensitivity_curves, tolerance
+from prunekit.methods.random_channel import RandomChannel, sample_shares, widths_for
+from prunekit.methods.retraining import batch_stream, sgd_steps
 from prunekit.train import evaluate
 
 RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -306,7 +300,7 @@ def test_batch_stream_starts_with_the_calibration_batches() -> None:
         torch.randn(1, 3, 8, 8),
         data,
         data,
-        {},
+        {"target_flops": 0.5},
         calib_batches=2,
         batch_size=8,
     )

@@ -8,10 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-import prunekit.methods.soft  # noqa: F401  (registers sfp and fpgm)
 from nets import ConvBNNet, random_data
 from prunekit import measure, methods
-from prunekit.methods.soft import SoftPruner
+from prunekit.methods.soft_pruning import SoftPruner
 from prunekit.train import TrainConfig, fit
 
 

@@ -17,7 +17,7 @@ from prunekit import measure, methods
 from prunekit.errors import ConfigError
 from prunekit.graph import build
 from prunekit.methods.base import Context
-from prunekit.methods.iterative import flops_savings, taylor_scores
+from prunekit.methods.taylor import flops_savings, taylor_scores
 
 
 def _ctx(model: nn.Module, data: TensorDataset, target: dict[str, float], **options) -> Context:  # type: ignore[no-untyped-def]
@@ -77,7 +77,7 @@ def _flops(wa: int, wb: int) -> int:
 def test_first_step_removes_the_lowest_hand_computed_scores_globally() -> None:
     model = TwoOneByOne()
     data = random_data(32, (2, 3, 3), 2)
-    calibration = _ctx(model, data, {}).calibration()
+    calibration = _ctx(model, data, {"target_flops": 0.5}).calibration()
     hand = _hand_scores(copy.deepcopy(model), calibration)
     assert float(hand["a"][2]) == 0.0  # the zero filter
     flat = sorted((float(s), name, i) for name, v in hand.items() for i, s in enumerate(v))
@@ -165,7 +165,7 @@ def test_flops_savings_by_hand() -> None:
 def test_flops_regulariser_moves_the_lowest_score_to_the_costly_layer() -> None:
     model = CheapCostly().eval()
     graph = build(model, torch.randn(1, 1, 2, 2))
-    batches = _ctx(model, random_data(32, (1, 2, 2), 2), {}).calibration()
+    batches = _ctx(model, random_data(32, (1, 2, 2), 2), {"target_flops": 0.5}).calibration()
 
     def lowest(lam: float) -> tuple[str, int]:
         scores = taylor_scores(graph, batches, flops_lambda=lam, flops_unit=DENSE)

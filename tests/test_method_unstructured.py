@@ -10,10 +10,19 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import prunekit.methods.unstructured as un
 from prunekit import masks, methods
 from prunekit.errors import ConfigError
 from prunekit.methods.base import Context
+from prunekit.methods.dns import (
+    attach_surgery,
+    dense_weight,
+    dns_thresholds,
+    surgery_update,
+    update_probability,
+)
+from prunekit.methods.magnitude import layer_std, quality_for, threshold_keep
+from prunekit.methods.snip import sensitivity, weight_gradients
+from prunekit.targets import Target
 
 
 def _convnet(in_channels: int = 3) -> nn.Module:
@@ -70,10 +79,10 @@ def test_magnitude_threshold_is_quality_times_layer_std() -> None:
     # both layers hold weights of magnitude 1.5; A's std is 1.5, B's is sqrt(19.125) ~ 4.373
     a = torch.tensor([-1.5, 1.5, -1.5, 1.5])
     b = torch.tensor([-1.5, 1.5, -6.0, 6.0])
-    stds = {"a": un.layer_std(a), "b": un.layer_std(b)}
+    stds = {"a": layer_std(a), "b": layer_std(b)}
     assert stds["a"] == pytest.approx(1.5)
     assert stds["b"] == pytest.approx(math.sqrt(19.125))
-    keep = un.threshold_keep({"a": a, "b": b}, 0.8, stds)
+    keep = threshold_keep({"a": a, "b": b}, 0.8, stds)
     # A: threshold 1.2, all kept; B: threshold 3.50, the +-1.5 are pruned
     assert keep["a"].tolist() == [True, True, True, True]
     assert keep["b"].tolist() == [False, False, True, True]
@@ -83,18 +92,18 @@ def test_magnitude_one_quality_meets_the_round_target() -> None:
     a = torch.tensor([-3.0, -1.0, 1.0, 3.0])  # std sqrt(5)
     b = torch.tensor([-6.0, -1.0, 1.0, 6.0])  # std sqrt(18.5)
     weights = {"a": a, "b": b}
-    stds = {"a": un.layer_std(a), "b": un.layer_std(b)}
+    stds = {"a": layer_std(a), "b": layer_std(b)}
     full = {n: torch.ones(4, dtype=torch.bool) for n in weights}
-    q, keep = un.quality_for(weights, full, stds, 0.25)
+    q, keep = quality_for(weights, full, stds, 0.25)
     # normalised magnitudes: A 1/sqrt5, 3/sqrt5; B 1/sqrt18.5, 6/sqrt18.5; two go: B's +-1
     assert keep["a"].tolist() == [True, True, True, True]
     assert keep["b"].tolist() == [True, False, False, True]
     assert q == pytest.approx(1 / math.sqrt(5))
     # the threshold rule with that q gives the same masks
-    rule = un.threshold_keep(weights, q, stds)
+    rule = threshold_keep(weights, q, stds)
     assert all(torch.equal(rule[n], keep[n]) for n in weights)
     # next round: entries already pruned stay pruned and count towards the target
-    q2, keep2 = un.quality_for(weights, keep, stds, 0.5)
+    q2, keep2 = quality_for(weights, keep, stds, 0.5)
     assert keep2["a"].tolist() == [True, False, False, True]
     assert keep2["b"].tolist() == [True, False, False, True]
     assert q2 == pytest.approx(3 / math.sqrt(5))  # A's +-1 went next
@@ -112,7 +121,7 @@ def test_magnitude_end_to_end() -> None:
 
 def test_magnitude_refuses_a_structured_target() -> None:
     ctx = _ctx(_convnet(), _images(), 0.5)
-    ctx.target = {"target_flops": 0.5}
+    ctx.target = Target("flops", 0.5)
     with pytest.raises(ConfigError, match="target_sparsity"):
         methods.get("magnitude").prune(ctx)
     with pytest.raises(ConfigError, match="rounds"):
@@ -125,14 +134,14 @@ def test_magnitude_refuses_a_structured_target() -> None:
 def test_dns_update_prunes_below_a_splices_above_b_keeps_between() -> None:
     weight = torch.tensor([0.05, 0.5, 0.15, 0.15, 0.3])
     mask = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0])
-    new = un.surgery_update(weight, mask, 0.1, 0.2)
+    new = surgery_update(weight, mask, 0.1, 0.2)
     # below a -> 0; above b -> 1 (spliced back); between a and b -> as before
     assert new.tolist() == [0.0, 1.0, 0.0, 1.0, 1.0]
 
 
 def test_dns_thresholds_from_mean_and_std_of_abs_weights() -> None:
     # |w| = 1, 2, 3, 4: mu 2.5; half below r means c = 0, r = mu; a = 0.9 r, b = 1.1 r
-    a, b, mu, sigma = un.dns_thresholds({"w": torch.tensor([-1.0, 2.0, -3.0, 4.0])}, 0.5, 0.1)["w"]
+    a, b, mu, sigma = dns_thresholds({"w": torch.tensor([-1.0, 2.0, -3.0, 4.0])}, 0.5, 0.1)["w"]
     assert mu == pytest.approx(2.5) and sigma == pytest.approx(math.sqrt(1.25))
     assert (a, b) == (pytest.approx(2.25), pytest.approx(2.75))
 
@@ -141,24 +150,24 @@ def test_dns_pruned_weights_learn_and_are_spliced_back() -> None:
     layer = nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[0.1, 2.0]]))
-    surgery = un.attach_surgery(layer, 0.5, 1.0)
-    surgery.update(un.dense_weight(layer))
+    surgery = attach_surgery(layer, 0.5, 1.0)
+    surgery.update(dense_weight(layer))
     assert surgery.mask.tolist() == [[0.0, 1.0]]
     out = layer(torch.tensor([[3.0, 4.0]]))
     assert out.item() == pytest.approx(8.0)  # forward uses w * T
     (-out.sum()).backward()
-    grad = un.dense_weight(layer).grad
+    grad = dense_weight(layer).grad
     assert grad.tolist() == [[-3.0, -4.0]]  # the pruned weight gets its gradient too
     with torch.no_grad():
-        un.dense_weight(layer).sub_(0.5 * grad)  # w0: 0.1 -> 1.6, above b
-    surgery.update(un.dense_weight(layer))
+        dense_weight(layer).sub_(0.5 * grad)  # w0: 0.1 -> 1.6, above b
+    surgery.update(dense_weight(layer))
     assert surgery.mask.tolist() == [[1.0, 1.0]]
 
 
 def test_dns_update_probability_decays() -> None:
-    assert un.update_probability(0, 1e-4, 1.0) == 1.0
-    assert un.update_probability(10000, 1e-4, 1.0) == pytest.approx(0.5)
-    assert un.update_probability(10000, 1e-4, 2.0) == pytest.approx(0.25)
+    assert update_probability(0, 1e-4, 1.0) == 1.0
+    assert update_probability(10000, 1e-4, 1.0) == pytest.approx(0.5)
+    assert update_probability(10000, 1e-4, 2.0) == pytest.approx(0.25)
 
 
 def test_dns_end_to_end() -> None:
@@ -206,9 +215,9 @@ def test_snip_scores_are_normalised_abs_grad_times_weight() -> None:
         layer.weight.copy_(torch.tensor([[1.0, -2.0], [3.0, 0.5]]))
     batch = [(torch.tensor([[1.0, 2.0]]), torch.tensor([0]))]
     # loss = sum of outputs: dL/dW[i, j] = x_j
-    grads = un.weight_gradients(layer, {"weight": layer}, batch, lambda out, y: out.sum())
+    grads = weight_gradients(layer, {"weight": layer}, batch, lambda out, y: out.sum())
     assert grads["weight"].tolist() == [[1.0, 2.0], [1.0, 2.0]]
-    scores = un.sensitivity(grads, {"weight": layer.weight})
+    scores = sensitivity(grads, {"weight": layer.weight})
     expected = torch.tensor([[1 / 9, 4 / 9], [3 / 9, 1 / 9]], dtype=torch.float64)
     assert torch.allclose(scores["weight"], expected)
     assert layer.weight.grad is None

@@ -335,13 +335,15 @@ def prune_step(config: PruneConfig, setup: Setup, *, progress: bool = True) -> A
             scope=config.scope,
             **config.target(),
         )
+    from prunekit.targets import Target
+
     method = methods.get(config.method)  # a planned method is refused, never replaced
     ctx = methods.Context(
         setup.model,
         example,
         setup.train_set,
         setup.val_set,
-        config.target(),
+        Target.from_mapping(config.target()),
         calib_batches=config.calib_batches,
         batch_size=config.batch_size,
         seed=config.seed,

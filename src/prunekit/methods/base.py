@@ -21,23 +21,28 @@ from prunekit.errors import ConfigError
 from prunekit.methods.catalogue import CatalogueEntry, catalogue, entry
 from prunekit.prune import PruneReport
 from prunekit.registry import Registry
+from prunekit.targets import Target
 
 
 @dataclass
 class Context:
-    """Everything a method may use. ``target`` holds exactly one of ``target_flops`` /
-    ``target_params`` (fractions removed) for a structured method, ``target_sparsity`` (the
-    fraction of conv / Linear weights to zero) for an unstructured one."""
+    """Everything a method may use. ``target`` is the run's :class:`~prunekit.targets.Target`:
+    a FLOPs or params fraction to remove for a structured method, a sparsity (the fraction of
+    conv / Linear weights to zero) for an unstructured one. A mapping such as
+    ``{"target_flops": 0.5}`` is accepted and converted (and validated) on construction."""
 
     model: nn.Module
     example_input: torch.Tensor
     train_set: Dataset[Any]
     val_set: Dataset[Any]
-    target: dict[str, float]
+    target: Target
     calib_batches: int = 4
     batch_size: int = 64
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.target = Target.of(self.target)
 
     def calibration(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The first ``calib_batches`` batches of a seeded shuffle of the training set (the same
@@ -177,6 +182,13 @@ def register_method(method_id: str) -> Callable[[type[Method]], type[Method]]:
 
     def decorator(cls: type[Method]) -> type[Method]:
         entry(method_id)  # an id outside the catalogue is a programming error, caught at import
+        if cls.__module__.startswith("prunekit.methods.") and cls.__module__ != (
+            f"prunekit.methods.{method_id}"
+        ):
+            raise TypeError(
+                f"method {method_id!r} must be defined in prunekit/methods/{method_id}.py, "
+                f"not in {cls.__module__}"
+            )
         cls.id = method_id
         METHODS.add(method_id, cls)
         return cls

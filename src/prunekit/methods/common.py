@@ -6,6 +6,9 @@ widths chosen by a share per group.
   the channels the layer-wise papers prune (ThiNet, channel pruning by LASSO, L1-filter in
   residual networks: "only the inner convs of a residual block"); a residual stream, a concat
   feeding several layers, a depthwise conv are not chains.
+* :func:`prunable_groups`: the chains, or every group; :func:`eval_modes` /
+  :func:`restore_modes`: put a model in eval mode and back (tracing and measuring must not update
+  BatchNorm statistics).
 * :func:`share_importance`: an importance for :func:`prunekit.prune.select_channels` (global
   scope, raw scores) that removes channels from every group in proportion to a given share, the
   lowest-scored first inside each group. One FLOPs or params target then fixes the overall
@@ -18,15 +21,25 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from prunekit.errors import ConfigError
 from prunekit.graph import Graph, Group
 from prunekit.graph.core import Site, out_weight
 
-__all__ = ["Chain", "chains", "share_importance"]
+__all__ = [
+    "Chain",
+    "chains",
+    "check_val_batches",
+    "eval_modes",
+    "prunable_groups",
+    "restore_modes",
+    "share_importance",
+]
 
 
 @dataclass
@@ -113,3 +126,25 @@ def share_importance(
         return rank / group.size / s
 
     return importance
+
+
+def check_val_batches(opts: dict[str, Any]) -> None:
+    if opts["val_batches"] < 0:
+        raise ConfigError(
+            f"val_batches must be >= 0 (0: the whole validation set), got {opts['val_batches']}"
+        )
+
+
+def prunable_groups(graph: Graph, only_chains: bool) -> list[Group]:
+    return [c.group for c in chains(graph)] if only_chains else list(graph.groups)
+
+
+def eval_modes(model: nn.Module) -> dict[nn.Module, bool]:
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # tracing must not update BatchNorm statistics
+    return modes
+
+
+def restore_modes(modes: dict[nn.Module, bool]) -> None:
+    for m, mode in modes.items():
+        m.train(mode)

@@ -127,16 +127,7 @@ class DeepCompression(Method):
     }
 
     def _check(self, ctx: Context, opts: dict[str, Any]) -> float:
-        target = ctx.target.get("target_sparsity") if isinstance(ctx.target, dict) else None
-        if (
-            isinstance(target, bool)
-            or not isinstance(target, (int, float))
-            or not 0.0 <= target < 1.0
-        ):
-            raise ConfigError(
-                f"deep_compression needs target {{'target_sparsity': s}} with s in [0, 1), "
-                f"got {ctx.target!r}"
-            )
+        target = ctx.target.require("sparsity", method=self.id).fraction
         if opts["pruning"] not in PRUNING:
             raise ConfigError(
                 f"option 'pruning' must be one of {', '.join(PRUNING)}, got {opts['pruning']!r}"

@@ -65,6 +65,7 @@ Deviations a reader should know:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -81,6 +82,7 @@ from prunekit.graph.core import out_weight
 from prunekit.measure._inputs import Inputs
 from prunekit.methods.base import Context, Method, register_method
 from prunekit.prune import PruneReport, remove_selected, select_channels
+from prunekit.targets import Target
 from prunekit.train import TrainConfig, fit
 from prunekit.train import distributed as dist_
 from prunekit.train.device import resolve_device
@@ -181,7 +183,7 @@ class GlobalDynamicPruner:
         self,
         model: nn.Module,
         example_input: Inputs,
-        target: dict[str, float],
+        target: Target | Mapping[str, float],
         *,
         saliency: str = "taylor",
         mask_interval: int = DEFAULT_MASK_INTERVAL,
@@ -194,7 +196,7 @@ class GlobalDynamicPruner:
                 f"mask_interval must be a number of steps >= 1, got {mask_interval!r}"
             )
         self.model = model
-        self.target = dict(target)
+        self.target = Target.of(target).require("flops", "params")
         self.saliency_name = saliency
         self.mask_interval = mask_interval
         was_training = model.training
@@ -346,7 +348,7 @@ class GlobalDynamicPruner:
             scope="global",
             normalize=False,  # saliencies are already comparable across groups
             importance=lambda g: sal[g.name],
-            **self.target,
+            **self.target.as_dict(),
         )
         self.set_mask(picks)
         self._sum, self._count = {}, 0

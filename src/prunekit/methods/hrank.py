@@ -1,5 +1,10 @@
-"""Methods whose paper's computation is: score channels by a criterion once, remove the lowest to
-the budget, fine-tune (the fine-tuning is the runner's, shared by every method)."""
+"""HRank — Lin, Ji, Wang, Zhang, Zhang, Tian, Shao, "HRank: Filter Pruning using High-Rank
+Feature Map" (CVPR 2020).
+
+1. Feed calibration images; for each channel average the rank of its feature map over them.
+2. Remove the filters of lowest average rank in every layer, to the budget.
+3. Fine-tune (the runner's fine-tuning, shared by every method).
+"""
 
 from __future__ import annotations
 
@@ -18,5 +23,9 @@ class HRankMethod(Method):
     def prune(self, ctx: Context) -> PruneReport:
         criterion = HRank(ctx.calibration())
         return prune_channels(
-            ctx.model, ctx.example_input, importance=criterion, scope="layer", **ctx.target
+            ctx.model,
+            ctx.example_input,
+            importance=criterion,
+            scope="layer",
+            **ctx.target.require("flops", "params", method=self.id).as_dict(),
         )

@@ -198,7 +198,8 @@ class NetworkSlimming(Method):
             raise ConfigError("slimming needs a model with affine BatchNorm layers")
         if opts["sparsity_epochs"] > 0:
             sparsity_train(ctx.model, ctx, opts)
-        return prune_by_gamma(ctx.model, ctx.example_input, **ctx.target)
+        target = ctx.target.require("flops", "params", method=self.id)
+        return prune_by_gamma(ctx.model, ctx.example_input, **target.as_dict())
 
 
 __all__ = [

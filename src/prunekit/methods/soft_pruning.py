@@ -1,17 +1,5 @@
-"""Soft pruning methods: zero the weakest filters after every epoch, keep training them, remove
-them physically at the end.
-
-* **SFP** — He, Kang, Dong, Fu, Yang, "Soft Filter Pruning for Accelerating Deep Convolutional
-  Neural Networks" (IJCAI 2018). Every layer ``i`` loses the same fraction ``P`` of its filters.
-  After each training epoch the filters of every layer are ranked by their L2 norm
-  ``||F_ij||_2`` and the ``floor(P * n_i)`` smallest are set to zero. They are *not* removed: the
-  next epoch updates them like every other weight, so a filter zeroed once can grow back and be
-  kept while another one takes its place. After the last epoch the filters selected last are
-  removed for good.
-* **FPGM** — He, Liu, Wang, Hu, Yang, "Filter Pruning via Geometric Median for Deep
-  Convolutional Neural Networks Acceleration" (CVPR 2019). The same soft schedule, but a filter's
-  score is the sum of its distances to the other filters of its layer
-  (:func:`prunekit.criteria.fpgm`); the filters nearest the layer's geometric median are zeroed.
+"""The soft filter pruning mechanism shared by SFP and FPGM: zero the weakest filters after every
+epoch, keep training them, remove them physically at the end.
 
 Both papers prune with the soft step every epoch over the whole training schedule, from scratch
 or from a pretrained model (CIFAR-10 ResNets: the usual 200-epoch schedule). Here the model
@@ -46,10 +34,10 @@ from torch.utils.data import Dataset
 from prunekit import criteria
 from prunekit.graph import Graph, build
 from prunekit.measure._inputs import Inputs
-from prunekit.methods.base import Context, Method, register_method
+from prunekit.methods.base import Context, Method
 from prunekit.prune import PruneReport, remove_selected, select_channels
-from prunekit.train.config import TrainConfig
-from prunekit.train.loop import TrainResult, fit
+from prunekit.targets import Target
+from prunekit.train import TrainConfig, TrainResult, fit
 
 DEFAULT_SOFT_EPOCHS = 3
 DEFAULT_SOFT_LR = 0.01
@@ -69,11 +57,11 @@ class SoftPruner:
         self,
         model: nn.Module,
         example_input: Inputs,
-        target: Mapping[str, float],
+        target: Target | Mapping[str, float],
         criterion: str | criteria.Criterion = "l2",
     ) -> None:
         self.model = model
-        self.target = dict(target)
+        self.target = Target.of(target).require("flops", "params")
         self.criterion = criteria.get(criterion)
         self.graph: Graph = build(model, example_input)
         self.dense = self.graph.plan([])
@@ -82,7 +70,9 @@ class SoftPruner:
     def select(self) -> dict[str, list[int]]:
         """``{group name: indices}`` to zero now: the same rate in every group (``scope="layer"``)
         meeting the target, lowest scores first."""
-        return select_channels(self.graph, scope="layer", importance=self.criterion, **self.target)
+        return select_channels(
+            self.graph, scope="layer", importance=self.criterion, **self.target.as_dict()
+        )
 
     def step(self) -> dict[str, list[int]]:
         """Zero the currently selected channels (they stay in the model and keep training)."""
@@ -119,7 +109,7 @@ class SoftPruner:
         return remove_selected(self.graph, picks, self.dense)
 
 
-class _SoftMethod(Method):
+class SoftPruningMethod(Method):
     """Soft pruning with the criterion named by ``criterion``; options ``soft_epochs``
     (default 3), ``soft_lr`` (default 0.01) and ``progress`` (default True)."""
 
@@ -143,20 +133,4 @@ class _SoftMethod(Method):
         return pruner.finish()
 
 
-@register_method("sfp")
-class SFPMethod(_SoftMethod):
-    """SFP (He et al., IJCAI 2018): after every epoch zero the filters of lowest L2 norm, the
-    same rate per layer, and keep training them; remove them after the last epoch."""
-
-    criterion = "l2"
-
-
-@register_method("fpgm")
-class FPGMMethod(_SoftMethod):
-    """FPGM (He et al., CVPR 2019): the SFP schedule with the geometric-median criterion — the
-    filters with the smallest summed distance to the other filters of their layer are zeroed."""
-
-    criterion = "fpgm"
-
-
-__all__ = ["DEFAULT_SOFT_EPOCHS", "DEFAULT_SOFT_LR", "FPGMMethod", "SFPMethod", "SoftPruner"]
+__all__ = ["DEFAULT_SOFT_EPOCHS", "DEFAULT_SOFT_LR", "SoftPruner", "SoftPruningMethod"]

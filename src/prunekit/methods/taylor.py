@@ -62,7 +62,7 @@ from prunekit.criteria.taylor import Taylor
 from prunekit.errors import ConfigError
 from prunekit.graph import Graph, build
 from prunekit.methods.base import Context, Method, register_method
-from prunekit.methods.search import batch_stream, sgd_steps
+from prunekit.methods.retraining import batch_stream, sgd_steps
 from prunekit.prune import (
     TOLERANCE,
     GroupChange,
@@ -139,19 +139,11 @@ class TaylorPruning(Method):
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
         self._check(opts)
-        if len(ctx.target) != 1 or next(iter(ctx.target)) not in ("target_flops", "target_params"):
-            raise ConfigError(
-                f"taylor needs a target of exactly one of target_flops, target_params; got {ctx.target}"
-            )
-        key, target = next(iter(ctx.target.items()))
-        if not (isinstance(target, (int, float)) and 0 < target < 1):
-            raise ConfigError(
-                f"{key} must be a fraction in (0, 1) of what to remove, got {target!r}"
-            )
+        target = ctx.target.require("flops", "params", method=self.id)
         modes = {m: m.training for m in ctx.model.modules()}
         ctx.model.eval()  # tracing and scoring in eval mode; fine-tuning switches to train
         try:
-            return self._run(ctx, opts, key, float(target))
+            return self._run(ctx, opts, target.key, target.fraction)
         finally:
             for m, mode in modes.items():
                 m.train(mode)

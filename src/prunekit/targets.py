@@ -1,0 +1,140 @@
+"""What a pruning run aims for: one :class:`Target`, a kind and a fraction, validated once.
+
+* ``flops``: the fraction of the dense model's FLOPs removed (structured methods);
+* ``params``: the fraction of the dense model's parameters removed (structured methods);
+* ``sparsity``: the fraction of all conv / Linear weights set to zero (unstructured methods).
+
+A new kind (measured latency, say) is one more entry in :data:`KINDS`; the runner, the bench and
+the methods all read the target through this class. The flat form ``{"target_flops": 0.5}``
+(:meth:`Target.as_dict`) is what configs, result rows and :func:`prunekit.prune.select_channels`
+use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prunekit.errors import ConfigError
+
+__all__ = ["KINDS", "STRUCTURED", "Target"]
+
+KINDS: dict[str, str] = {
+    "flops": "fraction of the FLOPs removed",
+    "params": "fraction of the parameters removed",
+    "sparsity": "fraction of the conv / Linear weights zeroed",
+}
+STRUCTURED = ("flops", "params")  # the kinds met by removing channels
+
+
+@dataclass(frozen=True)
+class Target:
+    """One pruning target: ``kind`` (a key of :data:`KINDS`) and ``fraction`` in (0, 1)."""
+
+    kind: str
+    fraction: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(
+                f"unknown target kind {self.kind!r}; expected one of {', '.join(KINDS)}"
+            )
+        f = self.fraction
+        if (
+            isinstance(f, bool)
+            or not isinstance(f, (int, float))
+            or not math.isfinite(f)
+            or not 0.0 < f < 1.0
+        ):
+            raise ConfigError(
+                f"target_{self.kind} must be a fraction in (0, 1) ({KINDS[self.kind]}), got {f!r}"
+            )
+        object.__setattr__(self, "fraction", float(f))
+
+    # ------------------------------------------------------------------ forms
+    @property
+    def key(self) -> str:
+        """The flat key: ``"target_flops"``, ``"target_params"`` or ``"target_sparsity"``."""
+        return f"target_{self.kind}"
+
+    @property
+    def structured(self) -> bool:
+        """Met by removing channels (FLOPs, params), rather than by zeroing weights."""
+        return self.kind in STRUCTURED
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"target_<kind>": fraction}``: the keyword :func:`prunekit.prune.select_channels`
+        takes, and the form configs and result rows store."""
+        return {self.key: self.fraction}
+
+    def __str__(self) -> str:
+        return f"{self.kind}={self.fraction:g}"
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> Target:
+        """From ``{"target_flops": 0.5}`` (exactly one ``target_<kind>`` key) or
+        ``{"kind": "flops", "fraction": 0.5}``."""
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(
+                f"a target must be a mapping like {{'target_flops': 0.5}}, got {mapping!r}"
+            )
+        if set(mapping) == {"kind", "fraction"}:
+            return cls(str(mapping["kind"]), mapping["fraction"])
+        given = {k: v for k, v in mapping.items() if v is not None}
+        if len(given) != 1:
+            raise ConfigError(
+                "a target has exactly one of "
+                + ", ".join(f"target_{k}" for k in KINDS)
+                + f"; got {dict(mapping)!r}"
+            )
+        ((key, value),) = given.items()
+        if not str(key).startswith("target_"):
+            raise ConfigError(
+                f"unknown target {key!r}; expected one of "
+                + ", ".join(f"target_{k}" for k in KINDS)
+            )
+        return cls(str(key).removeprefix("target_"), value)
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """From a command-line or spec string: ``"flops=0.5"`` (also ``"flops:0.5"`` and
+        ``"target_flops=0.5"``)."""
+        raw = str(text).strip()
+        for sep in ("=", ":"):
+            kind, found, value = raw.partition(sep)
+            if found:
+                break
+        else:
+            raise ConfigError(f"a target is KIND=FRACTION (e.g. 'flops=0.5'), got {text!r}")
+        try:
+            fraction = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"the fraction of target {text!r} must be a number in (0, 1), got {value!r}"
+            ) from None
+        return cls(kind.strip().removeprefix("target_"), fraction)
+
+    @classmethod
+    def of(cls, value: Target | Mapping[str, Any] | str) -> Target:
+        """``value`` as a :class:`Target` (a target, a mapping or a ``KIND=FRACTION`` string)."""
+        if isinstance(value, Target):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        return cls.from_mapping(value)
+
+    # ------------------------------------------------------------------ checks
+    def require(self, *kinds: str, method: str = "") -> Target:
+        """``self`` when its kind is one of ``kinds``, else a ConfigError naming the method and
+        the kinds it takes."""
+        if self.kind not in kinds:
+            who = f"method {method!r}" if method else "this method"
+            wanted = " or ".join(f"target_{k}" for k in kinds)
+            extra = " (it is unstructured)" if kinds == ("sparsity",) else ""
+            raise ConfigError(f"{who}{extra} expects a {wanted} target, got {self.key}={self:g}")
+        return self
+
+    def __format__(self, spec: str) -> str:
+        return format(self.fraction, spec) if spec else str(self)
