@@ -18,6 +18,7 @@ from prunekit import data as pk_data
 from prunekit import measure, workflow
 from prunekit import models as pk_models
 from prunekit.configs import add_config_args, config_from_args
+from prunekit.errors import ConfigError
 from prunekit.graph import build as build_graph
 from prunekit.tables import markdown_table
 from prunekit.train import TrainConfig, shutdown
@@ -73,27 +74,58 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(markdown_table(["split", *keys], [[args.split, *(res[k] for k in keys)]]))
 
 
+def _info_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """The model ``info`` describes, an example input and a one-line description: a registered
+    model fitted to a data set, or (with ``--input-shape``) a registered model or any importable
+    ``package.module:factory`` built for that input."""
+    if args.input_shape is None:
+        if pk_models.is_factory_spec(args.model):
+            raise ConfigError(
+                f"--model {args.model}: an importable factory needs --input-shape "
+                "(batch, channels, sizes), e.g. --input-shape 1,3,32,32"
+            )
+        setup = workflow.prepare(
+            args.model, args.data, root=args.root, image_size=args.image_size, augment=False
+        )
+        info = setup.info
+        what = f"{args.model} on {info.name}: input {tuple(info.input_shape)}, {info.num_classes} classes"
+        return setup.model, setup.example_input(), what
+    import torch
+
+    shape = pk_models.parse_input_shape(args.input_shape)
+    if pk_models.is_factory_spec(args.model):
+        model = pk_models.load_factory(args.model)
+    else:
+        model = pk_models.create(args.model, in_channels=shape[1], input_size=shape[2:])
+    example = torch.randn(shape)
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except Exception as exc:
+        raise ConfigError(
+            f"--model {args.model} does not run on an input of shape {shape} "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+            "check --input-shape"
+        ) from exc
+    return model, example, f"{args.model}: input {shape}"
+
+
 def cmd_info(args: argparse.Namespace) -> None:
-    setup = workflow.prepare(
-        args.model, args.data, root=args.root, image_size=args.image_size, augment=False
-    )
-    example = setup.example_input()
-    rows = measure.layer_table(setup.model, example)
-    protected = set(pk_models.protected_layers(setup.model))
+    model, example, what = _info_model(args)
+    rows = measure.layer_table(model, example)
+    protected = set(pk_models.protected_layers(model))
     table = [
         [r.name + (" *" if r.name in protected else ""), r.kind, r.params, r.flops // 2, r.flops]
         for r in rows
     ]
-    params = measure.count_params(setup.model)
-    flops = measure.count_flops(setup.model, example)
+    params = measure.count_params(model)
+    flops = measure.count_flops(model, example)
     table.append(["total", "", params.total, flops.macs, flops.flops])
-    print(
-        f"{args.model} on {setup.info.name}: input {tuple(setup.info.input_shape)}, {setup.info.num_classes} classes"
-    )
+    print(what)
     print(markdown_table(["layer", "type", "params", "MACs", "FLOPs"], table))
     print("* protected: never pruned on its output side")
-    if args.groups:
-        graph = build_graph(setup.model, example)
+    if args.groups or args.input_shape is not None:
+        graph = build_graph(model, example)
         rows = []
         for g in graph.groups:
             layers = sorted({m.layer for m in g.members})
@@ -362,8 +394,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, model=False)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("info", help="per-layer params and MACs of a model fitted to a data set")
+    p = sub.add_parser(
+        "info",
+        help="per-layer params and MACs of a model and how its channels can be pruned",
+        description="--model is a registered name (fitted to --data) or, with --input-shape, "
+        "a registered name or any importable constructor package.module:factory",
+    )
     _common(p)
+    p.add_argument(
+        "--input-shape",
+        default=None,
+        metavar="B,C,H,W",
+        help="build the model for this input instead of a data set (needed for "
+        "--model package.module:factory)",
+    )
     p.add_argument("--groups", action="store_true", help="also list the coupled channel groups")
     p.set_defaults(func=cmd_info)
 

@@ -29,13 +29,17 @@ from prunekit.models.core import (
     protected_layers,
     rebuild,
 )
+from prunekit.models.external import is_factory_spec, load_factory, parse_input_shape
 
 __all__ = [
     "MODELS",
     "ModelInfo",
     "create",
+    "is_factory_spec",
     "list_models",
+    "load_factory",
     "model_info",
+    "parse_input_shape",
     "protected_layers",
     "rebuild",
 ]
