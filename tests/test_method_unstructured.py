@@ -279,33 +279,43 @@ def test_nm_end_to_end() -> None:
 # ----------------------------------------------------------------------------- 1xN
 
 
-def _one_by_n_layer() -> nn.Conv2d:
+def _one_by_n_layer() -> nn.Sequential:
+    """A stem (kept dense by 1xN), the layer under test ``[1]`` and a 1x1 conv reading it (the
+    model's outputs keep their order, so the last layer is never rearranged)."""
     layer = nn.Conv2d(2, 4, 1, bias=False)
     with torch.no_grad():
         # L1 per filter: 2, 4.5, 6, 0.3 -> order 2, 1, 0, 3 -> blocks {2, 1} and {0, 3}
         w = torch.tensor([[1.0, 1.0], [4.0, 0.5], [3.0, 3.0], [0.2, 0.1]])
         layer.weight.copy_(w.reshape(4, 2, 1, 1))
-    return layer
+    return nn.Sequential(nn.Conv2d(2, 2, 1, bias=False), layer, nn.Conv2d(4, 2, 1, bias=False))
 
 
 def test_one_by_n_blocks_from_norm_order_smallest_first() -> None:
     data = TensorDataset(torch.randn(4, 2, 3, 3), torch.zeros(4, dtype=torch.long))
-    layer = _one_by_n_layer()
-    methods.get("one_by_n").prune(_ctx(layer, data, 0.25, block=2))
+    model = _one_by_n_layer()
+    # 20 weights, the stem's 4 dense: overall 0.2 is a quarter of the others, one group of 2
+    methods.get("one_by_n").prune(_ctx(model, data, 0.2, block=2))
     # group L1s: block {2,1}: in0 7, in1 3.5; block {0,3}: in0 1.2, in1 1.1 -> (0,3) x in1 goes
     # (blocks by index, {0,1} / {2,3}, would have pruned {0,1} x in1, 1.5 < 3.1)
-    assert layer.weight.reshape(4, 2).tolist() == [
+    assert model[1].weight.reshape(4, 2).tolist() == [
         [1.0, 0.0],
         [4.0, 0.5],
         [3.0, 3.0],
         [pytest.approx(0.2), 0.0],
     ]
-    mask = masks.get_masks(layer)["weight"]
-    assert mask.meta["permutation"].tolist() == [2, 1, 0, 3]
-    layer = _one_by_n_layer()
-    methods.get("one_by_n").prune(_ctx(layer, data, 0.5, block=2))
-    keep = masks.get_masks(layer)["weight"].data.reshape(4, 2)
+    found = masks.get_masks(model)
+    assert set(found) == {"1.weight", "2.weight"}  # the stem stays dense
+    assert found["1.weight"].meta["permutation"].tolist() == [2, 1, 0, 3]
+    model = _one_by_n_layer()
+    methods.get("one_by_n").prune(_ctx(model, data, 0.4, block=2))
+    keep = masks.get_masks(model)["1.weight"].data.reshape(4, 2)
     assert keep.tolist() == [[False, False], [True, True], [True, True], [False, False]]
+
+
+def test_one_by_n_refuses_a_model_of_stem_only() -> None:
+    data = TensorDataset(torch.randn(4, 2, 3, 3), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ConfigError, match="keeps dense"):
+        methods.get("one_by_n").prune(_ctx(nn.Conv2d(2, 4, 1), data, 0.25))
 
 
 def test_one_by_n_blocks_share_one_pattern() -> None:

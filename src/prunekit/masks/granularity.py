@@ -20,11 +20,13 @@ from prunekit.registry import Registry
 
 @dataclass(frozen=True)
 class PatternOptions:
-    """Knobs of the structured patterns: ``n`` of every ``m`` (n:m) and the 1xN block size."""
+    """Knobs of the structured patterns: ``n`` of every ``m`` (n:m), the 1xN block size and
+    whether 1xN first orders the output channels by L1 (``rearrange``)."""
 
     n: int = 2
     m: int = 4
     block: int = 4
+    rearrange: bool = True
 
     def validate(self) -> None:
         for key in ("n", "m", "block"):
@@ -116,14 +118,18 @@ def one_by_n(scores: torch.Tensor, sparsity: float, name: str, opts: PatternOpti
     """1xN blocks (Lin et al. 2022): ``N`` consecutive output channels share one kernel pattern.
 
     Output channels are first ordered by L1 norm (descending, stable) so that similar filters share
-    a block; the order is kept in ``meta["permutation"]`` (row ``i`` of the rearranged weight is
+    a block (unless ``opts.rearrange`` is False: then blocks are runs of consecutive channels);
+    the order is kept in ``meta["permutation"]`` (row ``i`` of the rearranged weight is
     original row ``permutation[i]``). Each (block, input channel) kernel group is scored by the L1
     of its scores and the lowest groups are pruned. A last, shorter block is allowed.
     """
     opts.validate()
     k = _as_kernels(scores, name).abs()
     out, n_in, _ = k.shape
-    perm = torch.argsort(k.sum((1, 2)), descending=True, stable=True)
+    if opts.rearrange:
+        perm = torch.argsort(k.sum((1, 2)), descending=True, stable=True)
+    else:
+        perm = torch.arange(out)
     n_blocks = -(-out // opts.block)
     padded = k.new_zeros(n_blocks * opts.block, n_in, k.shape[2])
     padded[:out] = k[perm]
