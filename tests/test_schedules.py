@@ -138,12 +138,12 @@ def test_one_cycle_shape() -> None:
 
 
 def test_one_cycle_ramp_by_hand() -> None:
-    # at the inflection x = beta/alpha: (σ(0) - σ(-5)) / (σ(9) - σ(-5))
+    # at the inflection x = beta/alpha = 6/14: (σ(0) - σ(-6)) / (σ(8) - σ(-6))
     s = OneCycle(final_sparsity=0.9, total_steps=14)
     sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
-    expected = (0.5 - sig(-5)) / (sig(9) - sig(-5))
-    assert expected == pytest.approx(0.496693, abs=1e-6)
-    assert s.get_sparsity(5) == pytest.approx(0.9 * expected)
+    expected = (0.5 - sig(-6)) / (sig(8) - sig(-6))
+    assert expected == pytest.approx(0.498928, abs=1e-6)
+    assert s.get_sparsity(6) == pytest.approx(0.9 * expected)
     assert s.ramp(0.0) == 0.0
     assert s.ramp(1.0) == pytest.approx(1.0)
 

@@ -317,20 +317,21 @@ class OneCycle(SparsitySchedule):
     Hubens et al. prune from the start of training to its end along a logistic curve, so pruning
     is gentle while the weights are still random, fastest mid-training and gentle again at the
     end so the network can recover. With x = (t - begin_step) / total_steps in [0, 1], their
-    curve (as we read the paper; defaults alpha = 14, beta = 5, the values its authors report as
-    good across data sets and architectures) is
+    curve (as we read the paper; defaults alpha = 14, beta = 6, the values of the authors' library,
+    fasterai ``core/schedule.py`` / ``sparse/schedule.py`` ``sched_onecycle(..., α=14, β=6)``, which
+    they report as good across data sets and architectures) is
 
         g_paper(x) = (1 + e^(beta - alpha)) / (1 + e^(beta - alpha x)) = σ(alpha x - beta) / σ(alpha - beta),
 
-    which is exactly 1 at x = 1 but σ(-beta)/σ(alpha - beta) ~= 0.0067 (not 0) at x = 0. We rescale
+    which is exactly 1 at x = 1 but σ(-beta)/σ(alpha - beta) ~= 0.0025 (not 0) at x = 0. We rescale
     it so both ends are exact:
 
         g(x) = (σ(alpha x - beta) - σ(-beta)) / (σ(alpha - beta) - σ(-beta)),
         s_t  = s_i + (s_f - s_i) g(x),
 
-    the same shape shifted down by at most 0.7% of the range: s_t = s_i at begin_step (nothing is
+    the same shape shifted down by at most 0.25% of the range: s_t = s_i at begin_step (nothing is
     pruned before training starts) and s_f at begin_step + total_steps. g is increasing, so the
-    schedule is non-decreasing. The inflection (fastest pruning) is at x = beta / alpha (~0.36).
+    schedule is non-decreasing. The inflection (fastest pruning) is at x = beta / alpha (~0.43).
     Updates happen every ``frequency`` steps and hold in between; the end step is always an
     update; the value is held at s_f afterwards and at s_i before begin_step.
     """
@@ -345,7 +346,7 @@ class OneCycle(SparsitySchedule):
         begin_step: int = 0,
         frequency: int = 1,
         alpha: float = 14.0,
-        beta: float = 5.0,
+        beta: float = 6.0,
     ) -> None:
         owner = type(self).__name__
         s_f = _fraction(owner, "final_sparsity", final_sparsity)
