@@ -94,9 +94,11 @@ class ADMMPruning(Retraining):
     * **U-step**: ``U = U + W - Z``;
 
     with ``Z`` started at ``Pi_S(W)`` and ``U`` at 0, and ``rho`` multiplied by ``rho_growth``
-    after each iteration. Finally the weights are hard-pruned to the support of the last ``Z``
-    (masks attached): the runner's fine-tuning with the masks in place is the paper's masked
-    retraining.
+    after each iteration. Finally the weights are hard-pruned by magnitude: the Euclidean
+    projection of the final ``W`` (not of ``W + U``) onto ``S``, keeping the ``k`` largest
+    ``|W|`` per layer (paper, Sec. 3.3 "Masked retraining": after ADMM the weights are projected
+    onto the constraint set, the rest set to zero); the masks stay attached, so the runner's
+    fine-tuning with them in place is the paper's masked retraining.
 
     Defaults: ``rho`` 1e-3, within the 1e-3 to 1e-2 the paper works with, growing by
     ``rho_growth`` 2.0 per iteration (the paper raises ``rho`` over the iterations so ``W`` is
@@ -142,7 +144,7 @@ class ADMMPruning(Retraining):
         params = {n: stored_weight(m) for n, m in targets(model, "").items()}
 
         w0 = {n: p.detach().clone() for n, p in params.items()}
-        z, keep = admm_project(w0, sparsity, opts["scope"])
+        z, _ = admm_project(w0, sparsity, opts["scope"])
         u = {n: torch.zeros_like(t) for n, t in w0.items()}
         rho = [opts["rho"]]
         self.history = []
@@ -162,12 +164,14 @@ class ADMMPruning(Retraining):
                     h.remove()
             with torch.no_grad():
                 w = {n: p.detach().to(u[n].device) for n, p in params.items()}
-                new_z, keep = admm_project({n: w[n] + u[n] for n in w}, sparsity, opts["scope"])
+                new_z, _ = admm_project({n: w[n] + u[n] for n in w}, sparsity, opts["scope"])
                 z.update(new_z)
                 u.update(admm_dual_update(u, w, z))
                 gap = math.sqrt(sum(float((w[n] - z[n]).pow(2).sum()) for n in w))
             self.history.append({"iteration": it + 1, "rho": rho[0], "primal_residual": gap})
             rho[0] *= opts["rho_growth"]
+        # the hard prune: the k largest |W| of the trained weights, not the last Z's support
+        _, keep = admm_project({n: p.detach() for n, p in params.items()}, sparsity, opts["scope"])
         masks.apply_masks(model, {n: masks.Mask(k) for n, k in keep.items()})
         return SparsityReport.measure(model, nonzero_before)
 
