@@ -1,12 +1,19 @@
 """FPGM — He, Liu, Wang, Hu, Yang, "Filter Pruning via Geometric Median for Deep
-Convolutional Neural Networks Acceleration" (CVPR 2019). The same soft schedule, but a filter's
-score is the sum of its distances to the other filters of its layer
-(:func:`prunekit.criteria.fpgm`); the filters nearest the layer's geometric median are zeroed.
+Convolutional Neural Networks Acceleration" (CVPR 2019). The SFP schedule (zero before training
+and after every epoch, remove at the end), but a filter's score is the sum of its distances to
+the other filters of its layer (:func:`prunekit.criteria.fpgm`); the filters nearest the layer's
+geometric median are zeroed. As in the official code (``he-y/filter-pruning-geometric-median``,
+``pruning_cifar10.py``: ``m.do_grad_mask()`` between ``loss.backward()`` and
+``optimizer.step()``), the gradients of the zeroed filters are masked at every iteration, so
+they stay at zero through the epoch and the selection is stable from one epoch to the next.
 
-The soft schedule, the budget and the deviations are in :mod:`prunekit.methods.soft_pruning`.
+The soft schedule, the official code's defaults and the deviations are in
+:mod:`prunekit.methods.soft_pruning`.
 """
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 from prunekit.methods.base import register_method
 from prunekit.methods.soft_pruning import SoftPruningMethod
@@ -15,9 +22,15 @@ from prunekit.methods.soft_pruning import SoftPruningMethod
 @register_method("fpgm")
 class FPGMMethod(SoftPruningMethod):
     """FPGM (He et al., CVPR 2019): the SFP schedule with the geometric-median criterion — the
-    filters with the smallest summed distance to the other filters of their layer are zeroed."""
+    filters with the smallest summed distance to the other filters of their layer are zeroed —
+    and the gradients of zeroed filters masked at every iteration (``mask_gradients`` True, as
+    the official code)."""
 
     criterion = "fpgm"
+    defaults: ClassVar[dict[str, Any]] = {
+        **SoftPruningMethod.defaults,
+        "mask_gradients": True,  # he-y/filter-pruning-geometric-median: m.do_grad_mask()
+    }
 
 
 __all__ = ["FPGMMethod"]

@@ -1,26 +1,57 @@
-"""The soft filter pruning mechanism shared by SFP and FPGM: zero the weakest filters after every
-epoch, keep training them, remove them physically at the end.
+"""The soft filter pruning mechanism shared by SFP and FPGM: zero the weakest filters before the
+first epoch and after every epoch, keep them in the model, remove them physically at the end.
 
-Both papers prune with the soft step every epoch over the whole training schedule, from scratch
-or from a pretrained model (CIFAR-10 ResNets: the usual 200-epoch schedule). Here the model
-arrives trained, and the soft phase is short: ``soft_epochs`` epochs (option, default 3) of SGD
-at ``soft_lr`` (option, default 0.01; momentum, weight decay and the cosine schedule are
-:class:`~prunekit.train.TrainConfig`'s defaults). ``soft_epochs=0`` reduces to one-shot pruning
-with the method's criterion.
+What the official code does (``he-y/soft-filter-pruning``, ``pruning_cifar10_resnet.py`` and
+``pruning_train.py``; ``he-y/filter-pruning-geometric-median``, ``pruning_cifar10.py``), and
+what is done here:
 
-Differences from the papers, on purpose:
+* **When.** ``Mask.init_mask`` + ``do_mask`` run once on the loaded model *before* the first
+  epoch, then after every ``epoch_prune`` (default 1) epochs and after the last one. Here: the
+  first selection is zeroed before training starts (:meth:`SoftPruner.begin`), then one after
+  every epoch (:meth:`SoftPruner.callback`); the selection made after the last epoch is the one
+  removed.
+* **What is zeroed.** ``mask_index = range(0, last_index, 3)``: in the authors' CIFAR ResNets
+  (conv without bias, BatchNorm weight, BatchNorm bias per layer) that is every convolution
+  weight and nothing else; BatchNorm keeps its scale and shift. Here the same: the filters of
+  the selection (conv / Linear weights and biases, ``Group.zero(..., filters_only=True)``).
+* **Gradients of the zeroed filters.** The two codes differ. SFP's ``train()`` is
+  ``zero_grad(); backward(); step()``: a zeroed filter is updated like every other weight and
+  can grow back, which is the paper's point ("soft"). FPGM's ``train()`` calls
+  ``m.do_grad_mask()`` between ``backward()`` and ``step()``: the gradient of every zeroed
+  filter is multiplied by the mask at every iteration, so zeroed filters stay at zero for the
+  epoch. Option ``mask_gradients`` (SFP: False, FPGM: True, as their codes) chooses; with it,
+  the gradients of the zeroed filters (weights and biases) are masked by a gradient hook, and
+  the filters are set back to zero after every optimiser step as well, because SGD momentum
+  accumulated before a filter was selected would otherwise still move it.
+
+  Why it matters behind BatchNorm: a zeroed filter makes its channel constant over the batch, so
+  BatchNorm (training mode) divides its gradient by ``sqrt(0 + eps)`` (about 316 times the usual
+  scale). Without the mask the filter regrows at once to a large norm; with a short soft phase
+  the criterion then keeps these regrown filters and zeroes trained ones, and the selection
+  changes almost completely from epoch to epoch. With the mask (FPGM) the selection is stable.
+* **Rates and schedule.** The official scripts prune every conv layer at one rate (SFP
+  ``--rate 0.7``, i.e. 30% of the filters of each layer; FPGM ``--rate_norm 1 --rate_dist 0.3``
+  or ``0.4`` for ResNet-20..110) for 200 epochs, SGD (Nesterov, momentum 0.9, weight decay
+  5e-4, batch 128), lr 0.01 from a pretrained model (FPGM ``pruning_pretrain_*``) and 0.1 from
+  scratch, multiplied by 0.2 at epochs 60, 120 and 160. Here the model arrives trained and the
+  soft phase is short: ``soft_epochs`` (default 3) epochs at the pretrained-model lr
+  ``soft_lr`` (default 0.01) held constant, as the first 60 epochs of the official schedule,
+  Nesterov momentum 0.9 and weight decay 5e-4; the runner fine-tunes afterwards. The paper's
+  own setting, 200 epochs of soft training, costs about 200 / 3 = 67 times this phase.
+  ``soft_epochs=0`` reduces to one-shot pruning with the method's criterion.
+
+Differences from the official code, on purpose:
 
 * The per-layer rate comes from the run's FLOPs or params target: :func:`prunekit.prune.
   select_channels` with ``scope="layer"`` finds the uniform rate that meets it (and closes the
-  last gap with single filters in score order), so the rate is one number for every layer, as
-  in the papers, up to that last adjustment. Coupled channels (a residual stage) form one group
-  and are scored and zeroed together.
-* Between epochs only the filters are zeroed (conv / Linear weights and biases,
-  ``Group.zero(..., filters_only=True)``), as in the papers: BatchNorm keeps its scale and
-  shift, so a zeroed filter keeps receiving gradient and can recover. At the end the final
-  selection is zeroed whole (BatchNorm terms included) and removed, so the removed model computes
-  exactly what that fully zeroed model computes; it differs from the soft-trained model by the
-  BatchNorm shifts of the removed channels, as pruning does in the papers.
+  last gap with single filters in score order). Coupled channels (a residual stage) form one
+  group and are scored and zeroed together; the official CIFAR code zeroes the filters of the
+  convolutions that feed a residual addition independently and reports FLOPs without removing
+  them.
+* At the end the final selection is zeroed whole (BatchNorm terms included) and removed, so the
+  removed model computes exactly what that fully zeroed model computes; it differs from the
+  soft-trained model by the BatchNorm shifts of the removed channels. (The official CIFAR code
+  evaluates the soft-pruned model with those shifts in place.)
 """
 
 from __future__ import annotations
@@ -28,29 +59,53 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
+from torch.utils.hooks import RemovableHandle
 
 from prunekit import criteria
+from prunekit.errors import ConfigError
 from prunekit.graph import Graph, build
+from prunekit.graph.core import out_weight
 from prunekit.measure._inputs import Inputs
 from prunekit.methods.base import Context, Method
 from prunekit.prune import PruneReport, remove_selected, select_channels
 from prunekit.targets import Target
 from prunekit.train import TrainConfig, TrainResult, fit
 
-DEFAULT_SOFT_EPOCHS = 3
-DEFAULT_SOFT_LR = 0.01
+DEFAULT_SOFT_EPOCHS = 3  # short phase on a trained model (the papers: 200 epochs)
+DEFAULT_SOFT_LR = 0.01  # FPGM scripts/pruning_cifar10.sh, pruning_pretrain_*: --learning_rate 0.01
+WEIGHT_DECAY = 5e-4  # both official codes: --decay 0.0005
+NESTEROV = True  # both official codes: torch.optim.SGD(..., nesterov=True)
+
+
+def _filter_layers(model: nn.Module) -> list[nn.Module]:
+    """Modules with filters: a weight of two or more dimensions with outputs on one axis."""
+    out = []
+    for m in model.modules():
+        w = out_weight(m)
+        conv_or_linear = isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+        if w is not None and w.dim() >= 2 and conv_or_linear:
+            out.append(m)
+    return out
+
+
+def _filter_dim(module: nn.Module) -> int:
+    """The weight dimension indexing the filters (output channels)."""
+    return 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
 
 
 class SoftPruner:
     """The soft filter pruning mechanism shared by SFP and FPGM.
 
-    Builds the channel graph of ``model`` once. :meth:`step` selects, for the ``target``
-    (``{"target_flops": f}`` or ``{"target_params": f}``), the lowest-scored channels of every
-    group under ``criterion`` and zeroes them in place; :meth:`callback` runs it at every
-    ``"epoch_end"`` of :func:`prunekit.train.fit`; :meth:`finish` selects once more, zeroes and
-    removes the selection physically.
+    Builds the channel graph of ``model`` once. :meth:`step` selects, for the ``target`` (FLOPs
+    or params), the lowest-scored channels of every group under ``criterion`` and zeroes their
+    filters in place; :meth:`begin` makes the first step before training, :meth:`callback` one
+    at every ``"epoch_end"`` of :func:`prunekit.train.fit`; :meth:`finish` zeroes the last
+    selection whole and removes it physically. With ``mask_gradients`` the zeroed filters get no
+    gradient and are held at zero through each epoch (the official FPGM code's
+    ``do_grad_mask``). ``history`` holds every selection, in order.
     """
 
     def __init__(
@@ -59,13 +114,19 @@ class SoftPruner:
         example_input: Inputs,
         target: Target | Mapping[str, float],
         criterion: str | criteria.Criterion = "l2",
+        *,
+        mask_gradients: bool = False,
     ) -> None:
         self.model = model
         self.target = Target.of(target).require("flops", "params")
         self.criterion = criteria.get(criterion)
+        self.mask_gradients = mask_gradients
         self.graph: Graph = build(model, example_input)
         self.dense = self.graph.plan([])
         self.history: list[dict[str, list[int]]] = []  # the selection of every step, in order
+        self.picks: dict[str, list[int]] = {}
+        self._rows: dict[nn.Module, torch.Tensor] = {}  # zeroed filters per layer (True = zeroed)
+        self._handles: list[RemovableHandle] = []
 
     def select(self) -> dict[str, list[int]]:
         """``{group name: indices}`` to zero now: the same rate in every group (``scope="layer"``)
@@ -75,62 +136,173 @@ class SoftPruner:
         )
 
     def step(self) -> dict[str, list[int]]:
-        """Zero the currently selected channels (they stay in the model and keep training)."""
+        """Zero the filters of the current selection (they stay in the model)."""
         picks = self.select()
+        if self.mask_gradients:
+            self._rows = self._selected_rows(picks)
         groups = {g.name: g for g in self.graph.groups}
         for name, indices in picks.items():
-            # the filters only, as in the papers: BatchNorm keeps its scale, so a zeroed filter
-            # keeps receiving gradient and can recover in the next epoch
-            groups[name].zero(indices, filters_only=True)
+            groups[name].zero(indices, filters_only=True)  # BatchNorm keeps scale and shift
+        self.picks = picks
         self.history.append(picks)
         return picks
 
+    def _selected_rows(self, picks: dict[str, list[int]]) -> dict[nn.Module, torch.Tensor]:
+        """For each filter layer, which of its filters ``picks`` zeroes: found by zeroing the
+        selection in all-ones weights (the graph maps units to positions in every layer)."""
+        layers = _filter_layers(self.model)
+        saved = [(m, m.weight.detach().clone(), _bias(m)) for m in layers]
+        groups = {g.name: g for g in self.graph.groups}
+        try:
+            with torch.no_grad():
+                for m in layers:
+                    m.weight.fill_(1.0)
+                for name, indices in picks.items():
+                    groups[name].zero(indices, filters_only=True)
+                rows = {}
+                for m in layers:
+                    dim = _filter_dim(m)
+                    hit = (m.weight.movedim(dim, 0).flatten(1) == 0).all(1)
+                    if bool(hit.any()):
+                        rows[m] = hit
+        finally:
+            with torch.no_grad():
+                for m, w, b in saved:
+                    m.weight.copy_(w)
+                    if b is not None:
+                        m.bias.copy_(b)  # type: ignore[union-attr]
+        return rows
+
+    # ------------------------------------------------------------------ gradient masking
+    def _attach(self) -> None:
+        for m in _filter_layers(self.model):
+            self._handles.append(m.weight.register_hook(self._grad_mask(m, "weight")))
+            if _bias(m) is not None:
+                self._handles.append(m.bias.register_hook(self._grad_mask(m, "bias")))
+
+    def _keep(self, m: nn.Module, name: str, like: torch.Tensor) -> torch.Tensor | None:
+        rows = self._rows.get(m)
+        if rows is None:
+            return None
+        shape = [1] * like.dim()
+        dim = _filter_dim(m) if name == "weight" else 0
+        shape[dim] = -1
+        return (~rows).to(device=like.device, dtype=like.dtype).view(shape)
+
+    def _grad_mask(self, m: nn.Module, name: str) -> Any:
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            keep = self._keep(m, name, grad)
+            return grad if keep is None else grad * keep
+
+        return hook
+
+    def detach(self) -> None:
+        """Remove the gradient hooks."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _hold_zero(self) -> None:
+        with torch.no_grad():
+            for m in self._rows:
+                for name in ("weight", "bias"):
+                    t = getattr(m, name, None)
+                    if isinstance(t, torch.Tensor):
+                        keep = self._keep(m, name, t)
+                        if keep is not None:
+                            t.mul_(keep)
+
+    # ------------------------------------------------------------------ schedule
+    def begin(self) -> dict[str, list[int]]:
+        """The first selection, zeroed before training (as both official codes do)."""
+        if self.mask_gradients and not self._handles:
+            self._attach()
+        return self.step()
+
     def callback(self, event: str, state: dict[str, Any]) -> None:
-        """A :func:`prunekit.train.fit` callback: :meth:`step` after every epoch."""
+        """A :func:`prunekit.train.fit` callback: :meth:`step` after every epoch; with
+        ``mask_gradients``, the zeroed filters are also set back to zero after every step."""
         if event == "epoch_end":
             self.step()
+        elif event == "step_end" and self.mask_gradients:
+            self._hold_zero()
 
     def train(
         self, train_set: Dataset[Any], config: TrainConfig, *, progress: bool = True
     ) -> TrainResult:
-        """Train the model in place by ``config``, soft-pruning after every epoch."""
-        return fit(self.model, train_set, config, progress=progress, callbacks=[self.callback])
+        """Zero the first selection, then train the model in place by ``config``, soft-pruning
+        after every epoch."""
+        self.begin()
+        try:
+            return fit(self.model, train_set, config, progress=progress, callbacks=[self.callback])
+        finally:
+            self.detach()
 
     def finish(self) -> PruneReport:
-        """Select and zero once more, then remove the zeroed channels physically.
+        """Zero the last selection whole (BatchNorm terms included) and remove it physically
+        (a first selection is made if there was none).
 
         The removed channels output zero before removal, so the pruned model computes what the
-        soft-pruned one did (exactly, up to floating point, unless a group is not
+        zeroed one did (exactly, up to floating point, unless a group is not
         :attr:`~prunekit.graph.Group.exact`)."""
-        picks = self.step()
+        self.detach()
+        picks = self.picks if self.history else self.step()
         groups = {g.name: g for g in self.graph.groups}
-        for name, indices in picks.items():  # now the whole channel, BatchNorm terms included
+        for name, indices in picks.items():
             groups[name].zero(indices)
         return remove_selected(self.graph, picks, self.dense)
 
 
+def _bias(m: nn.Module) -> torch.Tensor | None:
+    b = getattr(m, "bias", None)
+    return b if isinstance(b, torch.Tensor) else None
+
+
 class SoftPruningMethod(Method):
     """Soft pruning with the criterion named by ``criterion``; options ``soft_epochs``
-    (default 3), ``soft_lr`` (default 0.01) and ``progress`` (default True)."""
+    (default 3), ``soft_lr`` (default 0.01), ``mask_gradients`` (the method's official code) and
+    ``progress`` (default True). After :meth:`prune`, ``history`` holds every selection."""
 
     criterion = "l2"
+    mask_gradients = False
     defaults: ClassVar[dict[str, Any]] = {
         "soft_epochs": DEFAULT_SOFT_EPOCHS,
         "soft_lr": DEFAULT_SOFT_LR,
+        "mask_gradients": False,
     }
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, list[int]]] = []
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
-        pruner = SoftPruner(ctx.model, ctx.example_input, ctx.target, self.criterion)
+        if opts["soft_epochs"] < 0:
+            raise ConfigError(
+                f"option 'soft_epochs' of method {self.id!r} must be >= 0, "
+                f"got {opts['soft_epochs']!r}"
+            )
+        target = ctx.target.require("flops", "params", method=self.id)
+        pruner = SoftPruner(
+            ctx.model,
+            ctx.example_input,
+            target,
+            self.criterion,
+            mask_gradients=opts["mask_gradients"],
+        )
         if opts["soft_epochs"] > 0:
             config = TrainConfig(
                 epochs=opts["soft_epochs"],
                 lr=opts["soft_lr"],
                 batch_size=ctx.batch_size,
                 seed=ctx.seed,
+                schedule="constant",
+                nesterov=NESTEROV,
+                weight_decay=WEIGHT_DECAY,
             )
             pruner.train(ctx.train_set, config, progress=opts["progress"])
-        return pruner.finish()
+        report = pruner.finish()
+        self.history = pruner.history
+        return report
 
 
 __all__ = ["DEFAULT_SOFT_EPOCHS", "DEFAULT_SOFT_LR", "SoftPruner", "SoftPruningMethod"]
