@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+from typing import Any, ClassVar
 
 import pytest
 import torch
 
-from prunekit import methods, workflow
+from nets import ConvBNNet, random_data
+from prunekit import masks, methods, workflow
 from prunekit.cli import main
 from prunekit.errors import ConfigError, UnknownNameError
+from prunekit.methods import fine_grained, options
+from prunekit.methods.initialisation import reinitialise
 
 
 def test_every_catalogue_entry_is_listed_with_a_status() -> None:
@@ -82,28 +88,72 @@ def test_target_params_overrides_the_default_flops_target(tmp_path) -> None:
     assert "target_flops" not in metrics
 
 
-def test_method_options_are_typed_and_unknown_ones_named() -> None:
-    method = methods.get("sfp")
+def test_method_options_are_typed_bounded_and_unknown_ones_named() -> None:
+    method = methods.get("magnitude")
     ctx = methods.Context(torch.nn.Linear(2, 2), torch.randn(1, 2), [], [], {"target_flops": 0.5})
-    ctx.options = {"soft_epochs": "2", "soft_lr": "0.5", "progress": "false"}
-    assert method.options(ctx) == {"soft_epochs": 2, "soft_lr": 0.5, "progress": False}
-    ctx.options = {"soft_epoch": 2}
-    with pytest.raises(ConfigError, match=r"no option 'soft_epoch'.*soft_epochs=3"):
+    ctx.options = {"rounds": "2", "lr": "0.5", "progress": "false"}
+    opts = method.options(ctx)
+    assert opts.as_dict() == {"rounds": 2, "epochs": 1, "lr": 0.5, "progress": False}
+    assert (opts.rounds, opts["lr"]) == (2, 0.5)  # attributes, and keys for dict-style code
+    assert opts.non_default() == {"rounds": 2, "lr": 0.5, "progress": False}
+    ctx.options = {"round": 2}
+    with pytest.raises(ConfigError, match=r"no option 'round'.*rounds=3"):
         method.options(ctx)
-    ctx.options = {"soft_epochs": "2.5"}
-    with pytest.raises(ConfigError, match=r"'soft_epochs'.*expects int"):
+    ctx.options = {"rounds": "2.5"}
+    with pytest.raises(ConfigError, match=r"'rounds' of method 'magnitude' expects int"):
         method.options(ctx)
+    ctx.options = {"rounds": 0}
+    with pytest.raises(ConfigError, match=r"'rounds' of method 'magnitude' must be in \[1, inf\)"):
+        method.options(ctx)
+    ctx.options = {"lr": 0.0}  # an open bound
+    with pytest.raises(ConfigError, match=r"'lr' of method 'magnitude' must be in \(0, inf\)"):
+        method.options(ctx)
+    ctx.options = {"retrain_epochs": "3"}  # the name before the rename still reads
+    assert method.options(ctx).epochs == 3
+
+
+def test_options_convert_optional_values_and_choices() -> None:
+    assert methods.get("hrank").resolve({"calib_batches": "none"})["calib_batches"] is None
+    assert methods.get("hrank").resolve({"calib_batches": "3"})["calib_batches"] == 3
+
+    @dataclasses.dataclass(frozen=True)
+    class Demo(options.Options):
+        scope: str = options.option("layer", help="x", choices=("layer", "global"))
+        frac: float = options.option(0.5, help="y", low=0, high=1, high_open=True)
+
+    assert Demo.from_mapping({"scope": "global", "frac": "0"}).scope == "global"
+    with pytest.raises(ConfigError, match="'scope' must be one of layer, global; got 'all'"):
+        Demo.from_mapping({"scope": "all"})
+    with pytest.raises(ConfigError, match=r"'frac' must be in \[0, 1\), got 1.0"):
+        Demo.from_mapping({"frac": 1})
+    rows = {r.name: r for r in Demo.describe()}
+    assert rows["frac"].bounds == "[0, 1)" and rows["scope"].bounds == "one of layer, global"
+
+
+def test_legacy_defaults_still_convert() -> None:
+    class Legacy(methods.Method):
+        id = "legacy_demo"
+        defaults: ClassVar[dict[str, Any]] = {"steps": 3, "name": "a", "flag": False}
+
+    opts = Legacy().resolve({"steps": "4", "flag": "yes"})
+    assert opts == {"progress": True, "steps": 4, "name": "a", "flag": True}
+    with pytest.raises(ConfigError, match="'steps' of method 'legacy_demo' expects int"):
+        Legacy().resolve({"steps": "x"})
 
 
 def test_method_card_and_option_flags(capsys, tmp_path) -> None:
-    assert main(["methods", "--show", "sfp"]) == 0
+    assert main(["methods", "--show", "magnitude"]) == 0
     out = capsys.readouterr().out
-    assert "Soft Filter Pruning" in out and "soft_epochs = 3" in out and "implemented" in out
+    assert "Learning both Weights" in out and "implemented" in out
+    row = next(line for line in out.splitlines() if line.startswith("| rounds "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["rounds", "int", "3", "[1, inf)"] and cells[5].startswith("prunekit")
     assert main(["methods", "--show", "metapruning"]) == 0
     assert "planned" in capsys.readouterr().out
-    argv = ["prune", "--model", "lenet5", "--method", "sfp", "--epochs", "1", "--no-progress"]
-    assert main([*argv, "--option", "soft_epochs=x", "--out", str(tmp_path)]) == 1
-    assert "'soft_epochs' of method 'sfp' expects int" in capsys.readouterr().err
+    argv = ["prune", "--model", "lenet5", "--method", "magnitude", "--epochs", "1"]
+    argv += ["--no-progress", "--target-sparsity", "0.5"]
+    assert main([*argv, "--option", "rounds=x", "--out", str(tmp_path)]) == 1
+    assert "'rounds' of method 'magnitude' expects int" in capsys.readouterr().err
     assert main(["prune", "--option", "a=1", "--out", str(tmp_path)]) == 1
     assert "--option needs --method" in capsys.readouterr().err
 
@@ -116,3 +166,117 @@ def test_targets_follow_the_method_type() -> None:
     with pytest.raises(ConfigError, match="--target-sparsity is for unstructured methods"):
         workflow.PruneConfig(method="hrank", target_sparsity=0.5).target()
     assert workflow.PruneConfig(method="hrank").target() == {"target_flops": 0.5}
+
+
+# ----------------------------------------------------------------------------- machinery
+
+
+def _train_ctx(model: torch.nn.Module, work_dir: Any = None) -> methods.Context:
+    data = random_data(24)
+    return methods.Context(
+        model,
+        data[0][0][None],
+        data,
+        data,
+        {"target_sparsity": 0.5},
+        batch_size=8,
+        work_dir=work_dir,
+    )
+
+
+def _gradual(model: torch.nn.Module) -> masks.ScheduledMagnitudePruner:
+    schedule = masks.GradualCubic(0.0, 0.6, 0, 5, 1)  # a new mask at steps 1..5 (3 steps per epoch)
+    pruner = masks.ScheduledMagnitudePruner(schedule, ["c1.weight", "c2.weight"])
+    pruner.prepare(model)
+    return pruner
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_context_train_resumes_a_killed_phase_with_its_pruner(tmp_path) -> None:
+    torch.manual_seed(0)
+    reference = ConvBNNet()
+    killed = copy.deepcopy(reference)
+    resumed = copy.deepcopy(reference)
+    pruner = _gradual(reference)
+    _train_ctx(reference).train(reference, 2, 0.05, name="phase", callbacks=[pruner])
+
+    def kill(event: str, state: dict[str, Any]) -> None:
+        if event == "step_end" and state["step"] == 4:  # inside epoch 2, after its checkpoint
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        _train_ctx(killed, tmp_path).train(
+            killed, 2, 0.05, name="phase", callbacks=[_gradual(killed), kill]
+        )
+    assert (tmp_path / "phase.pt").exists() and (tmp_path / "phase.state.pt").exists()
+    again = _gradual(resumed)  # a fresh pruner: its state comes from the run folder
+    _train_ctx(resumed, tmp_path).train(resumed, 2, 0.05, name="phase", callbacks=[again])
+    assert again.history == pruner.history and len(again.history) == 5  # steps 1..5
+    for (k, a), (_, b) in zip(
+        reference.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), k
+    # a finished phase is restored, not trained again
+    before = {k: v.clone() for k, v in resumed.state_dict().items()}
+    _train_ctx(resumed, tmp_path).train(resumed, 2, 0.05, name="phase", callbacks=[again])
+    assert all(torch.equal(before[k], v) for k, v in resumed.state_dict().items())
+
+
+def test_pruner_state_round_trip_restores_unpruned_entries() -> None:
+    model = ConvBNNet()
+    pruner = _gradual(model)
+    pruner.prune_to(0, 0.2)
+    state = pruner.state_dict()
+    pruner.prune_to(1, 0.6)  # prunes more
+    pruner.load_state_dict(state)  # back to 20%: entries pruned since come back
+    rows = masks.report(model)["layers"]
+    assert rows["c1.weight"]["sparsity"] == pytest.approx(0.2, abs=0.02)
+    assert pruner.history == [(0, 0.2, pytest.approx(0.2, abs=0.02))]
+
+
+def test_straight_through_mask_passes_the_gradient_to_masked_entries() -> None:
+    layer = torch.nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0, 3.0]]))
+    st = masks.attach_straight_through(layer, torch.tensor([[1.0, 0.0, 1.0]]))
+    x = torch.tensor([[1.0, 1.0, 1.0]])
+    out = layer(x).sum()
+    assert float(out) == 4.0  # the masked entry does not contribute
+    out.backward()
+    grad = layer.parametrizations.weight.original.grad
+    assert torch.equal(grad, torch.ones(1, 3))  # ... yet it receives the gradient
+    st.set(torch.ones(1, 3))
+    assert float(layer(x).sum()) == 6.0
+
+
+def test_reinitialise_runs_the_architecture_init_after_the_layer_defaults() -> None:
+    class Arch(ConvBNNet):
+        def init_weights(self) -> None:
+            torch.nn.init.constant_(self.c1.weight, 0.5)
+
+    model = Arch()
+    masks.apply_masks(model, {"c2.weight": masks.Mask(torch.zeros_like(model.c2.weight))})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(7.0)
+    reinitialise(model, seed=3)
+    assert bool((model.c1.weight == 0.5).all())  # the architecture's own routine
+    assert not bool((model.fc.weight == 7.0).any())  # every other layer's own defaults
+    assert bool((model.c2.weight == 0).all())  # the mask stays in force
+    other = Arch()
+    reinitialise(other, seed=3)
+    assert torch.equal(other.fc.weight, model.fc.weight)  # seeded
+
+
+def test_sparsity_accounting_counts_zeros_already_in_protected_layers() -> None:
+    model = ConvBNNet()
+    with torch.no_grad():
+        model.fc.weight[:, :6] = 0  # half of the protected classifier is zero already
+    share = fine_grained.covered_sparsity(model, 0.5)
+    names = list(fine_grained.targets(model, "x"))
+    assert share == fine_grained.share_of_targets(model, names, 0.5)
+    fine_grained.magnitude_prune(model, 0.5, "global")
+    assert methods.SparsityReport.measure(model, 0).sparsity == pytest.approx(0.5, abs=1e-3)

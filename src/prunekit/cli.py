@@ -191,8 +191,11 @@ def _method_card(method_id: str) -> str:
         "",
         "options (--option KEY=VALUE):",
     ]
-    opts = {**cls.defaults, "progress": True}
-    lines += [f"  {k} = {v!r}" for k, v in opts.items()]
+    rows = [
+        [o.name, o.type, repr(o.default), o.bounds, o.help, o.source]
+        for o in cls.options_class().describe()
+    ]
+    lines.append(markdown_table(["option", "type", "default", "bounds", "help", "source"], rows))
     return "\n".join(lines)
 
 

@@ -1,7 +1,9 @@
 """Fine-grained sparsity masks: element, kernel, channel, n:m and 1xN patterns under several scopes.
 
 :func:`prune` computes and applies masks (as parametrizations, so training keeps pruned weights at
-exactly zero); :func:`finalize` bakes them in; :func:`report` counts what is left.
+exactly zero); :func:`finalize` bakes them in; :func:`report` counts what is left. Pruning during
+training follows one protocol (:class:`Pruner`: ``prepare / step / state_dict``, driven by a
+sparsity schedule); masks whose pruned weights keep learning use :class:`StraightThroughMask`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from prunekit.masks.apply import apply_masks, finalize, get_masks
 from prunekit.masks.engine import PRUNABLE, prunable_layers, prune, select_targets
 from prunekit.masks.granularity import GRANULARITIES, PatternOptions
 from prunekit.masks.mask import Mask, MaskParametrization
+from prunekit.masks.pruner import Pruner, ScheduledMagnitudePruner
 from prunekit.masks.report import report
 from prunekit.masks.schedules import (
     SCHEDULES,
@@ -22,6 +25,12 @@ from prunekit.masks.schedules import (
 )
 from prunekit.masks.scope import SCOPES, erk_densities, lamp_scores
 from prunekit.masks.store import load_masks, save_masks
+from prunekit.masks.straight_through import (
+    StraightThroughMask,
+    attach_straight_through,
+    channel_shape,
+    straight_through,
+)
 from prunekit.masks.torch_prune import from_torch_prune, to_torch_prune
 
 __all__ = [
@@ -36,8 +45,13 @@ __all__ = [
     "OneCycle",
     "OneShot",
     "PatternOptions",
+    "Pruner",
+    "ScheduledMagnitudePruner",
     "SparsitySchedule",
+    "StraightThroughMask",
     "apply_masks",
+    "attach_straight_through",
+    "channel_shape",
     "erk_densities",
     "finalize",
     "from_torch_prune",
@@ -50,5 +64,6 @@ __all__ = [
     "report",
     "save_masks",
     "select_targets",
+    "straight_through",
     "to_torch_prune",
 ]

@@ -1,27 +1,81 @@
-"""What a pruning method is in prunekit, and the registry that maps catalogue ids to methods.
+"""What a pruning method is in prunekit, the registry that maps catalogue ids to methods, and how
+to add one.
 
-A method gets a :class:`Context` (the trained model, example input, data, target) and prunes the
-model in place, ending in physical removal through the structural core. Only methods whose code
-does their paper's defining computation are registered; every other catalogue entry is listed as
-planned and refuses to run.
+A method gets a :class:`Context` (the trained model, example input, data, target, options) and
+prunes the model in place: a structured method ends in physical removal through the structural
+core and returns a :class:`~prunekit.prune.PruneReport`; an unstructured one leaves masks
+attached and returns a :class:`SparsityReport`. Only methods whose code does their paper's
+defining computation are registered; every other catalogue entry is listed as planned and refuses
+to run.
+
+Adding a method: one file
+-------------------------
+A method is one file, ``src/prunekit/methods/<id>.py``, named by its catalogue id
+(``catalogue.json``); the package imports every such file, and :func:`register_method` refuses a
+method defined anywhere else. The file reads top to bottom like the paper's algorithm box:
+
+1. **Module docstring**: the citation, the paper's computation step by step, what is computed
+   here, every deviation from the paper, and the source of every default (paper section or the
+   authors' official code file). ``docs/fidelity.md`` has the same four headings per method.
+2. **Options**: a frozen dataclass deriving from :class:`prunekit.methods.options.Options`, one
+   :func:`~prunekit.methods.options.option` per setting with ``help``, ``source`` and bounds.
+   Use the shared names (``epochs``, ``lr``, ``momentum``, ``weight_decay``, ``schedule``,
+   ``scope``, ``calib_batches``) where they mean the same thing. ``--option KEY=VALUE``, a spec's
+   ``options:`` and ``prunekit methods --show <id>`` all read this class; values arrive converted
+   and checked, so ``prune`` does not re-validate them.
+3. **The computation**: small functions for the paper's equations (each testable on a case small
+   enough to work out by hand), composed from the shared machinery rather than copied:
+   criteria in :mod:`prunekit.criteria` (activation statistics at the tensor the next layer
+   reads), channel selection and removal in :mod:`prunekit.prune`, masks and sparsity schedules
+   in :mod:`prunekit.masks`, training through :meth:`Context.train`, least squares and chains in
+   :mod:`prunekit.methods.reconstruct` / :mod:`prunekit.methods.common`.
+4. **The class**::
+
+       @register_method("my_id")
+       class MyMethod(Method):
+           # docstring: one paragraph, what it computes
+
+           Options = MyOptions
+
+           def prune(self, ctx: Context) -> PruneReport:
+               opts = self.options(ctx)          # a MyOptions instance
+               target = ctx.target.require("flops", "params", method=self.id)
+               ...
+
+   ``ctx.target`` is a :class:`~prunekit.targets.Target`, validated once; a method checks only
+   that its kind fits (:meth:`~prunekit.targets.Target.require`).
+5. **Tests**: ``tests/test_every_method.py`` runs every registered method on a residual, a
+   depthwise and a plain 1-D network (target reached, report returned, save/load equal) with no
+   work from you; add ``tests/test_method_<id>.py`` with a hand-computed case that a magnitude
+   rule would get wrong.
+
+Methods that have not moved to an ``Options`` class yet declare a ``defaults`` dict; it is
+turned into an ``Options`` class on the fly (types from the default values, no bounds or help).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from prunekit.errors import ConfigError
+from prunekit.errors import CheckpointError, ConfigError
+from prunekit.io import atomic_torch_save
 from prunekit.methods.catalogue import CatalogueEntry, catalogue, entry
+from prunekit.methods.options import Options, from_defaults
 from prunekit.prune import PruneReport
 from prunekit.registry import Registry
 from prunekit.targets import Target
+from prunekit.train import Callback, TrainConfig, TrainResult, fit
+from prunekit.train import distributed as dist_
+from prunekit.train.checkpoint import load_checkpoint
 
 
 @dataclass
@@ -40,9 +94,78 @@ class Context:
     batch_size: int = 64
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    work_dir: Path | None = None  # where the method's own training phases checkpoint
 
     def __post_init__(self) -> None:
         self.target = Target.of(self.target)
+        if self.work_dir is not None:
+            self.work_dir = Path(self.work_dir)
+
+    def train(
+        self,
+        model: nn.Module,
+        epochs: int,
+        lr: float,
+        *,
+        name: str,
+        callbacks: Sequence[Callback] = (),
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        schedule: str = "cosine",
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> TrainResult:
+        """Train ``model`` in place on the training set: the one way a method trains.
+
+        :func:`prunekit.train.fit` with SGD (``momentum``, ``weight_decay``), the learning-rate
+        ``schedule`` peaking at ``lr``, the run's batch size and ``seed`` (default: the run's);
+        the masks on the model stay attached, so pruned weights stay zero. ``callbacks`` are
+        fit's (``cb(event, state)``); a callback with ``state_dict`` / ``load_state_dict`` (an
+        in-training pruner, :class:`prunekit.masks.Pruner`) has its state saved with every
+        epoch.
+
+        With :attr:`work_dir`, the phase ``name`` checkpoints to ``work_dir/<name>.pt`` after
+        every epoch, so a killed run resumes it (and a finished phase is restored, not
+        retrained); names must be unique within a method's run. The model goes back to the
+        device it came from. ``epochs == 0`` does nothing.
+        """
+        if epochs < 0:
+            raise ConfigError(f"training epochs of {name!r} must be >= 0, got {epochs}")
+        if epochs == 0:
+            return TrainResult()
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ConfigError(f"learning rate of {name!r} must be a finite number > 0, got {lr!r}")
+        config = TrainConfig(
+            epochs=epochs,
+            batch_size=self.batch_size,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            seed=self.seed if seed is None else seed,
+        )
+        callbacks = list(callbacks)
+        checkpoint = None
+        if self.work_dir is not None:
+            checkpoint = self.work_dir / f"{name}.pt"
+            stateful = [cb for cb in callbacks if _is_stateful(cb)]
+            if stateful:
+                callbacks.append(
+                    _StateKeeper(stateful, self.work_dir / f"{name}.state.pt", checkpoint)
+                )
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+        try:
+            return fit(
+                model,
+                self.train_set,
+                config,
+                checkpoint=checkpoint,
+                progress=progress,
+                callbacks=callbacks,
+            )
+        finally:
+            model.to(device)
 
     def calibration(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The first ``calib_batches`` batches of a seeded shuffle of the training set (the same
@@ -92,6 +215,42 @@ class SparsityReport:
         }
 
 
+def _is_stateful(callback: Any) -> bool:
+    return callable(getattr(callback, "state_dict", None)) and callable(
+        getattr(callback, "load_state_dict", None)
+    )
+
+
+class _StateKeeper:
+    """A fit callback saving the states of stateful callbacks after every epoch, keyed by epoch
+    (the last two kept: fit checkpoints right after the callbacks run, so the checkpoint's epoch
+    is always one of them); on creation it loads the states matching an existing checkpoint."""
+
+    def __init__(self, stateful: list[Any], path: Path, checkpoint: Path) -> None:
+        self.stateful, self.path = stateful, path
+        self.saved: dict[int, list[Any]] = {}
+        if checkpoint.exists():
+            done = int(load_checkpoint(checkpoint)["epoch"])
+            if self.path.exists():
+                self.saved = torch.load(self.path, weights_only=True)
+            if done not in self.saved:
+                raise CheckpointError(
+                    f"cannot resume {checkpoint}: {self.path} holds no state for epoch {done} "
+                    "of the callbacks that prune during training"
+                )
+            for cb, state in zip(self.stateful, self.saved[done], strict=True):
+                cb.load_state_dict(state)
+
+    def __call__(self, event: str, state: dict[str, Any]) -> None:
+        if event != "epoch_end":
+            return
+        self.saved[int(state["epoch"])] = [cb.state_dict() for cb in self.stateful]
+        for old in sorted(self.saved)[:-2]:
+            del self.saved[old]
+        if dist_.rank() == 0:
+            atomic_torch_save(self.saved, self.path)
+
+
 def count_nonzero(model: nn.Module) -> int:
     """Non-zero conv / Linear weights of ``model`` (what :class:`SparsityReport` counts)."""
     from prunekit.masks import report
@@ -102,42 +261,34 @@ def count_nonzero(model: nn.Module) -> int:
 class Method:
     """Base class: subclasses implement :meth:`prune` and are registered under a catalogue id.
 
-    ``defaults`` lists the method's options with their default values (the paper's, where the
-    paper gives one; the docstring says which); :meth:`options` merges ``ctx.options`` over them.
+    ``Options`` is the method's options dataclass (see the module docstring); a method not yet
+    converted lists ``defaults`` instead. :meth:`options` reads ``ctx.options`` through it.
     """
 
     id: str = ""
+    Options: ClassVar[type[Options] | None] = None
     defaults: ClassVar[dict[str, Any]] = {}
 
-    def options(self, ctx: Context) -> dict[str, Any]:
-        """:meth:`resolve` of ``ctx.options``."""
-        return self.resolve(ctx.options)
+    @classmethod
+    def options_class(cls) -> type[Options]:
+        """``Options``, or one made from the legacy ``defaults`` dict."""
+        if cls.Options is not None:
+            return cls.Options
+        return from_defaults(cls.id, cls.defaults)
+
+    def options(self, ctx: Context) -> Options:
+        """``ctx.options`` over the defaults, converted and bounds-checked (read ``opts.lr`` or
+        ``opts["lr"]``)."""
+        return self.options_class().from_mapping(ctx.options, self.id)
 
     def resolve(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """``defaults`` updated by ``options``, each value converted to its default's type.
+        """The defaults updated by ``options``, each value converted and checked, as a dict.
 
-        An option the method does not have, or a value of the wrong kind, is a
+        An option the method does not have, or a value of the wrong kind or out of bounds, is a
         :class:`~prunekit.errors.ConfigError` naming it and what was expected. ``progress``
         (show progress bars, default True) is accepted by every method.
         """
-        known = {"progress": True, **self.defaults}
-        out = dict(known)
-        for key, value in options.items():
-            if key not in known:
-                raise ConfigError(
-                    f"method {self.id!r} has no option {key!r}; its options: "
-                    + (", ".join(f"{k}={v!r}" for k, v in known.items()))
-                )
-            default = known[key]
-            try:
-                value = _convert(value, default)
-            except (TypeError, ValueError):
-                raise ConfigError(
-                    f"option {key!r} of method {self.id!r} expects {type(default).__name__} "
-                    f"(default {default!r}), got {value!r}"
-                ) from None
-            out[key] = value
-        return out
+        return self.options_class().from_mapping(options, self.id).as_dict()
 
     @property
     def citation(self) -> CatalogueEntry:
@@ -145,33 +296,6 @@ class Method:
 
     def prune(self, ctx: Context) -> PruneReport:
         raise NotImplementedError
-
-
-def _convert(value: Any, default: Any) -> Any:
-    """``value`` as the type of ``default`` (a string from the command line, or a number)."""
-    if isinstance(default, bool):
-        return _to_bool(value)
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(default, int):
-        number = float(value)
-        if not number.is_integer():
-            raise ValueError(value)
-        return int(number)
-    if isinstance(default, float):
-        return float(value)
-    return value if default is None else type(default)(value)
-
-
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(value)
 
 
 METHODS: Registry[type[Method]] = Registry("pruning method")

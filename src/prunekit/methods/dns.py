@@ -31,6 +31,7 @@ from torch.nn.utils import parametrize
 from prunekit import masks
 from prunekit.errors import ConfigError
 from prunekit.masks.scope import global_keep
+from prunekit.masks.straight_through import StraightThroughMask
 from prunekit.methods.base import Context, Method, SparsityReport, count_nonzero, register_method
 from prunekit.methods.fine_grained import (
     Weights,
@@ -43,30 +44,14 @@ from prunekit.methods.fine_grained import (
 from prunekit.methods.retraining import retrain
 
 
-class _StraightThrough(torch.autograd.Function):
-    """``w * t`` forward; the gradient reaches every entry of ``w`` unchanged."""
-
-    @staticmethod
-    def forward(ctx: Any, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return weight * mask
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad, None
-
-
-class SurgeryMask(nn.Module):
+class SurgeryMask(StraightThroughMask):
     """Parametrization ``w -> w * T`` whose backward is the identity (Dynamic Network Surgery):
     pruned weights keep receiving the gradient of the masked weight. ``T`` is a float 0/1
     buffer; ``low`` / ``high`` are the thresholds ``a`` / ``b``."""
 
     def __init__(self, shape: torch.Size, low: float, high: float) -> None:
-        super().__init__()
-        self.register_buffer("mask", torch.ones(shape))
+        super().__init__(torch.ones(shape))
         self.low, self.high = float(low), float(high)
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return _StraightThrough.apply(weight, self.mask.to(weight.dtype))
 
     @torch.no_grad()
     def update(self, weight: torch.Tensor) -> None:

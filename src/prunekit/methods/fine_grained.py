@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 
 from prunekit import masks
 from prunekit.errors import ConfigError
-from prunekit.masks.engine import prunable_layers, weight_name
+from prunekit.masks.engine import weight_name
 from prunekit.methods.base import Context
 
 SCOPES = ("global", "layer")
@@ -74,17 +74,11 @@ def share_of_targets(model: nn.Module, names: Iterable[str], sparsity: float) ->
 
 
 def covered_sparsity(model: nn.Module, overall: float) -> float:
-    """The sparsity to ask of the pruned layers so that ``overall`` of all conv / Linear weights
-    (protected layers included, as :class:`SparsityReport` counts them) are zero."""
-    total = sum(m.weight.numel() for m in prunable_layers(model).values())
-    covered = sum(m.weight.numel() for m in targets(model, "").values())
-    s = overall * total / covered
-    if s >= 1.0:
-        raise ConfigError(
-            f"target_sparsity {overall} cannot be met: the prunable layers hold {covered} of "
-            f"{total} conv/Linear weights (the protected layers stay dense)"
-        )
-    return s
+    """The sparsity to ask of the pruned layers (the masks engine's default choice) so that
+    ``overall`` of all conv / Linear weights are zero, counted as :class:`SparsityReport` counts
+    them (protected layers and the zeros already in them included): :func:`share_of_targets`
+    of those layers."""
+    return share_of_targets(model, targets(model, ""), overall)
 
 
 def stored_weight(module: nn.Module) -> torch.Tensor:

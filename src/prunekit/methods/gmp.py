@@ -15,11 +15,7 @@ quarter to recover, as the paper's runs leave time after the last update),
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any, ClassVar
-
-import torch
-from torch import nn
 
 from prunekit import masks
 from prunekit.errors import ConfigError
@@ -31,35 +27,6 @@ from prunekit.methods.fine_grained import (
     target_sparsity,
     targets,
 )
-from prunekit.methods.retraining import retrain
-
-
-class GradualPruner:
-    """A :func:`prunekit.train.fit` callback pruning by magnitude on ``schedule``'s steps;
-    ``history`` records ``(step, target, sparsity measured over the pruned layers)``."""
-
-    def __init__(
-        self,
-        schedule: masks.SparsitySchedule,
-        names: Sequence[str],
-        scope: str,
-    ) -> None:
-        self.schedule, self.names, self.scope = schedule, list(names), scope
-        self.history: list[tuple[int, float, float]] = []
-
-    def prune_to(self, model: nn.Module, step: int, sparsity: float) -> None:
-        masks.prune(model, sparsity, scope=self.scope, include=self.names)
-        rows = masks.report(model)["layers"]
-        params = sum(rows[n]["params"] for n in self.names)
-        zeros = sum(rows[n]["params"] - rows[n]["nonzero"] for n in self.names)
-        self.history.append((step, sparsity, zeros / params))
-
-    def __call__(self, event: str, state: dict[str, Any]) -> None:
-        if event != "step_end":
-            return
-        step = state["step"]
-        if self.schedule.is_pruning_step(step):
-            self.prune_to(state["model"], step, self.schedule.get_sparsity(step))
 
 
 @register_method("gmp")
@@ -104,25 +71,20 @@ class GradualMagnitudePruning(Method):
         t0 = math.floor(begin * steps)
         t1 = max(t0 + 1, round(end * steps))
         schedule = masks.GradualCubic(0.0, share, t0, t1, opts["gmp_frequency"])
-        pruner = GradualPruner(schedule, list(layers), opts["gmp_scope"])
-        # all-ones masks first, so pruning inside training changes mask buffers only, never
-        # the parameters the optimizer holds
-        masks.apply_masks(
+        pruner = masks.ScheduledMagnitudePruner(schedule, list(layers), opts["gmp_scope"])
+        pruner.prepare(model)
+        ctx.train(
             model,
-            {n: masks.Mask(torch.ones_like(m.weight, dtype=torch.bool)) for n, m in layers.items()},
-        )
-        retrain(
-            model,
-            ctx,
             opts["gmp_epochs"],
             opts["gmp_lr"],
+            name="gmp",
             callbacks=[pruner],
             progress=opts["progress"],
         )
         if not pruner.history or pruner.history[-1][1] != share:
-            pruner.prune_to(model, steps, share)  # no training, or too few steps to reach s_f
+            pruner.prune_to(steps, share)  # no training, or too few steps to reach s_f
         self.history = pruner.history
         return SparsityReport.measure(model, before)
 
 
-__all__ = ["GradualMagnitudePruning", "GradualPruner"]
+__all__ = ["GradualMagnitudePruning"]

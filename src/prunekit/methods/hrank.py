@@ -8,9 +8,23 @@ Feature Map" (CVPR 2020).
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 from prunekit.criteria.hrank import HRank
 from prunekit.methods.base import Context, Method, register_method
+from prunekit.methods.options import Options, option
 from prunekit.prune import PruneReport, prune_channels
+
+
+@dataclass(frozen=True)
+class HRankOptions(Options):
+    calib_batches: int | None = option(
+        None,
+        help="training batches the ranks are averaged over (None: the run's calib_batches)",
+        source="official rank_generation.py: --limit 5 batches of --train_batch_size 128",
+        low=1,
+    )
 
 
 @register_method("hrank")
@@ -20,7 +34,12 @@ class HRankMethod(Method):
     fine-tuned. The paper estimates ranks from 500 images (5 batches of 100 on CIFAR); here
     ``calib_batches`` batches of the run's batch size. Per-layer scope, as in the paper."""
 
+    Options = HRankOptions
+
     def prune(self, ctx: Context) -> PruneReport:
+        opts = self.options(ctx)
+        if opts.calib_batches is not None:
+            ctx = dataclasses.replace(ctx, calib_batches=opts.calib_batches)
         criterion = HRank(ctx.calibration())
         return prune_channels(
             ctx.model,

@@ -32,19 +32,9 @@ from prunekit.methods.fine_grained import (
     magnitude_prune,
     target_sparsity,
 )
+from prunekit.methods.initialisation import reinitialise
 from prunekit.methods.retraining import Retraining, restore, snapshot, val_top1
 from prunekit.train import Callback, TrainResult
-
-
-def reinitialise(model: nn.Module, seed: int) -> None:
-    """``reset_parameters()`` of every module that has one, in registration order, under
-    ``torch.manual_seed(seed)`` (the global RNG state is restored afterwards)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in model.modules():
-            reset = getattr(module, "reset_parameters", None)
-            if callable(reset):
-                reset()
 
 
 def lth_schedule(target: float, rate: float) -> list[float]:
@@ -212,4 +202,4 @@ class LotteryTicket(Retraining):
         atomic_write_json({"method": self.id, "rounds": rows}, path)
 
 
-__all__ = ["LotteryTicket", "lth_schedule", "reinitialise"]
+__all__ = ["LotteryTicket", "lth_schedule"]

@@ -10,7 +10,7 @@ normalised magnitudes (the value a bisection over ``q`` converges to, found exac
 the threshold are broken by position so the count is exact). ``std`` is the population
 standard deviation of the layer's weights still kept when the round starts. Round targets
 follow :class:`prunekit.masks.Iterative` (the same fraction of the remaining weights each
-round, ``s_r = 1 - (1 - s)^(r / rounds)``). Options: ``rounds`` (3), ``retrain_epochs`` per
+round, ``s_r = 1 - (1 - s)^(r / rounds)``). Options: ``rounds`` (3), ``epochs`` of retraining per
 round (1), ``lr`` (0.01: the paper retrains at 1/10 to 1/100 of the original rate). The
 paper's dropout-ratio adjustment and its L1/L2 choice for retraining are not reproduced
 (retraining uses weight decay 5e-4). Retraining follows every round, the last one included.
@@ -19,7 +19,8 @@ paper's dropout-ratio adjustment and its L1/L2 choice for retraining are not rep
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -28,13 +29,11 @@ from prunekit.masks.scope import global_keep
 from prunekit.methods.base import Context, Method, SparsityReport, count_nonzero, register_method
 from prunekit.methods.fine_grained import (
     Weights,
-    check_nonnegative,
-    check_positive_int,
     share_of_targets,
     target_sparsity,
     targets,
 )
-from prunekit.methods.retraining import retrain
+from prunekit.methods.options import Options, option
 
 
 def layer_std(weight: torch.Tensor, keep: torch.Tensor | None = None) -> float:
@@ -70,14 +69,38 @@ def quality_for(
     return quality, new_keep
 
 
+@dataclass(frozen=True)
+class MagnitudeOptions(Options):
+    renamed: ClassVar[dict[str, str]] = {"retrain_epochs": "epochs"}
+
+    rounds: int = option(
+        3,
+        help="prune-retrain rounds, the same fraction of the remaining weights each",
+        source="prunekit (the paper iterates until pruning stops being loss-free)",
+        low=1,
+    )
+    epochs: int = option(
+        1,
+        help="retraining epochs after each round (the last one included)",
+        source="prunekit (the paper retrains to convergence each round)",
+        low=0,
+    )
+    lr: float = option(
+        0.01,
+        help="retraining learning rate (SGD, momentum 0.9, weight decay 5e-4, cosine)",
+        source="paper: retraining at 1/10 to 1/100 of the original learning rate",
+        low=0,
+        low_open=True,
+    )
+
+
 @register_method("magnitude")
 class MagnitudePruning(Method):
     """Han et al. (NIPS 2015): iterative magnitude pruning with per-layer thresholds
     ``q * std(layer)``, one ``q`` solved per round to meet that round's target, retraining with
-    the masks after each round (options ``rounds`` 3, ``retrain_epochs`` 1, ``lr`` 0.01). See the
-    module docstring."""
+    the masks after each round. See the module docstring."""
 
-    defaults: ClassVar[dict[str, Any]] = {"rounds": 3, "retrain_epochs": 1, "lr": 0.01}
+    Options = MagnitudeOptions
 
     def __init__(self) -> None:
         self.qualities: list[float] = []
@@ -85,15 +108,13 @@ class MagnitudePruning(Method):
     def prune(self, ctx: Context) -> SparsityReport:
         opts = self.options(ctx)
         s = target_sparsity(ctx, self.id)
-        check_positive_int("rounds", opts["rounds"])
-        check_nonnegative("retrain_epochs", opts["retrain_epochs"])
         model = ctx.model
         before = count_nonzero(model)
         layers = targets(model, self.id)
         final = share_of_targets(model, layers, s)
-        schedule = masks.Iterative(final, opts["rounds"], 1) if final > 0 else None
+        schedule = masks.Iterative(final, opts.rounds, 1) if final > 0 else None
         self.qualities = []
-        for r in range(1, opts["rounds"] + 1):
+        for r in range(1, opts.rounds + 1):
             goal = schedule.sparsity(r) if schedule is not None else 0.0
             weights = {n: m.weight.detach() for n, m in layers.items()}
             keep = {n: w != 0 for n, w in weights.items()}
@@ -101,7 +122,7 @@ class MagnitudePruning(Method):
             quality, new_keep = quality_for(weights, keep, stds, goal)
             self.qualities.append(quality)
             masks.apply_masks(model, {n: masks.Mask(k) for n, k in new_keep.items()})
-            retrain(model, ctx, opts["retrain_epochs"], opts["lr"], progress=opts["progress"])
+            ctx.train(model, opts.epochs, opts.lr, name=f"round{r}", progress=opts.progress)
         return SparsityReport.measure(model, before)
 
 

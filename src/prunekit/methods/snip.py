@@ -32,6 +32,7 @@ from prunekit.methods.fine_grained import (
     target_sparsity,
     targets,
 )
+from prunekit.methods.initialisation import reinitialise
 from prunekit.methods.retraining import model_device
 
 
@@ -69,24 +70,6 @@ def weight_gradients(
     return grads
 
 
-def reinitialise(model: nn.Module, seed: int) -> None:
-    """Every submodule's ``reset_parameters`` (the model's own first, when it has one), under
-    ``seed``; masks already on the model are re-applied to the new weights."""
-    current = masks.get_masks(model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        own = getattr(model, "reset_parameters", None)
-        if callable(own):
-            own()
-        else:
-            for module in model.modules():
-                reset = getattr(module, "reset_parameters", None)
-                if callable(reset) and module is not model:
-                    reset()
-    if current:
-        masks.apply_masks(model, current)
-
-
 @register_method("snip")
 class SNIP(Method):
     """Lee et al. (ICLR 2019): single-shot pruning by connection sensitivity
@@ -117,4 +100,4 @@ class SNIP(Method):
         return SparsityReport.measure(model, before)
 
 
-__all__ = ["SNIP", "reinitialise", "sensitivity", "weight_gradients"]
+__all__ = ["SNIP", "sensitivity", "weight_gradients"]
