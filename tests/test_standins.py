@@ -25,6 +25,8 @@ MISSING: dict[str, str] = {
     "weight_standardised_convs": CONV_F + " that standardises its weight with F.batch_norm",
     "functional_params": "F.conv2d / F.batch_norm / F.prelu / F.linear on a module's own parameters (class 2)",
     "functional_misc": "F.conv1d / F.group_norm / F.conv_transpose1d / F.instance_norm on parameters (class 2)",
+    "functional_embedding": "F.embedding / F.layer_norm / F.linear on a module's own parameters (class 2)",
+    "functional_conv3d": "F.conv3d / F.conv_transpose2d on a module's own parameters (class 2)",
     "roll_shift": "torch.roll over spatial dims (class 3)",
     "shape_control_flow": CONV_F + " with padding computed from the input size (class 4)",
     "value_control_flow": "control flow on tensor values refuses the model instead of pinning that submodule (class 4)",

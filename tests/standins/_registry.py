@@ -39,17 +39,28 @@ class Standin:
     kind: str
     expect: str
     doc: str
+    vocab: int | None = None  # the first input is token ids below this, not a float tensor
 
     def example_inputs(self, seed: int = 0) -> tuple[torch.Tensor, ...]:
         gen = torch.Generator().manual_seed(seed)
-        return tuple(torch.randn(shape, generator=gen) for shape in self.inputs)
+        out = []
+        for i, shape in enumerate(self.inputs):
+            if i == 0 and self.vocab is not None:
+                out.append(torch.randint(0, self.vocab, shape, generator=gen))
+            else:
+                out.append(torch.randn(shape, generator=gen))
+        return tuple(out)
 
 
 STANDINS: dict[str, Standin] = {}
 
 
 def standin(
-    name: str, *inputs: tuple[int, ...], kind: str, expect: str = "exact"
+    name: str,
+    *inputs: tuple[int, ...],
+    kind: str,
+    expect: str = "exact",
+    vocab: int | None = None,
 ) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
     """Register a builder (a function of no arguments returning a fresh model)."""
     if kind not in KINDS or expect not in EXPECTS:
@@ -59,7 +70,7 @@ def standin(
         if name in STANDINS:
             raise ValueError(f"stand-in {name!r} registered twice")
         doc = (build.__doc__ or "").strip().splitlines()
-        STANDINS[name] = Standin(name, build, inputs, kind, expect, doc[0] if doc else "")
+        STANDINS[name] = Standin(name, build, inputs, kind, expect, doc[0] if doc else "", vocab)
         return build
 
     return decorator

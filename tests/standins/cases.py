@@ -159,6 +159,55 @@ def functional_misc() -> nn.Module:
     return FunctionalMix()
 
 
+class FunctionalTokens(nn.Module):
+    """A token model holding raw parameters: embedding table, LayerNorm and MLP weights."""
+
+    def __init__(self, vocab: int = 20, dim: int = 12, hidden: int = 16) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(vocab, dim))
+        self.ln_w = nn.Parameter(torch.rand(dim) + 0.5)
+        self.ln_b = nn.Parameter(torch.randn(dim) * 0.1)
+        self.w1 = nn.Parameter(torch.randn(hidden, dim) * 0.3)
+        self.b1 = nn.Parameter(torch.randn(hidden) * 0.1)
+        self.w2 = nn.Parameter(torch.randn(dim, hidden) * 0.3)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = F.embedding(tokens, self.table)
+        x = F.layer_norm(x, (x.shape[-1],), self.ln_w, self.ln_b)
+        x = x + F.linear(F.gelu(F.linear(x, self.w1, self.b1)), self.w2)
+        return self.head(x.mean(1))
+
+
+@standin("functional_embedding", (2, 7), kind="class2", vocab=20)
+def functional_embedding() -> nn.Module:
+    """F.embedding, F.layer_norm and F.linear on raw parameters of a token model."""
+    return FunctionalTokens()
+
+
+class FunctionalVolume(nn.Module):
+    """A volume reduced to a map: F.conv3d, then F.conv_transpose2d on held parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w3d = nn.Parameter(torch.randn(6, 2, 3, 3, 3) * 0.2)
+        self.b3d = nn.Parameter(torch.randn(6) * 0.1)
+        self.w_up = nn.Parameter(torch.randn(6, 4, 2, 2) * 0.3)  # (in, out, k, k)
+        self.b_up = nn.Parameter(torch.randn(4) * 0.1)
+        self.out = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(F.conv3d(x, self.w3d, self.b3d, padding=1)).mean(2)
+        x = F.relu(F.conv_transpose2d(x, self.w_up, self.b_up, stride=2))
+        return self.out(x)
+
+
+@standin("functional_conv3d", (2, 2, 4, 6, 6), kind="class2")
+def functional_conv3d() -> nn.Module:
+    """F.conv3d and F.conv_transpose2d with parameter and bias arguments."""
+    return FunctionalVolume()
+
+
 # ----------------------------------------------------------------------------- class 3
 
 
