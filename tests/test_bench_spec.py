@@ -52,7 +52,7 @@ measure: {latency: false, batch_sizes: [1, 8], onnx: true, threads: 2}
     assert spec.datasets == (DatasetSpec("digits", 28, None),)
     assert spec.methods[0] == MethodSpec("hrank", {})
     # option values are converted to the option's type
-    assert spec.methods[1] == MethodSpec("magnitude", {"rounds": 1, "retrain_epochs": 0})
+    assert spec.methods[1] == MethodSpec("magnitude", {"rounds": 1, "epochs": 0})
     assert spec.targets == Targets(flops=(0.3, 0.5), params=(), sparsity=(0.9,))
     assert spec.seeds == (0, 1, 2)
     assert (spec.baseline.epochs, spec.baseline.batch_size, spec.baseline.lr) == (2, 32, 0.01)

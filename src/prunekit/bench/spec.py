@@ -471,6 +471,7 @@ class _Validator:
             if not isinstance(val, (str, int, float, bool)):
                 raise self.error(key_path, f"expected a number, string or bool, got {_shown(val)}")
             try:
+                key = getattr(method, "option_name", lambda k: k)(key)  # renamed options
                 options[key] = method.resolve({key: val})[key]
             except ConfigError as e:
                 raise self.error(key_path, str(e)) from None

@@ -276,6 +276,11 @@ class Method:
             return cls.Options
         return from_defaults(cls.id, cls.defaults)
 
+    @classmethod
+    def option_name(cls, key: str) -> str:
+        """The current name of option ``key`` (an old name maps to its replacement)."""
+        return cls.options_class().renamed.get(key, key)
+
     def options(self, ctx: Context) -> Options:
         """``ctx.options`` over the defaults, converted and bounds-checked (read ``opts.lr`` or
         ``opts["lr"]``)."""
