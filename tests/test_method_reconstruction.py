@@ -109,7 +109,9 @@ def _vgg() -> nn.Sequential:
     """conv-bn-relu x3 -> max pool -> linear, with redundancy a refit can use: the second conv's
     filters (and BatchNorm) come in identical pairs, and the third conv reads the odd channel of
     each pair with half the weights of the even one. Removing an odd channel is then undone
-    exactly by scaling its partner's weights by 1.5."""
+    exactly by scaling its partner's weights by 1.5. The third conv is protected: the tests
+    follow the two conv-to-conv chains (its outputs, read through the flatten, would be a third
+    chain)."""
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1, bias=False),
         nn.BatchNorm2d(16),
@@ -136,6 +138,7 @@ def _vgg() -> nn.Sequential:
         for p in (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var):
             p[1::2] = p[0::2]
         model[6].weight[:, 1::2] = 0.5 * model[6].weight[:, 0::2]
+    model.protected_layers = ("6",)  # type: ignore[assignment]
     return model
 
 
@@ -157,8 +160,8 @@ def _ctx(model: nn.Module, **options: object) -> methods.Context:
 
 
 def _last_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The output of the third conv: the consumer of the last chain (the flattened classifier
-    input is not a chain, so the third conv keeps all its outputs)."""
+    """The output of the third conv: the consumer of the last chain (the third conv's own
+    outputs are protected, so it keeps all of them)."""
     seen = []
     handle = model[6].register_forward_hook(lambda m, a, out: seen.append(out))
     with torch.no_grad():
@@ -180,7 +183,7 @@ def test_method_meets_the_flops_target_and_refitting_reduces_the_error(method_id
     assert abs(report.flops_reduction - 0.4) <= 0.02
     assert measure.count_flops(model, x).flops == report.flops_after
     assert report.flops_before == dense
-    assert set(report.removed) == {"0", "3"}  # the chains; the flattened group is kept whole
+    assert set(report.removed) == {"0", "3"}  # the chains; the protected group is kept whole
     assert model[0].out_channels < 16 and model[3].out_channels < 24
     assert model[6].out_channels == 32 and model(x).shape == (1, 4)
     # the last pruned layer, refitted vs. its original weights on the kept channels, on

@@ -80,9 +80,9 @@ def test_sensitivity_curves_are_exact_and_weights_restored() -> None:
 
 def test_tolerance_is_the_longest_flat_prefix() -> None:
     curve = [(0.1, 99.0), (0.2, 98.5), (0.3, 97.0), (0.4, 98.9)]
-    assert tolerance(curve, 100.0, 2.0, 0.05) == 0.2  # stops at the first drop beyond 2 points
-    assert tolerance(curve, 100.0, 0.5, 0.05) == 0.05  # none within: the minimum
-    assert tolerance(curve, 100.0, 5.0, 0.05) == 0.4
+    assert tolerance(curve, 100.0, 2.0) == 0.2  # stops at the first drop beyond 2 points
+    assert tolerance(curve, 100.0, 0.5) == 0.0  # none within: a sensitive layer, skipped
+    assert tolerance(curve, 100.0, 5.0) == 0.4
 
 
 def test_l1_filter_gives_the_sensitive_layer_the_smaller_share() -> None:

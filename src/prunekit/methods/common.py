@@ -2,10 +2,13 @@
 widths chosen by a share per group.
 
 * :func:`chains`: the groups whose channels are made by exactly one layer with filters and read
-  by exactly one conv (``groups=1``) or Linear layer, one input position per channel. These are
-  the channels the layer-wise papers prune (ThiNet, channel pruning by LASSO, L1-filter in
-  residual networks: "only the inner convs of a residual block"); a residual stream, a concat
-  feeding several layers, a depthwise conv are not chains.
+  by exactly one Conv1d / Conv2d (``groups=1``) or Linear layer, whatever element-wise ops,
+  nonlinearities and pooling lie between (conv -> BN -> ReLU -> max-pool -> conv is a chain).
+  A conv reads one input position per channel; a Linear after a flatten reads several (the
+  channel's spatial positions), all of them the chain's. These are the channels the layer-wise
+  papers prune (ThiNet, channel pruning by LASSO, L1-filter in residual networks: "only the inner
+  convs of a residual block"); a residual stream, a concat feeding several layers, a depthwise
+  conv are not chains.
 * :func:`prunable_groups`: the chains, or every group; :func:`eval_modes` /
   :func:`restore_modes`: put a model in eval mode and back (tracing and measuring must not update
   BatchNorm statistics).
@@ -46,8 +49,10 @@ __all__ = [
 class Chain:
     """A group whose channels go from one ``producer`` to one ``consumer``.
 
-    ``producer_index[i]`` / ``consumer_index[i]``: the output position of the producer and the
-    input position of the consumer that carry unit ``i`` of ``group``.
+    ``producer_index[i]``: the output position of the producer that carries unit ``i`` of
+    ``group``; ``consumer_index[i]``: the input position of the consumer that reads it (a
+    ``(units,)`` tensor), or, for a Linear consumer after a flatten, the positions (a ``(units,
+    positions)`` tensor, one row per unit).
     """
 
     group: Group
@@ -57,23 +62,35 @@ class Chain:
     consumer_index: torch.Tensor
 
 
-def _positions(graph: Graph, site: Site, side: str, group: Group) -> np.ndarray | None:
-    """For each unit of ``group``, its one position on ``side`` of ``site`` (None unless each
-    unit has exactly one position there and the side carries no other channels)."""
+def _positions(
+    graph: Graph, site: Site, side: str, group: Group, *, several: bool = False
+) -> np.ndarray | None:
+    """For each unit of ``group``, its positions on ``side`` of ``site``: ``(units,)`` (one
+    each) or, with ``several``, ``(units, P)`` when every unit has the same ``P > 1`` positions.
+    None unless the side carries this group's units and nothing else."""
     arr = getattr(site, f"{side}_labels")
-    if arr is None or len(arr) != group.size:
+    if arr is None or not len(arr) or len(arr) % group.size:
+        return None
+    per_unit = len(arr) // group.size
+    if per_unit > 1 and not several:
         return None
     roots = graph.labels.roots(arr)
-    where = {int(r): i for i, r in enumerate(roots)}
-    if len(where) != group.size or any(u not in where for u in group.units):
+    order = np.argsort(roots, kind="stable")
+    units = np.asarray(group.units, dtype=np.int64)
+    sorted_roots = roots[order].reshape(-1, per_unit)  # equal counts: one row per unit
+    if not (sorted_roots == sorted_roots[:, :1]).all():
         return None
-    return np.array([where[u] for u in group.units], dtype=np.int64)
+    row = {int(r): i for i, r in enumerate(sorted_roots[:, 0])}
+    if len(row) != group.size or any(int(u) not in row for u in units):
+        return None
+    pos = order.reshape(-1, per_unit)[[row[int(u)] for u in units]]
+    return pos[:, 0] if per_unit == 1 else pos
 
 
 def _is_plain_consumer(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
         return True
-    return isinstance(module, nn.Conv2d) and module.groups == 1
+    return isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1
 
 
 def chains(graph: Graph) -> list[Chain]:
@@ -95,7 +112,9 @@ def chains(graph: Graph) -> list[Chain]:
         if not _is_plain_consumer(consumer.module) or len(consumer.calls) > 1:
             continue
         p_idx = _positions(graph, producer, "out", group)
-        c_idx = _positions(graph, consumer, "in", group)
+        c_idx = _positions(
+            graph, consumer, "in", group, several=isinstance(consumer.module, nn.Linear)
+        )
         if p_idx is None or c_idx is None:
             continue
         out.append(

@@ -9,34 +9,30 @@ A filter's score is the L1 norm of its kernel weights
   residual networks only the inner convolutions of each block are pruned (the channels of the
   residual stream are kept). The pruned model is then retrained (the runner's fine-tuning).
 
-How the sensitivity curves become per-layer rates. The paper reads the curves by eye
-and picks the layers and rates by hand. Here each prunable group gets a *tolerance*: the largest
-ratio ``r`` of ``sensitivity_ratios`` such that the accuracy at ``r`` and at every smaller ratio
-stays within ``max_drop`` percentage points of the unpruned accuracy (``min_tolerance``, default
-0.05, if not even the smallest ratio does, so every group can still contribute). One global
-selection then meets the run's FLOPs or params target with every group losing a fraction of its
-channels proportional to its tolerance (:func:`prunekit.methods.common.share_importance`), the
-lowest L1 norms first inside each group. During the analysis, "pruning" a group means zeroing
-its channels whole (filter, bias and BatchNorm terms), which gives exactly the outputs of the
-model with those channels removed; every weight is restored afterwards.
+How the sensitivity curves become per-layer rates. The paper reads the curves by eye, prunes
+the robust layers and *skips the sensitive ones* (for ResNet-56/110 on CIFAR-10 it names the
+layers it leaves whole; for VGG-16 it prunes the first layer and the last six and keeps the
+rest). Here each prunable group gets a *tolerance*: the largest ratio ``r`` of
+``sensitivity_ratios`` such that the accuracy at ``r`` and at every smaller ratio stays within
+``max_drop`` percentage points of the unpruned accuracy. A group whose accuracy falls by more
+than ``max_drop`` already at the smallest ratio has tolerance 0 and is skipped: it keeps every
+channel, as the paper's sensitive layers do. ``skip`` names groups to keep whole regardless (the
+paper's hand-picked layers). One global selection then meets the run's FLOPs or params target
+with every other group losing a fraction of its channels proportional to its tolerance
+(:func:`prunekit.methods.common.share_importance`), the lowest L1 norms first inside each group.
+During the analysis, "pruning" a group means zeroing its channels whole (filter, bias and
+BatchNorm terms), which gives exactly the outputs of the model with those channels removed;
+every weight is restored afterwards.
 
-Options and defaults (``ctx.options``):
-
-* ``sensitivity_ratios`` ("0.1,0.2,...,0.9": the fraction of a layer's filters pruned, in
-  steps of 10%, comma-separated);
-* ``max_drop`` (2.0 percentage points), ``min_tolerance`` (0.05);
-* ``val_batches`` (0: the whole validation set; ``n`` > 0: its first ``n`` batches of the run's
-  batch size);
-* ``only_chains`` (True): prune only groups that are plain layer-to-layer chains
-  (:func:`prunekit.methods.common.chains`): the inner convolutions of residual blocks, every
-  conv of a plain network. False prunes every group.
+Options and defaults: see :class:`L1FilterOptions` (``prunekit methods --show l1_filter``).
 
 Deviations a reader should know:
 
 * The filters of all layers are scored on the trained model at once (the paper's
   "independent" strategy; its "greedy" variant, which ignores kernels of already removed
-  channels, is not used). Rates come from the tolerance rule above rather than by hand.
+  channels, is not used). Rates come from the tolerance rule above rather than by eye.
 * A group keeps at least one channel; channels of protected layers are kept.
+* If every group is skipped the target cannot be met: the error says so (raise ``max_drop``).
 """
 
 from __future__ import annotations
@@ -44,7 +40,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,12 +52,12 @@ from prunekit.errors import ConfigError
 from prunekit.graph import Group, build
 from prunekit.methods.base import Context, Method, register_method
 from prunekit.methods.common import (
-    check_val_batches,
     eval_modes,
     prunable_groups,
     restore_modes,
     share_importance,
 )
+from prunekit.methods.options import Options, option
 from prunekit.methods.retraining import accuracy
 from prunekit.prune import PruneReport, remove_selected, select_channels
 
@@ -122,17 +119,53 @@ def sensitivity_curves(
     return base, curves
 
 
-def tolerance(
-    curve: Sequence[tuple[float, float]], base: float, max_drop: float, minimum: float
-) -> float:
+def tolerance(curve: Sequence[tuple[float, float]], base: float, max_drop: float) -> float:
     """The largest ratio whose accuracy, and that of every smaller ratio, stays within
-    ``max_drop`` points of ``base``; ``minimum`` if none does (and never less than it)."""
+    ``max_drop`` points of ``base``; 0 if not even the smallest does (a sensitive layer)."""
     best = 0.0
     for r, acc in curve:
         if acc < base - max_drop:
             break
         best = r
-    return max(best, minimum)
+    return best
+
+
+def parse_names(text: str) -> list[str]:
+    """``"a, b"`` -> ``["a", "b"]`` (empty text: none)."""
+    return [n for n in str(text).replace(" ", "").split(",") if n]
+
+
+@dataclass(frozen=True)
+class L1FilterOptions(Options):
+    sensitivity_ratios: str = option(
+        DEFAULT_RATIOS,
+        help="fractions of a layer's filters pruned in the sensitivity analysis, comma-separated",
+        source="paper Fig. 2 / Fig. 6: sensitivity curves in steps of 10% of the filters",
+    )
+    max_drop: float = option(
+        2.0,
+        help="percentage points of validation top-1 a layer may lose alone before it counts as "
+        "sensitive (its tolerance is the largest ratio within this)",
+        source="prunekit (the paper reads the curves by eye)",
+        low=0,
+    )
+    skip: str = option(
+        "",
+        help="groups kept whole whatever their sensitivity, comma-separated (the paper's "
+        "hand-picked sensitive layers)",
+        source="paper: sensitive layers are skipped (ResNet-56/110 on CIFAR-10)",
+    )
+    val_batches: int = option(
+        0,
+        help="validation batches per accuracy measurement (0: the whole validation set)",
+        source="prunekit",
+        low=0,
+    )
+    only_chains: bool = option(
+        True,
+        help="prune only plain layer-to-layer chains (the inner convs of residual blocks)",
+        source="paper: in residual blocks only the first conv is pruned",
+    )
 
 
 @register_method("l1_filter")
@@ -141,19 +174,14 @@ class L1Filter(Method):
     weights, the smallest removed per layer, with per-layer rates from a sensitivity analysis
     (each layer pruned alone at ratios 0.1..0.9, validation accuracy measured). Each group's
     tolerance (largest ratio within ``max_drop`` points) sets its share of one global selection
-    that meets the target. Only chains (inner convs of residual blocks) by default.
+    that meets the target; sensitive groups (tolerance 0) and those named in ``skip`` are kept
+    whole. Only chains (inner convs of residual blocks) by default.
 
     After :meth:`prune`: ``baseline_accuracy``, ``sensitivity`` (``{group: [(ratio, acc)]}``)
-    and ``tolerances`` (``{group: ratio}``). See the module docstring for options and
-    deviations."""
+    and ``tolerances`` (``{group: ratio}``, 0 for a skipped group). See the module docstring
+    for the rule and deviations."""
 
-    defaults: ClassVar[dict[str, Any]] = {
-        "sensitivity_ratios": DEFAULT_RATIOS,
-        "max_drop": 2.0,
-        "min_tolerance": 0.05,
-        "val_batches": 0,
-        "only_chains": True,
-    }
+    Options = L1FilterOptions
 
     def __init__(self) -> None:
         self.baseline_accuracy: float | None = None
@@ -162,51 +190,62 @@ class L1Filter(Method):
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
-        check_val_batches(opts)
-        ratios = parse_ratios(opts["sensitivity_ratios"])
-        if not (opts["max_drop"] >= 0 and math.isfinite(opts["max_drop"])):
-            raise ConfigError(f"max_drop must be >= 0 percentage points, got {opts['max_drop']}")
-        if not 0 < opts["min_tolerance"] < 1:
-            raise ConfigError(f"min_tolerance must be in (0, 1), got {opts['min_tolerance']}")
+        ratios = parse_ratios(opts.sensitivity_ratios)
+        target = ctx.target.require("flops", "params", method=self.id)
         l1 = criteria.get("l1")
         modes = eval_modes(ctx.model)
         try:
             graph = build(ctx.model, ctx.example_input)
             dense = graph.plan([])
-            groups = prunable_groups(graph, opts["only_chains"])
+            skip = set(parse_names(opts.skip))
+            unknown = skip - {g.name for g in graph.groups}
+            if unknown:
+                raise ConfigError(
+                    f"l1_filter: skip names no group of this model: {', '.join(sorted(unknown))}; "
+                    f"groups: {', '.join(g.name for g in graph.groups)}"
+                )
+            groups = [g for g in prunable_groups(graph, opts.only_chains) if g.name not in skip]
             if not groups:
                 raise ConfigError(
                     "l1_filter found no prunable groups"
-                    + (
-                        " (only_chains=True: no plain conv-to-conv chains)"
-                        if opts["only_chains"]
-                        else ""
-                    )
+                    + (" (only_chains=True: no conv-to-conv chains)" if opts.only_chains else "")
                 )
             base, curves = sensitivity_curves(
                 ctx.model,
                 groups,
                 ctx.val_set,
                 ratios,
-                val_batches=opts["val_batches"],
+                val_batches=opts.val_batches,
                 batch_size=ctx.batch_size,
                 within=l1,
             )
             self.baseline_accuracy, self.sensitivity = base, curves
             self.tolerances = {
-                name: tolerance(curve, base, opts["max_drop"], opts["min_tolerance"])
-                for name, curve in curves.items()
+                name: tolerance(curve, base, opts.max_drop) for name, curve in curves.items()
             }
+            if not any(self.tolerances.values()):
+                raise ConfigError(
+                    f"l1_filter: every layer is sensitive (pruning {ratios[0]:.0%} of any one "
+                    f"costs more than max_drop={opts.max_drop:g} points); raise max_drop"
+                )
             picks = select_channels(
                 graph,
                 scope="global",
                 normalize=False,
                 importance=share_importance(l1, self.tolerances),
-                **ctx.target.require("flops", "params", method=self.id).as_dict(),
+                **target.as_dict(),
             )
             return remove_selected(graph, picks, dense)
         finally:
             restore_modes(modes)
 
 
-__all__ = ["DEFAULT_RATIOS", "L1Filter", "parse_ratios", "sensitivity_curves", "tolerance"]
+__all__ = [
+    "DEFAULT_RATIOS",
+    "L1Filter",
+    "L1FilterOptions",
+    "parse_names",
+    "parse_ratios",
+    "sensitivity_curves",
+    "tolerance",
+]

@@ -59,10 +59,11 @@ from prunekit.methods.reconstruct import (
     draw_locations,
     forward_with_hooks,
     input_patches,
-    kernel_weight,
     least_squares_weights,
     pre_bias,
     rcond_for,
+    unit_patches,
+    unit_weight,
 )
 
 LASSO_GRID = 60  # geometric grid of alphas along the LASSO path
@@ -195,9 +196,8 @@ class ChannelPruningLasso(ReconstructionMethod):
         for i, chain in enumerate(todo):
             module = chain.consumer.module
             patches = input_patches(model, module, batches, positions[i])
-            units = chain.consumer_index
-            x, y = all_ranks(patches[:, units], torch.cat(targets[i]).double())
-            weight = kernel_weight(module).double().cpu()[:, units]
+            x, y = all_ranks(unit_patches(chain, patches), torch.cat(targets[i]).double())
+            weight = unit_weight(chain).double().cpu()
             keep = chain.group.size - counts[chain.group.name]
             kept = lasso_select(x, weight, y, keep)
             removed = [u for u in range(chain.group.size) if u not in set(kept)]

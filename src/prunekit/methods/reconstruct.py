@@ -32,8 +32,11 @@ Shared mechanics and deliberate deviations:
   channels that are copies up to rounding would otherwise get huge opposite weights.
 * Sampled locations are distinct within an image (at most all of its locations); ThiNet draws
   one output channel per sampled location. Everything is seeded by ``ctx.seed``.
-* Options of both: ``samples_per_image`` (10, both papers), ``rescale`` (True; False skips the weight
-  update, for comparison).
+* Options of both: :class:`ReconstructionOptions` (``samples_per_image``, 10 in both papers;
+  ``rescale``, True; False skips the weight update, for comparison).
+* Chains (:func:`prunekit.methods.common.chains`) include Conv1d consumers (the input unfolded as
+  a ``1 x L`` image) and a Linear read through a flatten: there a channel's contribution to an
+  output sums over its flattened positions, which play the part of the kernel window.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +55,7 @@ from prunekit.errors import ConfigError
 from prunekit.graph import Graph, build
 from prunekit.methods.base import Context, Method
 from prunekit.methods.common import Chain, chains
+from prunekit.methods.options import Options, option
 from prunekit.methods.retraining import model_device
 from prunekit.prune import PruneReport, remove_selected, select_channels
 from prunekit.targets import Target
@@ -87,14 +92,16 @@ def kernel_weight(module: nn.Module) -> torch.Tensor:
 
 
 def as_rows(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
-    """A conv output ``B x O x H x W`` or a Linear output ``B x ... x O`` as ``B x L x O``."""
-    if isinstance(module, nn.Conv2d):
+    """A conv output ``B x O x ...`` (1-D or 2-D) or a Linear output ``B x ... x O`` as
+    ``B x L x O``."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         return t.flatten(2).transpose(1, 2)
     return t.reshape(t.shape[0], -1, t.shape[-1])
 
 
 def patches_at(module: nn.Module, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """The consumer's input patches at output locations ``pos`` (``B x s``): ``B*s x C x k``."""
+    """The consumer's input patches at output locations ``pos`` (``B x s``): ``B*s x C x k``
+    (a Conv1d's input is unfolded as a ``1 x L`` image; a Linear's features are ``C x 1``)."""
     b = x.shape[0]
     if isinstance(module, nn.Linear):
         rows = x.reshape(b, -1, x.shape[-1])
@@ -102,13 +109,47 @@ def patches_at(module: nn.Module, x: torch.Tensor, pos: torch.Tensor) -> torch.T
         return picked.reshape(-1, x.shape[-1], 1)
     mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
     padded = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+    kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
+    if isinstance(module, nn.Conv1d):
+        padded = padded.unsqueeze(2)
+        kernel, dilation, stride = (1, *kernel), (1, *dilation), (1, *stride)
     out = []
     for i in range(b):  # one image at a time: unfolding a whole batch can be large
-        cols = F.unfold(
-            padded[i : i + 1], module.kernel_size, dilation=module.dilation, stride=module.stride
-        )[0]
+        cols = F.unfold(padded[i : i + 1], kernel, dilation=dilation, stride=stride)[0]
         out.append(cols[:, pos[i]].T)
     return torch.cat(out).reshape(b * pos.shape[1], x.shape[1], -1)
+
+
+def unit_index(chain: Chain) -> torch.Tensor:
+    """The consumer's input positions of each unit of ``chain``: ``units x P``."""
+    idx = chain.consumer_index
+    return idx if idx.dim() == 2 else idx[:, None]
+
+
+def unit_patches(chain: Chain, patches: torch.Tensor) -> torch.Tensor:
+    """The chain's units of the consumer's patches (``n x in x k``): ``n x units x k'`` where a
+    unit's ``k'`` values are its kernel window (conv) or its flattened positions (Linear)."""
+    idx = unit_index(chain).to(patches.device)
+    if idx.shape[1] == 1:
+        return patches[:, idx[:, 0]]
+    return patches[:, idx.reshape(-1), 0].reshape(patches.shape[0], *idx.shape)
+
+
+def unit_weight(chain: Chain) -> torch.Tensor:
+    """The consumer's weight on the chain's units: ``out x units x k'`` (as
+    :func:`unit_patches`)."""
+    w = kernel_weight(chain.consumer.module)
+    idx = unit_index(chain).to(w.device)
+    if idx.shape[1] == 1:
+        return w[:, idx[:, 0]]
+    return w[:, idx.reshape(-1), 0].reshape(w.shape[0], *idx.shape)
+
+
+def unit_contributions(chain: Chain, per_position: torch.Tensor) -> torch.Tensor:
+    """Per-input-position contributions (``n x in``) summed over each unit's positions:
+    ``n x units``."""
+    idx = unit_index(chain).to(per_position.device)
+    return per_position[:, idx].sum(-1)
 
 
 def draw_locations(g: torch.Generator, batch: int, locations: int, per_image: int) -> torch.Tensor:
@@ -195,10 +236,25 @@ def forward_order(graph: Graph, found: list[Chain]) -> list[Chain]:
     return sorted(found, key=lambda c: (order[c.consumer.name], order[c.producer.name]))
 
 
+@dataclass(frozen=True)
+class ReconstructionOptions(Options):
+    samples_per_image: int = option(
+        10,
+        help="sampled locations of the consumer's output per calibration image",
+        source="ThiNet and He et al. (ICCV 2017), experiments: 10 sampled locations per image",
+        low=1,
+    )
+    rescale: bool = option(
+        True,
+        help="refit the consumer's kept weights by least squares (False: selection only)",
+        source="ThiNet: least-squares scales; He et al.: least-squares reconstruction",
+    )
+
+
 class ReconstructionMethod(Method):
     """Shared driver: budget, chain-by-chain selection on the zeroed model, one removal."""
 
-    defaults: ClassVar[dict[str, Any]] = {"samples_per_image": 10, "rescale": True}
+    Options = ReconstructionOptions
 
     def prune(self, ctx: Context) -> PruneReport:
         model = ctx.model
@@ -217,11 +273,6 @@ class ReconstructionMethod(Method):
         and refit the consumers' kept weights, chain by chain; returns ``{group: indices}`` for
         :func:`prunekit.prune.remove_selected`. The model is left zeroed, not yet smaller."""
         opts = self.options(ctx)
-        if opts["samples_per_image"] < 1:
-            raise ConfigError(
-                f"option samples_per_image of method {self.id!r} must be >= 1, "
-                f"got {opts['samples_per_image']}"
-            )
         found = forward_order(graph, chains(graph))
         if not found:
             raise ConfigError(
@@ -260,20 +311,23 @@ class ReconstructionMethod(Method):
 
     @staticmethod
     def apply_choice(chain: Chain, removed: list[int], new_weight: torch.Tensor | None) -> None:
-        """Zero the removed units and write ``new_weight`` (``out x K x k``, kept units in
-        order) into the consumer's kept input positions."""
+        """Zero the removed units and write ``new_weight`` (``out x K x k'`` as
+        :func:`unit_weight`, kept units in order) into the consumer's kept input positions."""
         chain.group.zero(removed)
         if new_weight is None:
             return
-        module = chain.consumer.module
+        w = chain.consumer.module.weight
         kept = [u for u in range(chain.group.size) if u not in set(removed)]
-        cols = chain.consumer_index[kept].to(module.weight.device)
-        w = module.weight
-        w.data[:, cols] = new_weight.reshape(w.shape[0], len(kept), *w.shape[2:]).to(w)
+        idx = unit_index(chain)[kept].to(w.device)
+        if idx.shape[1] == 1:
+            w.data[:, idx[:, 0]] = new_weight.reshape(w.shape[0], len(kept), *w.shape[2:]).to(w)
+        else:  # a Linear after a flatten: each unit's positions
+            w.data[:, idx.reshape(-1)] = new_weight.reshape(w.shape[0], -1).to(w)
 
 
 __all__ = [
     "ReconstructionMethod",
+    "ReconstructionOptions",
     "all_ranks",
     "as_rows",
     "chain_budget",
@@ -286,4 +340,8 @@ __all__ = [
     "patches_at",
     "pre_bias",
     "rcond_for",
+    "unit_contributions",
+    "unit_index",
+    "unit_patches",
+    "unit_weight",
 ]

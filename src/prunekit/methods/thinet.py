@@ -3,7 +3,7 @@ Compression" (ICCV 2017). Sample ``(image, location, output channel)`` triples o
 consumer's output; for each sample ``i`` the consumer's pre-bias output is the sum over its
 input channels ``c`` of the contribution ``x̂_ic = sum over the kernel window of W[o, c] *
 x[c]`` (the input patch comes from :func:`torch.nn.functional.unfold`; for a Linear consumer
-``x̂_ic = W[o, c] x_c``). The removed set ``T`` starts empty and grows greedily: each step
+``x̂_ic = W[o, c] x_c``, summed over the channel's positions when a flatten gives it several). The removed set ``T`` starts empty and grows greedily: each step
 adds the channel ``c`` minimising ``sum_i (sum_{j in T ∪ {c}} x̂_ij)^2``, the squared change of
 the sampled outputs if ``T ∪ {c}`` were removed. Then the kept channels are rescaled by the
 least-squares ``w = argmin_w sum_i (ŷ_i - w · x̂_i,kept)^2`` (``ŷ_i`` the sampled pre-bias
@@ -36,6 +36,8 @@ from prunekit.methods.reconstruct import (
     kernel_weight,
     patches_at,
     rcond_for,
+    unit_contributions,
+    unit_weight,
 )
 
 
@@ -109,9 +111,8 @@ class ThiNet(ReconstructionMethod):
                 kept = [u for u in range(chain.group.size) if u not in set(removed)]
                 rcond = rcond_for(chain.consumer.module.weight.dtype)
                 scales = thinet_scales(contrib[:, kept], target, rcond)
-                w = kernel_weight(chain.consumer.module)
-                cols = chain.consumer_index[kept].to(w.device)
-                new_weight = w[:, cols].double().cpu() * scales[None, :, None]
+                w = unit_weight(chain)[:, kept]
+                new_weight = w.double().cpu() * scales[None, :, None]
             self.apply_choice(chain, removed, new_weight)
             picks[chain.group.name] = sorted(removed)
 
@@ -126,7 +127,6 @@ class ThiNet(ReconstructionMethod):
         """Contributions ``x̂`` (samples x units of the chain) and the pre-bias outputs ``ŷ``."""
         module = chain.consumer.module
         weight = kernel_weight(module)
-        units = chain.consumer_index.to(weight.device)
         contribs: list[torch.Tensor] = []
 
         def take(_: int, x: torch.Tensor, out: torch.Tensor) -> None:
@@ -139,7 +139,7 @@ class ThiNet(ReconstructionMethod):
 
         forward_with_hooks(model, batches, {module: take}, stop_at=module)
         full = torch.cat(contribs)
-        return full[:, units.cpu()], full.sum(1)
+        return unit_contributions(chain, full), full.sum(1)
 
 
 __all__ = ["ThiNet", "thinet_greedy", "thinet_scales"]
