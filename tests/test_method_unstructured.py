@@ -140,10 +140,11 @@ def test_dns_update_prunes_below_a_splices_above_b_keeps_between() -> None:
 
 
 def test_dns_thresholds_from_mean_and_std_of_abs_weights() -> None:
-    # |w| = 1, 2, 3, 4: mu 2.5; half below r means c = 0, r = mu; a = 0.9 r, b = 1.1 r
+    # |w| = 1, 2, 3, 4: mu 2.5; half below a puts a between 2 and 3: a = 2.5 = 0.9 r,
+    # r = 2.5 / 0.9 (c = (r - mu) / sigma = 0.248), b = 1.1 r = 3.056
     a, b, mu, sigma = dns_thresholds({"w": torch.tensor([-1.0, 2.0, -3.0, 4.0])}, 0.5, 0.1)["w"]
     assert mu == pytest.approx(2.5) and sigma == pytest.approx(math.sqrt(1.25))
-    assert (a, b) == (pytest.approx(2.25), pytest.approx(2.75))
+    assert (a, b) == (pytest.approx(2.5), pytest.approx(1.1 * 2.5 / 0.9))
 
 
 def test_dns_pruned_weights_learn_and_are_spliced_back() -> None:
@@ -171,7 +172,7 @@ def test_dns_update_probability_decays() -> None:
 
 
 def test_dns_end_to_end() -> None:
-    _end_to_end("dns", 0.7, dns_epochs=1, dns_update_every=2)
+    _end_to_end("dns", 0.7, epochs=1, update_every=2)
 
 
 # ----------------------------------------------------------------------------- GMP
