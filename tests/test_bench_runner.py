@@ -257,6 +257,7 @@ def test_latency_and_onnx_figures(tmp_path: Path) -> None:
 
 def test_a_failing_run_is_recorded_and_the_others_go_on(tmp_path: Path) -> None:
     missing = tmp_path / "no-mnist-here"
+    missing.mkdir()  # a folder, but without the IDX files: the baseline fails when it loads them
     spec = parse_spec(
         tiny(
             methods=["hrank"],
@@ -347,6 +348,7 @@ def test_a_real_torchrun_launch_splits_the_runs_into_shards(tmp_path: Path) -> N
 
 def test_two_workers_share_one_store(tmp_path: Path) -> None:
     missing = tmp_path / "no-mnist-here"
+    missing.mkdir()  # a folder, but without the IDX files: the baseline fails when it loads them
     datasets = [{"name": "digits", "image_size": 28}, {"name": "mnist", "root": str(missing)}]
     spec = parse_spec(tiny(datasets=datasets))
     store = tmp_path / "results.sqlite"

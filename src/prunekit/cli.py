@@ -57,7 +57,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         model=args.model, data=args.data, root=args.root, image_size=args.image_size
     )
     config = config_from_args(TrainConfig, args)
-    metrics = workflow.train_model(job, config, out=args.out, progress=args.progress)
+    metrics = workflow.train_model(
+        job, config, out=args.out, progress=args.progress, overwrite=args.overwrite
+    )
     rows = [
         [k, metrics[k]]
         for k in ("test_top1", "val_top1", "params", "macs", "bytes", "train_time_s")
@@ -148,8 +150,12 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     config = config_from_args(workflow.PruneConfig, args)  # --target-params wins over flops
-    metrics = workflow.run_pruning(config, out=args.out, progress=args.progress)
+    metrics = workflow.run_pruning(
+        config, out=args.out, progress=args.progress, overwrite=args.overwrite
+    )
     print(workflow.demo_table(metrics))
+    for warning in metrics.get("warnings", []):
+        print(f"prunekit: warning: {warning}", file=sys.stderr)
     if args.out:
         print(f"metrics and model saved to {args.out}")
 
@@ -225,6 +231,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
 def cmd_bench_run(args: argparse.Namespace) -> None:
     """Run every (model, data, method, target, seed) of a spec; finished runs are skipped."""
     from prunekit.bench import load_spec, run_spec
+    from prunekit.errors import one_line
 
     spec = load_spec(args.spec)
     summary = run_spec(
@@ -239,10 +246,12 @@ def cmd_bench_run(args: argparse.Namespace) -> None:
         f"{spec.name}: {summary.total} runs; {summary.skipped_done} already done, "
         f"{summary.ran} run now, {summary.failed} failed; store {summary.store}"
     )
+    for label, error in summary.failures:
+        print(f"failed: {label}: {one_line(error)}")
     if summary.failed:
         raise RuntimeError(
-            f"{summary.failed} run(s) failed; their errors are in {summary.store} "
-            f"(prunekit bench report lists them); run the same command again to retry them"
+            f"{summary.failed} run(s) failed (errors above, and in {summary.store}); "
+            "run the same command again to retry them"
         )
 
 
@@ -305,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_args(p, workflow.PruneConfig)
         p.add_argument(
             "--out", default=None, metavar="DIR", help="write metrics.json and the model"
+        )
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace the run --out holds when it is another run (default: refuse)",
         )
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
         p.add_argument(
@@ -384,14 +398,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="run folder (default: runs/<model>-<data>-<hash>)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run --out holds when it is another run (default: refuse)",
+    )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a data set")
+    p = sub.add_parser("eval", help="evaluate a checkpoint or a model file on a data set")
     p.add_argument(
         "--checkpoint",
+        "--model-file",
         required=True,
         metavar="PATH",
-        help="a checkpoint written by `prunekit train`",
+        help="a checkpoint written by `prunekit train`, or a model file (a run's pruned.pt, "
+        "a `prunekit compress` file)",
     )
     p.add_argument("--split", default="test", choices=["train", "val", "test", "trainval"])
     _common(p, model=False)
@@ -450,9 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _describe(exc: BaseException) -> str:
-    from prunekit.errors import PrunekitError
+    from prunekit.errors import PrunekitError, one_line
 
-    msg = str(exc) or type(exc).__name__
+    msg = one_line(str(exc)) or type(exc).__name__
     if isinstance(exc, PrunekitError):
         return msg
     return f"{type(exc).__name__}: {msg} (run with --debug for the traceback)"

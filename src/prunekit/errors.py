@@ -40,3 +40,19 @@ class CheckpointError(PrunekitError, ValueError):
 
 class UnsupportedError(PrunekitError, TypeError):
     """A layer or op that the structural core cannot prune through, named with its module path."""
+
+
+def one_line(text: str) -> str:
+    """An error message as one line.
+
+    An error raised in a DataLoader worker process reaches the main process as "Caught X in
+    DataLoader worker process N." followed by the worker's traceback; its last line holds the
+    original message, which is what is kept. Other messages keep their first line.
+    """
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "Traceback" in text:
+        name, sep, message = lines[-1].partition(": ")
+        return message if sep and ("." in name or name.endswith("Error")) else lines[-1]
+    return lines[0]

@@ -2,12 +2,30 @@
 
 The CLI only parses flags and prints; everything it does is one call here, so a script can do the
 same thing with the same defaults.
+
+Every value that can be checked without training is checked before any training starts
+(:meth:`PruneConfig.validate`, :meth:`TrainJob.validate`).
+
+A run folder (``out``) records what defines its contents in ``run.json``: model, data set, data
+folder, input size, method or criterion, options, target, seed and every training knob. A rerun
+resumes from the folder's checkpoints only when all of it matches; anything else is an error
+saying to pick another folder or to pass ``overwrite=True`` (``--overwrite``), never a silent
+reuse of another run's results. Temporary files left by a write that was killed are removed when
+the next run in the folder starts.
+
+A method whose result is a file (``result_file = "model.deepc"`` on the method class, with
+``write_result(model, path, options)``) gets that file written in the run folder; the run reports
+its size as ``bytes_after`` and the accuracy of the model rebuilt from it, so both figures
+describe the same model.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +40,18 @@ from prunekit import masks, measure
 from prunekit import models as pk_models
 from prunekit.configs import run_hash, to_dict
 from prunekit.errors import ConfigError
-from prunekit.io import atomic_write_json
+from prunekit.io import atomic_write_json, remove_orphan_temps
 from prunekit.tables import markdown_table
-from prunekit.train import TrainConfig, TrainResult, evaluate, fit, load_checkpoint, rank
+from prunekit.train import (
+    TrainConfig,
+    TrainResult,
+    barrier,
+    evaluate,
+    fit,
+    init_from_env,
+    load_checkpoint,
+    rank,
+)
 
 
 @dataclass
@@ -109,11 +136,29 @@ def prepare(
     return Setup(model_name, data_name, model, info, train, val, test)
 
 
+LATENCY_THREADS = 1  # as the benchmark times: one thread, so figures compare across machines
+
+
 def model_figures(
-    model: nn.Module, example: torch.Tensor, *, latency: bool = True
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    latency: bool = True,
+    threads: int = LATENCY_THREADS,
 ) -> dict[str, Any]:
-    """Params, FLOPs, MACs, bytes, peak memory and latency at batch 1 and 32 of one model."""
-    return measure.summarize(model, example, latency=latency, batch_sizes=(1, 32))
+    """Params, FLOPs, MACs, bytes, peak memory and latency at batch 1 and 32 of one model.
+
+    Latency is timed on ``threads`` torch threads (``latency_threads``), with its spread
+    (``latency_b<N>_iqr_ms``); ``warnings`` lists why a figure may not be trusted (a wide spread,
+    or other processes loading the machine), empty when there is no reason to doubt it.
+    """
+    figures: dict[str, Any] = dict(
+        measure.summarize(model, example, latency=latency, batch_sizes=(1, 32), threads=threads)
+    )
+    if latency:
+        figures["latency_threads"] = threads
+        figures["warnings"] = measure.latency_warnings(figures, threads=threads)
+    return figures
 
 
 @dataclass
@@ -128,6 +173,22 @@ class TrainJob:
 
     def run_name(self, train: TrainConfig) -> str:
         return f"{self.model}-{self.data}-{run_hash(self, train)}"
+
+    def validate(self) -> None:
+        """Refuse, before any work, an unknown model or data set, a data set that needs a
+        ``root`` folder without one (or with one that is not a folder), and a bad input size."""
+        pk_models.model_info(self.model)
+        pk_data.check_root(self.data, self.root)
+        if self.image_size is not None:
+            fitted_size(self.model, self.image_size)
+
+    def settings(self, config: TrainConfig) -> dict[str, Any]:
+        """What defines a training run's results: the job (data folder as an absolute path) and
+        every training field that can change the weights."""
+        from prunekit.train.config import RESULT_NEUTRAL_FIELDS
+
+        train = {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL_FIELDS}
+        return {"job": {**to_dict(self), "root": _absolute(self.root)}, "train": train}
 
 
 @dataclass
@@ -173,19 +234,121 @@ def write_run(out_dir: Path, config: dict[str, Any], metrics: dict[str, Any]) ->
         atomic_write_json(metrics, out_dir / "metrics.json")
 
 
+RUN_RECORD = "run.json"
+# Files a run writes in its folder; a folder holding any of them belongs to a run.
+RUN_FILES = (RUN_RECORD, "config.json", "metrics.json", "checkpoint.pt", "finetune.pt", "pruned.pt")
+
+
+def _absolute(root: str | None) -> str | None:
+    return None if root is None else str(Path(root).expanduser().resolve())
+
+
+def _differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """``key: X there, Y now`` for every leaf where two JSON-like records differ."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(saved) | set(now), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out += _differences(saved.get(key), now.get(key), name)
+        return out
+    return [] if saved == now else [f"{prefix or 'run'}: {saved!r} there, {now!r} now"]
+
+
+def claim_run_folder(
+    out_dir: Path,
+    kind: str,
+    settings: dict[str, Any],
+    *,
+    overwrite: bool = False,
+    device: str = "auto",
+) -> int:
+    """Make ``out_dir`` the folder of the run ``settings`` describe; returns this attempt's
+    number (1 for a fresh run, 2 for its first resume ...).
+
+    A folder that holds another run (its ``run.json`` differs from ``settings``), or run files
+    without a record, is refused with an error naming what differs, unless ``overwrite``: then
+    the previous run's files are removed first. Orphan temporary files of a killed write are
+    removed. Rank 0 alone reads and writes; under torchrun the other ranks wait for it, so none
+    resumes from a file it is about to delete.
+    """
+    settings = json.loads(json.dumps({"kind": kind, **settings}, default=str))
+    attempts = 1
+    if rank() == 0 and int(os.environ.get("RANK", "0")) == 0:
+        remove_orphan_temps(out_dir)
+        record_path = out_dir / RUN_RECORD
+        record = _read_record(record_path)
+        present = [n for n in RUN_FILES if (out_dir / n).exists()]
+        if overwrite:
+            for name in [*present, *(record or {}).get("results", [])]:
+                (out_dir / name).unlink(missing_ok=True)
+        elif present:
+            if record is None:
+                raise ConfigError(
+                    f"run folder {out_dir} holds {', '.join(present)} but no record of the run "
+                    f"that wrote them ({RUN_RECORD}); give another --out, or --overwrite to "
+                    "replace them"
+                )
+            diffs = _differences(record.get("settings"), settings)
+            if diffs:
+                shown = "; ".join(diffs[:4]) + (
+                    f"; {len(diffs) - 4} more" if len(diffs) > 4 else ""
+                )
+                raise ConfigError(
+                    f"run folder {out_dir} holds another run ({shown}); give another --out, "
+                    "or --overwrite to replace it"
+                )
+            attempts = int(record.get("attempts", 0)) + 1
+        atomic_write_json({"settings": settings, "attempts": attempts, "results": []}, record_path)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from prunekit.train.device import resolve_device
+
+        init_from_env("nccl" if resolve_device(device).type == "cuda" else "gloo")
+        barrier()
+        record = _read_record(out_dir / RUN_RECORD)
+        attempts = int((record or {}).get("attempts", 1))
+    return attempts
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"cannot read the run record {path} ({e}); give another --out, or --overwrite to "
+            "replace the run"
+        ) from e
+    return record if isinstance(record, dict) else None
+
+
+def _note_result_file(out_dir: Path, name: str) -> None:
+    """Add ``name`` to the files the run folder's record says the run wrote (removed with the
+    run on ``--overwrite``)."""
+    record = _read_record(out_dir / RUN_RECORD) or {}
+    results = sorted({*record.get("results", []), name})
+    atomic_write_json({**record, "results": results}, out_dir / RUN_RECORD)
+
+
 def train_model(
     job: TrainJob,
     config: TrainConfig,
     *,
     out: str | Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train, evaluate on the test split, measure; write ``checkpoint.pt`` and ``metrics.json``.
 
     ``out`` defaults to ``runs/<model>-<data>-<hash of the non-default options>``: running the same
-    command again resumes from the checkpoint instead of starting over.
+    command again resumes from the checkpoint instead of starting over. A folder holding another
+    run is refused unless ``overwrite`` (see the module docstring).
     """
+    job.validate()
     out_dir = Path(out) if out is not None else Path("runs") / job.run_name(config)
+    attempts = claim_run_folder(
+        out_dir, "train", job.settings(config), overwrite=overwrite, device=config.device
+    )
     run = train_and_test(job, config, checkpoint=out_dir / "checkpoint.pt", progress=progress)
     setup = run.setup
     metrics = {
@@ -195,7 +358,8 @@ def train_model(
         "input_shape": list(setup.info.input_shape),
         "test_top1": run.test["top1"],
         "val_top1": run.result.final.get("top1"),
-        "train_time_s": run.result.train_time_s,
+        "train_time_s": run.result.train_time_s,  # every epoch of every attempt
+        "attempts": attempts,
         **model_figures(setup.model, setup.example_input(), latency=False),
     }
     write_run(out_dir, {"job": to_dict(job), "train": config.to_dict()}, metrics)
@@ -211,26 +375,73 @@ def evaluate_checkpoint(
     split: str = "test",
     image_size: int | None = None,
 ) -> dict[str, Any]:
-    """Rebuild the model a checkpoint holds and evaluate it on a split of a data set."""
-    ckpt = load_checkpoint(checkpoint)
-    arch = ckpt.get("arch")
-    if not arch:
-        raise ConfigError(
-            f"checkpoint {checkpoint} holds no architecture to rebuild the model from"
-        )
-    model = pk_models.rebuild(arch)
-    model.load_state_dict(ckpt["model"])
-    minfo = pk_models.model_info(arch["name"])
-    size = arch["kwargs"].get("input_size") or fitted_size(arch["name"], image_size)
-    dataset = pk_data.load(
-        data_name, root=root, split=split, image_size=tuple(size) if minfo.dims == 2 else None
-    )
+    """Rebuild the model a file holds and evaluate it on a split of a data set.
+
+    ``checkpoint`` is a training checkpoint (``prunekit train``) or a model file (a run's
+    ``pruned.pt``, anything :func:`prunekit.load` reads, Deep Compression files included). A data
+    set whose samples do not have the shape the model was built for is refused naming both."""
+    from prunekit.errors import CheckpointError
+    from prunekit.persist import load as load_model
+
+    pk_data.check_root(data_name, root)
+    try:
+        ckpt = load_checkpoint(checkpoint)
+    except CheckpointError as not_a_checkpoint:
+        try:
+            model = load_model(checkpoint)
+        except CheckpointError:
+            raise not_a_checkpoint from None
+        arch = getattr(model, "prunekit_arch", None)
+        what = "model file"
+    else:
+        arch = ckpt.get("arch")
+        if not arch:
+            raise ConfigError(
+                f"checkpoint {checkpoint} holds no architecture to rebuild the model from"
+            )
+        model = pk_models.rebuild(arch)
+        model.load_state_dict(ckpt["model"])
+        what = "checkpoint"
+    size: Any = None
+    if arch:
+        minfo = pk_models.model_info(arch["name"])
+        size = arch["kwargs"].get("input_size") or fitted_size(arch["name"], image_size)
+        size = (size,) if isinstance(size, int) else tuple(size)
+        if minfo.dims != 2:
+            size = None
+    dataset = pk_data.load(data_name, root=root, split=split, image_size=size)
+    _check_input_shape(model, arch, dataset, f"{what} {checkpoint}", data_name)
     return {
         "checkpoint": str(checkpoint),
         "data": data_name,
         "split": split,
         **evaluate(model, dataset),
     }
+
+
+def _check_input_shape(
+    model: nn.Module, arch: dict[str, Any] | None, dataset: Any, what: str, data_name: str
+) -> None:
+    """Refuse a data set whose samples the model cannot take, naming both shapes."""
+    shape = tuple(dataset.info.input_shape)
+    kwargs = (arch or {}).get("kwargs", {})
+    channels, size = kwargs.get("in_channels"), kwargs.get("input_size")
+    if channels is not None and size is not None:
+        size = (size,) if isinstance(size, int) else tuple(size)
+        expected = (int(channels), *(int(v) for v in size))
+        if len(expected) == len(shape) and expected != shape:
+            raise ConfigError(
+                f"{what} holds a model for inputs of shape {expected}, but data set "
+                f"{data_name!r} gives samples of shape {shape}; evaluate it on data of its shape"
+            )
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *shape))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"{what} cannot take samples of shape {shape} from data set {data_name!r}: {first}"
+        ) from e
 
 
 @dataclass
@@ -275,6 +486,26 @@ class PruneConfig:
             "help": "method options as KEY=VALUE ... (prunekit methods --show ID lists them)"
         },
     )
+    round_to: int | None = field(
+        default=None,
+        metadata={"help": "keep every pruned width a multiple of N (criterion runs)"},
+    )
+    distill: bool = field(
+        default=False,
+        metadata={"help": "fine-tune by distillation from the unpruned model (Hinton et al.)"},
+    )
+    distill_temperature: float = field(default=4.0, metadata={"help": "distillation temperature T"})
+    distill_alpha: float = field(
+        default=0.9, metadata={"help": "weight of the soft (teacher) term; 1 - alpha on labels"}
+    )
+
+    def distillation(self) -> Any:
+        """The fine-tuning's :class:`~prunekit.train.distill.Distillation`, or None."""
+        from prunekit.train.distill import Distillation
+
+        if not self.distill:
+            return None
+        return Distillation(self.distill_temperature, self.distill_alpha)
 
     def target(self) -> dict[str, float]:
         """The one target of the run: ``target_sparsity`` for an unstructured method (type U in
@@ -314,6 +545,46 @@ class PruneConfig:
     def label(self) -> str:
         return self.method if self.method else f"{self.importance} criterion"
 
+    def validate(self) -> None:
+        """Every check that needs no training, so a bad value fails before any work: model,
+        data set and its folder, input size, counts (``calib_batches >= 1``,
+        ``finetune_epochs >= 0``), the training and fine-tuning knobs, the target (its kind
+        and its range), the criterion and scope, or the method and its options."""
+        from prunekit.targets import Target
+
+        baseline_config(self)[0].validate()
+        for name, minimum in (("calib_batches", 1), ("finetune_epochs", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        lr = self.finetune_lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise ConfigError(f"finetune_lr must be a number > 0, got {lr!r}")
+        finetune_config(self)  # TrainConfig checks epochs, batch size, lr and seed
+        Target.from_mapping(self.target())
+        options = self.options()
+        if self.method is None:
+            from prunekit import criteria
+
+            criteria.get(self.importance)
+            if self.scope not in ("layer", "global"):
+                raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}")
+        else:
+            from prunekit import methods
+
+            methods.get(self.method).resolve(options)
+
+    def settings(self) -> dict[str, Any]:
+        """What defines a pruning run's results: every field, the data folder as an absolute
+        path and the method options as a mapping (their order on the command line is not)."""
+        return {
+            "run": {
+                **to_dict(self),
+                "root": _absolute(self.root),
+                "option": dict(sorted(self.options().items())),
+            }
+        }
+
 
 def _method_type(method_id: str) -> str:
     from prunekit import methods
@@ -322,7 +593,76 @@ def _method_type(method_id: str) -> str:
 
 
 def prune_step(config: PruneConfig, setup: Setup, *, progress: bool = True) -> Any:
-    """Prune ``setup.model`` in place as ``config`` says; returns the method's report."""
+    """Prune ``setup.model`` in place as ``config`` says; returns the method's report.
+
+    A target that cannot be reached is an error that also names the pinned channels (which
+    layers' channels nothing may remove, and why)."""
+    try:
+        return _prune(config, setup, progress)
+    except ConfigError as e:
+        if "cannot reach" not in str(e):
+            raise
+        raise ConfigError(f"{e}; {pinned_channels(setup.model, setup.example_input())}") from e
+
+
+def pinned_channels(model: nn.Module, example: torch.Tensor) -> str:
+    """One line naming the channels the structural core may not remove, by reason (a reshape
+    that mixes channels, the model output ...), with the layers that carry them: the pinned sets
+    of :func:`prunekit.graph.explain` where it exists, else the graph's own pinned labels."""
+    from prunekit import graph as pk_graph
+
+    explain = getattr(pk_graph, "explain", None)
+    if explain is not None:
+        report = explain(model, example)
+        if report.refusal is not None:
+            return f"the channel graph refuses this model: {report.refusal}"
+        groups = len(report.groups)
+        # the model's input channels are never removed: not news
+        pinned = [(p.reason, p.layers) for p in report.pinned if p.reason != "model input"]
+    else:
+        g = pk_graph.build(model, example)
+        groups = len(g.groups)
+        by_reason: dict[str, list[str]] = {}
+        for name, site in g.sites.items():
+            if site.out_labels is None or not len(site.out_labels):
+                continue
+            roots = set(g.labels.roots(site.out_labels).tolist())
+            for reason in sorted({g.labels.fixed_reason(int(r)) or "" for r in roots} - {""}):
+                by_reason.setdefault(reason, []).append(name)
+        pinned = list(by_reason.items())
+    if not pinned:
+        return f"{groups} channel group(s) can be pruned and no channels are pinned"
+    parts = []
+    usual = ("model output", "protected layer")  # expected pins go last
+    for reason, layers in sorted(pinned, key=lambda p: p[0].startswith(usual)):
+        shown = ", ".join(layers[:6]) + (f" (+{len(layers) - 6} more)" if len(layers) > 6 else "")
+        parts.append(f"{shown} ({reason})")
+    return f"{groups} channel group(s) can be pruned; pinned channels: " + "; ".join(parts)
+
+
+def shortfall_warnings(
+    config: PruneConfig, model: nn.Module, example: torch.Tensor, report: Any
+) -> list[str]:
+    """A warning when a structured prune removed less than its target (more than the 1%
+    tolerance short), naming the pinned channels; empty when the target was met."""
+    from prunekit.prune import TOLERANCE
+
+    target = config.target()
+    ((key, fraction),) = target.items()
+    kind = key.removeprefix("target_")
+    if kind not in ("flops", "params"):
+        return []
+    achieved = report.flops_reduction if kind == "flops" else report.params_reduction
+    if achieved >= fraction - TOLERANCE:
+        return []
+    what = "FLOPs" if kind == "flops" else "parameters"
+    return [
+        f"asked to remove {fraction:.0%} of the {what} but removed {achieved:.0%}: "
+        + pinned_channels(model, example)
+    ]
+
+
+def _prune(config: PruneConfig, setup: Setup, progress: bool) -> Any:
     from prunekit import methods
     from prunekit.prune import prune_channels
 
@@ -333,10 +673,15 @@ def prune_step(config: PruneConfig, setup: Setup, *, progress: bool = True) -> A
             example,
             importance=config.importance,
             scope=config.scope,
+            round_to=config.round_to,
             **config.target(),
         )
     from prunekit.targets import Target
 
+    if config.round_to is not None:
+        raise ConfigError(
+            f"round_to applies to criterion runs; method {config.method!r} chooses its own widths"
+        )
     method = methods.get(config.method)  # a planned method is refused, never replaced
     ctx = methods.Context(
         setup.model,
@@ -350,6 +695,14 @@ def prune_step(config: PruneConfig, setup: Setup, *, progress: bool = True) -> A
         options={"progress": progress, **config.options()},
     )
     return method.prune(ctx)
+
+
+def finetune_config(config: PruneConfig) -> TrainConfig:
+    """The fine-tuning config: the baseline's, with ``finetune_epochs`` (at least 1: with 0
+    nothing is fine-tuned) and ``finetune_lr``."""
+    return dataclasses.replace(
+        baseline_config(config)[1], epochs=max(config.finetune_epochs, 1), lr=config.finetune_lr
+    )
 
 
 def baseline_config(config: PruneConfig) -> tuple[TrainJob, TrainConfig]:
@@ -371,29 +724,40 @@ def run_pruning(
     progress: bool = True,
     baseline: Trained | None = None,
     latency: bool = True,
+    prune: Any = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data``; prune it (``config.method`` or the
     ``config.importance`` criterion) to the target; fine-tune; report accuracy (top-1, and top-5
     as ``top5_<stage>`` when the model has more than 5 classes), size and speed before and after.
-    With ``out``: metrics, config and the pruned model are saved there, and rerunning resumes
-    from the training and fine-tuning checkpoints. ``latency=False`` skips the latency timings
-    (a caller that times the models itself, e.g. at other batch sizes or thread counts).
+    With ``out``: metrics, config and the pruned model are saved there, and rerunning the same
+    run resumes from the training and fine-tuning checkpoints (a folder holding another run is
+    refused unless ``overwrite``; see the module docstring). ``latency=False`` skips the latency
+    timings (a caller that times the models itself, e.g. at other batch sizes or thread counts).
+
+    Timings: ``train_time_s`` and ``finetune_time_s`` sum the epochs of every attempt (a resumed
+    run counts the epochs its earlier attempts trained); ``attempts`` counts the starts. Latency
+    is timed on one thread; ``warnings`` says why a figure may not be trusted, or that the prune
+    removed less than asked and which channels were pinned.
 
     ``baseline``: an already trained baseline (from :func:`train_and_test` with
     :func:`baseline_config`'s configs) to prune a copy of, instead of training one; it is left
     unchanged, so one baseline serves every method of a comparison.
+
+    ``prune(setup)``, when given, prunes ``setup.model`` in place instead of ``config.method``
+    or the criterion and returns a :class:`~prunekit.prune.PruneReport` (the benchmark's peer
+    and reference baselines). With ``config.distill`` the fine-tuning learns from a copy of the
+    unpruned model (:mod:`prunekit.train.distill`).
     """
     from prunekit.persist import save
 
-    config.target()  # fail before training, not after
-    options = config.options()
-    if config.method is not None:
-        from prunekit import methods
-
-        methods.get(config.method).resolve(options)
+    config.validate()  # every check that needs no training, before any
     out_dir = Path(out) if out is not None else None
+    attempts = 1
+    if out_dir is not None:
+        attempts = claim_run_folder(out_dir, "prune", config.settings(), overwrite=overwrite)
     job, train_cfg = baseline_config(config)
-    t0 = time.perf_counter()
+    finetune_cfg = finetune_config(config)
     if baseline is None:
         run = train_and_test(
             job,
@@ -407,6 +771,7 @@ def run_pruning(
             baseline, setup=dataclasses.replace(baseline.setup, model=model_copy)
         )
     setup, model, example = run.setup, run.setup.model, run.setup.example_input()
+    warnings: list[str] = []
     metrics: dict[str, Any] = {
         "model": config.model,
         "data": setup.info.name,
@@ -416,32 +781,31 @@ def run_pruning(
         "method": config.label(),
         **config.target(),
         "acc_before": run.test["top1"],
-        "train_time_s": time.perf_counter() - t0,
+        "train_time_s": run.result.train_time_s,  # every epoch of every attempt
+        "attempts": attempts,
     }
     if "top5" in run.test:
         metrics["top5_before"] = run.test["top5"]
-    metrics.update(tagged(model_figures(model, example, latency=latency), "before"))
+    metrics.update(_stage_figures(model, example, "before", latency, warnings))
 
+    teacher = copy.deepcopy(model) if config.distill else None
     t0 = time.perf_counter()
-    report = prune_step(config, setup, progress=progress)
+    report = prune(setup) if prune is not None else prune_step(config, setup, progress=progress)
     metrics["prune_time_s"] = time.perf_counter() - t0
     _record_accuracy(metrics, "pruned", evaluate(model, setup.test_set))
 
-    finetune_cfg = dataclasses.replace(
-        train_cfg, epochs=max(config.finetune_epochs, 1), lr=config.finetune_lr
-    )
-    t0 = time.perf_counter()
+    finetuned = 0.0
     if config.finetune_epochs > 0:  # 0: measure the pruned model as it is
-        fit(
+        finetuned = fit(
             model,
             setup.train_set,
             finetune_cfg,
             val_set=setup.val_set,
             checkpoint=out_dir / "finetune.pt" if out_dir else None,
             progress=progress,
-        )
-    metrics["finetune_time_s"] = time.perf_counter() - t0
-    _record_accuracy(metrics, "finetuned", evaluate(model, setup.test_set))
+            loss=None if teacher is None else config.distillation().loss(teacher),
+        ).train_time_s
+    metrics["finetune_time_s"] = finetuned  # every epoch of every attempt
     from prunekit.methods import SparsityReport
 
     if isinstance(report, SparsityReport):
@@ -451,7 +815,21 @@ def run_pruning(
         metrics["nonzero_params"] = final["nonzero"]
     else:
         metrics["groups_pruned"] = sum(g.after < g.before for g in report.groups)
-    metrics.update(tagged(model_figures(model, example, latency=latency), "after"))
+        warnings += shortfall_warnings(config, model, example, report)
+    result_file = _result_file(config, model, out_dir)
+    if result_file is not None:  # the run's result is that file: measure the model it holds
+        from prunekit.persist import load as load_model
+
+        model = load_model(result_file)
+    _record_accuracy(metrics, "finetuned", evaluate(model, setup.test_set))
+    metrics.update(_stage_figures(model, example, "after", latency, warnings))
+    if result_file is not None:
+        metrics["bytes_after"] = measure.file_size(result_file)
+        metrics["result_file"] = str(result_file) if out_dir is not None else None
+        if out_dir is None:  # nowhere to keep it: it was written to be measured
+            result_file.unlink(missing_ok=True)
+            result_file.parent.rmdir()
+    metrics["warnings"] = warnings
     if out_dir is not None and rank() == 0:
         save(model, out_dir / "pruned.pt", extra={"run": dataclasses.asdict(config)})
         metrics["pruned_model_file"] = str(out_dir / "pruned.pt")
@@ -465,6 +843,36 @@ def run_pruning(
             metrics,
         )
     return metrics
+
+
+def _stage_figures(
+    model: nn.Module, example: torch.Tensor, stage: str, latency: bool, warnings: list[str]
+) -> dict[str, Any]:
+    """:func:`model_figures` named after ``stage``; its warnings join ``warnings``."""
+    figures = model_figures(model, example, latency=latency)
+    warnings += [f"{stage}: {w}" for w in figures.pop("warnings", [])]
+    return tagged(figures, stage)
+
+
+def _result_file(config: PruneConfig, model: nn.Module, out_dir: Path | None) -> Path | None:
+    """Write the file a method declares as its result (``result_file`` and ``write_result`` on
+    the method) in ``out_dir`` (a temporary folder without one); ``None`` for other methods."""
+    if config.method is None:
+        return None
+    from prunekit import methods
+
+    method = methods.get(config.method)
+    name = getattr(method, "result_file", None)
+    if not name:
+        return None
+    folder = out_dir if out_dir is not None else Path(tempfile.mkdtemp(prefix="prunekit-"))
+    path = folder / name
+    if rank() == 0:
+        method.write_result(model, path, config.options())
+        if out_dir is not None:
+            _note_result_file(out_dir, name)
+    barrier()
+    return path
 
 
 def _record_accuracy(metrics: dict[str, Any], stage: str, result: dict[str, Any]) -> None:
@@ -494,8 +902,10 @@ DEMO_ROWS = [
     ("params", "params_{}"),
     ("MACs", "macs_{}"),
     ("FLOPs", "flops_{}"),
-    ("latency, batch 1 (ms)", "latency_{}_ms"),
-    ("latency, batch 32 (ms)", "latency_b32_{}_ms"),
+    ("latency, batch 1 (ms, median)", "latency_{}_ms"),
+    ("  spread, batch 1 (IQR, ms)", "latency_{}_iqr_ms"),
+    ("latency, batch 32 (ms, median)", "latency_b32_{}_ms"),
+    ("  spread, batch 32 (IQR, ms)", "latency_b32_iqr_{}_ms"),
     ("peak memory, batch 1 (bytes)", "peak_memory_bytes_{}"),
     ("bytes on disk", "bytes_{}"),
 ]
@@ -515,6 +925,8 @@ def demo_table(metrics: dict[str, Any]) -> str:
         rows.append(["weight sparsity (conv/Linear)", 0.0, metrics["sparsity"], None])
     for label, key in DEMO_ROWS:
         before, after = metrics.get(key.format("before")), metrics.get(key.format("after"))
+        if key == "bytes_{}" and metrics.get("result_file"):
+            label = f"{label} (after: {Path(metrics['result_file']).name})"
         rows.append([label, before, after, ratio(before, after)])
     target = (
         f"{metrics['target_flops']:.0%} fewer FLOPs"
@@ -527,4 +939,6 @@ def demo_table(metrics: dict[str, Any]) -> str:
         f"{metrics['model']} on {metrics['data']} {tuple(metrics['input_shape'])}: "
         f"{metrics['epochs']} epochs, then pruned ({metrics['method']}) to {target} and fine-tuned"
     )
+    if "latency_threads" in metrics:
+        title += f" (latency on {metrics['latency_threads']} thread(s))"
     return title + "\n" + markdown_table(["", "before", "after", "after/before"], rows)

@@ -16,7 +16,7 @@ import platform
 import socket
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from prunekit.bench.spec import MeasureSpec, RunConfig, Spec, expand, load_spec
 from prunekit.bench.store import Store, shard_path
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, PrunekitError, one_line
 
 __all__ = [
     "LAUNCHER_VARS",
@@ -76,14 +76,15 @@ _CONFIG_ECHO = (
 @dataclass
 class RunSummary:
     """What one :func:`run_spec` call did: of ``total`` runs (this rank's), ``skipped_done``
-    were already done and ``ran`` were run, ``failed`` of them failing; ``store`` is the file
-    written."""
+    were already done and ``ran`` were run, ``failed`` of them failing; ``failures`` holds each
+    failed run's label and one-line error; ``store`` is the file written."""
 
     total: int
     skipped_done: int
     ran: int
     failed: int
     store: Path
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -118,10 +119,16 @@ def run_spec(
     default the CPU cores divided among them); ``threads`` with one worker sets this process's
     torch threads for the call. ``work_dir`` defaults to :func:`default_work_dir` of the store
     (shared by the ranks of a ``torchrun`` launch). A run that raises is recorded as failed and the
-    others go on.
+    others go on. Every run's configuration is checked before any work starts (an unknown
+    option, a data folder that is not there ...).
     """
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
+    for cfg in expand(spec):
+        try:
+            cfg.prune_config().validate()
+        except PrunekitError as e:
+            raise ConfigError(f"{spec.source}: run {cfg.label()}: {e}") from None
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     if threads is not None and (
@@ -150,17 +157,18 @@ def run_spec(
     )
     try:
         if workers == 1 or not todo:
-            failed = _run_here(job, todo, threads, bar)
+            failures = _run_here(job, todo, threads, bar)
         else:
-            failed = _run_pool(job, todo, threads, bar)
+            failures = _run_pool(job, todo, threads, bar)
     finally:
         bar.close()
     return RunSummary(
         total=len(mine),
         skipped_done=len(mine) - len(todo),
         ran=len(todo),
-        failed=failed,
+        failed=len(failures),
         store=shard,
+        failures=failures,
     )
 
 
@@ -196,28 +204,34 @@ def _leave_launcher() -> tuple[int, int]:
 # ---------------------------------------------------------------------------------- scheduling
 
 
-def _run_here(job: _Job, todo: list[RunConfig], threads: int | None, bar: Any) -> int:
+def _run_here(
+    job: _Job, todo: list[RunConfig], threads: int | None, bar: Any
+) -> list[tuple[str, str]]:
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    failed = 0
+    failures = []
     try:
         with _Runner(job) as runner:
             for cfg in todo:
                 bar.set_postfix_str(cfg.label())
-                failed += not runner.run(cfg)
+                error = runner.run(cfg)
+                if error is not None:
+                    failures.append((cfg.label(), error))
                 bar.update()
     finally:
         torch.set_num_threads(before)
-    return failed
+    return failures
 
 
-def _run_pool(job: _Job, todo: list[RunConfig], threads: int | None, bar: Any) -> int:
+def _run_pool(
+    job: _Job, todo: list[RunConfig], threads: int | None, bar: Any
+) -> list[tuple[str, str]]:
     """Baselines first (each once, in parallel), then the runs; a run whose baseline failed is
     recorded as failed without running."""
     per_worker = threads or max(1, _cores() // job.workers)
     context = multiprocessing.get_context("spawn")
-    failed = 0
+    failures = []
     with ProcessPoolExecutor(
         max_workers=job.workers,
         mp_context=context,
@@ -233,21 +247,23 @@ def _run_pool(job: _Job, todo: list[RunConfig], threads: int | None, bar: Any) -
             error = fut.result()
             if error is not None:
                 errors[baseline_jobs[fut]] = error
-        runs: dict[Future[bool], RunConfig] = {}
+        runs: dict[Future[str | None], RunConfig] = {}
         with Store(job.store) as store:
             for cfg in todo:
                 if cfg.baseline_key in errors:
                     store.start(cfg.id, cfg.to_dict())
                     store.fail(cfg.id, errors[cfg.baseline_key])
-                    failed += 1
+                    failures.append((cfg.label(), errors[cfg.baseline_key]))
                     bar.update()
                 else:
                     runs[pool.submit(_worker_run, cfg)] = cfg
         for fut in as_completed(runs):
-            failed += not fut.result()
+            error = fut.result()
+            if error is not None:
+                failures.append((runs[fut].label(), error))
             bar.set_postfix_str(runs[fut].label())
             bar.update()
-    return failed
+    return failures
 
 
 def _cores() -> int:
@@ -274,7 +290,7 @@ def _worker_baseline(cfg: RunConfig) -> str | None:
     return None
 
 
-def _worker_run(cfg: RunConfig) -> bool:
+def _worker_run(cfg: RunConfig) -> str | None:
     assert _WORKER is not None
     return _WORKER.run(cfg)
 
@@ -284,7 +300,9 @@ class BaselineError(RuntimeError):
 
 
 def _message(e: BaseException) -> str:
-    return str(e) if isinstance(e, BaselineError) else f"{type(e).__name__}: {e}"
+    """The one line a failed run records, with the error's type."""
+    text = one_line(str(e))
+    return text if isinstance(e, BaselineError) else f"{type(e).__name__}: {text}"
 
 
 # ---------------------------------------------------------------------------------- one run
@@ -317,7 +335,7 @@ class _Runner:
         if key in self._baseline_errors:  # failed earlier in this call: not tried twice
             raise BaselineError(self._baseline_errors[key])
         if key != self._key:
-            job, train_cfg = workflow.baseline_config(cfg.prune_config())
+            job, train_cfg = workflow.baseline_config(cfg.prune_config(for_baseline=True))
             checkpoint = self.work / "baselines" / f"{key}.pt"
             try:
                 trained = workflow.train_and_test(
@@ -329,28 +347,33 @@ class _Runner:
             self._key, self._trained = key, trained
         return self._trained
 
-    def run(self, cfg: RunConfig) -> bool:
-        """Run ``cfg`` and record it; False (and the error in the store) if it raised."""
+    def run(self, cfg: RunConfig) -> str | None:
+        """Run ``cfg`` and record it; its error (also put in the store) if it raised."""
         self.store.start(cfg.id, cfg.to_dict())
         t0 = time.perf_counter()
         try:
             metrics, timings = self._execute(cfg)
         except Exception as e:
             self.store.fail(cfg.id, _message(e))
-            return False
+            return _message(e)
         timings["total_s"] = time.perf_counter() - t0
         self.store.finish(cfg.id, metrics, timings, self.env())
-        return True
+        return None
 
     def _execute(self, cfg: RunConfig) -> tuple[dict[str, Any], dict[str, float]]:
         from prunekit import workflow
+        from prunekit.bench import peers
 
         trained = self.baseline(cfg)
         run_dir = self.work / "runs" / cfg.id
         t0 = time.perf_counter()
         # latency is timed by measure_run, with the spec's threads and batch sizes
+        config = cfg.prune_config()
+        prune = None
+        if peers.is_baseline(cfg.method):  # a peer or reference: not a catalogue method
+            prune = peers.pruner(cfg.method, config, cfg.options, run_dir)
         raw = workflow.run_pruning(
-            cfg.prune_config(), out=run_dir, progress=False, baseline=trained, latency=False
+            config, out=run_dir, progress=False, baseline=trained, latency=False, prune=prune
         )
         pruning_s = time.perf_counter() - t0
         metrics = {k: v for k, v in raw.items() if k not in _CONFIG_ECHO}

@@ -448,6 +448,12 @@ class _Validator:
         root = mapping.get("root")
         if root is not None:
             root = self.string(root, _join(path, "root"))
+        root_help = DATASETS.entry(name).meta["root_help"]
+        if root is None and root_help is not None:
+            raise self.error(
+                _join(path, "root"),
+                f"data set {name!r} needs a root folder ({{name: {name}, root: DIR}}): {root_help}",
+            )
         return DatasetSpec(name, size, root)
 
     def method(self, value: Any, path: str) -> MethodSpec:

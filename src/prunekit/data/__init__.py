@@ -9,7 +9,7 @@ Importing the loader modules below is what registers them.
 from __future__ import annotations
 
 from prunekit.data import cifar, digits, imagefolder, mnist, mnist_1d, synthetic, transforms
-from prunekit.data.catalog import DATASETS, list_datasets, load
+from prunekit.data.catalog import DATASETS, check_root, list_datasets, load
 from prunekit.data.dataset import Dataset, InMemoryDataset
 from prunekit.data.imagefolder import ImageFolderDataset
 from prunekit.data.info import DataInfo
@@ -22,6 +22,7 @@ __all__ = [
     "Dataset",
     "ImageFolderDataset",
     "InMemoryDataset",
+    "check_root",
     "cifar",
     "digits",
     "imagefolder",

@@ -36,6 +36,19 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
+def check_root(name: str, root: str | os.PathLike[str] | None) -> None:
+    """Refuse, before any work, a data set that needs ``root`` without one, or a ``root`` that is
+    not a folder (the loaders look at the files inside it when they load)."""
+    from prunekit.data.files import existing_root
+
+    root_help = DATASETS.entry(name).meta["root_help"]
+    if root_help is None:
+        return
+    if root is None:
+        raise ConfigError(f"data set {name!r} needs root=DIR: {root_help}")
+    existing_root(Path(root).expanduser(), root_help)
+
+
 def load(
     name: str,
     root: str | os.PathLike[str] | None = None,
@@ -59,8 +72,6 @@ def load(
         raise ConfigError(
             f"data set {name!r} has no option(s) {', '.join(unknown)}; known: {known}"
         )
-    root_help = entry.meta["root_help"]
-    if root_help is not None and root is None:
-        raise ConfigError(f"data set {name!r} needs root=DIR: {root_help}")
+    check_root(name, root)
     path = Path(root).expanduser() if root is not None else None
     return entry.obj(path, split, image_size, bool(augment), **options)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from prunekit.errors import MissingFileError
+from prunekit.errors import DataError, MissingFileError
 
 
 def existing_root(root: Path, expected: str) -> Path:
-    """``root`` if it is a folder, else a :class:`MissingFileError` naming it and ``expected``."""
+    """``root`` if it is a folder, else an error naming it, what it is, and ``expected``."""
+    if root.is_file():
+        raise DataError(f"data folder {str(root)!r} is a file, not a folder; expected {expected}")
     if not root.is_dir():
         raise MissingFileError(f"data folder {str(root)!r} does not exist; expected {expected}")
     return root

@@ -8,6 +8,7 @@ truncated download is reported instead of being reshaped into nonsense.
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def parse_idx(raw: bytes, path: Path) -> np.ndarray:
         raise DataError(f"{where} is truncated inside its header: {EXPECTED}")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = DTYPES[raw[2]]
-    want = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    want = math.prod(dims) * dtype.itemsize  # Python ints: a huge header cannot wrap around
     got = len(raw) - header
     if got != want:
         state = "truncated" if got < want else "longer than its header says"

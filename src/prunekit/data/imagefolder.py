@@ -45,9 +45,17 @@ def list_images(folder: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
                 f"class folder {str(folder / name)!r} is not among the train classes; expected "
                 f"the same class folders in every split of {EXPECTED}"
             )
-        for path in sorted((folder / name).rglob("*")):
-            if path.is_file() and path.suffix.lower() in EXTENSIONS:
-                samples.append((path, index[name]))
+        found = [
+            (path, index[name])
+            for path in sorted((folder / name).rglob("*"))
+            if path.is_file() and path.suffix.lower() in EXTENSIONS
+        ]
+        if not found:
+            raise DataError(
+                f"class folder {str(folder / name)!r} holds no image files "
+                f"({', '.join(sorted(EXTENSIONS))}); fill it or remove it: expected {EXPECTED}"
+            )
+        samples += found
     return samples
 
 

@@ -81,6 +81,11 @@ def _read_cached(
         raise DataError(
             f"{str(label_path)!r} holds {labels.dtype} {labels.shape}; expected IDX uint8 labels (N,)"
         )
+    if len(images) == 0:
+        raise DataError(
+            f"{str(image_path)!r} holds no samples (its header gives {images.shape}); expected "
+            "IDX images with at least one sample"
+        )
     if len(labels) != len(images):
         raise DataError(
             f"{str(label_path)!r} has {len(labels)} labels but {str(image_path)!r} has "

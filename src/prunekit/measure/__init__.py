@@ -7,7 +7,7 @@ figures can be logged as data (:func:`summarize` gathers them into one flat dict
 from __future__ import annotations
 
 from prunekit.measure.flops import FlopCount, count_flops
-from prunekit.measure.latency import Latency, measure_latency
+from prunekit.measure.latency import Latency, latency_warnings, measure_latency
 from prunekit.measure.memory import peak_memory
 from prunekit.measure.params import ParamCount, count_params
 from prunekit.measure.size import file_size, serialized_size
@@ -21,6 +21,7 @@ __all__ = [
     "count_flops",
     "count_params",
     "file_size",
+    "latency_warnings",
     "layer_table",
     "measure_latency",
     "peak_memory",

@@ -34,8 +34,10 @@ def summarize(
     latency: bool = True,
     batch_sizes: tuple[int, ...] = (1, 32),
     min_run_time: float = 0.5,
+    threads: int | None = None,
 ) -> dict[str, float | int]:
-    """Params, FLOPs and MACs per sample, bytes, peak memory and latency at each batch size."""
+    """Params, FLOPs and MACs per sample, bytes, peak memory and latency at each batch size
+    (median and inter-quartile range, on ``threads`` torch threads: default the current count)."""
     one = batch_of(inputs, 1)
     params = count_params(model)
     flops = count_flops(model, one)
@@ -49,7 +51,9 @@ def summarize(
     }
     if latency:
         for n in batch_sizes:
-            lat = measure_latency(model, batch_of(inputs, n), min_run_time=min_run_time)
+            lat = measure_latency(
+                model, batch_of(inputs, n), min_run_time=min_run_time, threads=threads
+            )
             out[f"latency_b{n}_ms"] = lat.median_ms
             out[f"latency_b{n}_iqr_ms"] = lat.iqr_ms
     return out

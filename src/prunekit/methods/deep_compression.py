@@ -125,6 +125,15 @@ class DeepCompression(Method):
         "quant_lr": 0.001,
         "quant_weight_decay": 0.0,
     }
+    result_file: ClassVar[str] = "model.deepc"  # the paper's result is this file (stage 3)
+
+    def write_result(self, model: nn.Module, path: Any, options: dict[str, Any]) -> None:
+        """Huffman coding, the paper's third stage: the run's model, its masks baked in, written
+        as one file (at most ``2**bits`` shared values per layer, stored exactly)."""
+        from prunekit.compress.deep_compression import compress_model
+
+        opts = self.resolve(options)
+        compress_model(model, path, bits_conv=opts["bits_conv"], bits_fc=opts["bits_fc"])
 
     def _check(self, ctx: Context, opts: dict[str, Any]) -> float:
         target = ctx.target.require("sparsity", method=self.id).fraction
