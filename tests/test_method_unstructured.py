@@ -229,7 +229,7 @@ def test_snip_keeps_the_global_top_k() -> None:
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[1.0, -2.0], [3.0, 0.5]]))
     data = TensorDataset(torch.tensor([[1.0, 2.0]]), torch.tensor([0]))
-    ctx = _ctx(layer, data, 0.5)
+    ctx = _ctx(layer, data, 0.5, init="none")  # the hand-worked weights, as given
     methods.get("snip").prune(ctx)
     # cross-entropy gradients differ by row, worked out: dL/dW = (softmax(z) - onehot) x^T,
     # z = W x = (-3, 4), p = softmax(z); row 0 grad = (p0 - 1) x, row 1 = p1 x
@@ -245,7 +245,7 @@ def test_snip_keeps_the_global_top_k() -> None:
 
 def test_snip_end_to_end_with_reinit() -> None:
     _end_to_end("snip", 0.9)
-    _end_to_end("snip", 0.5, reinit=True, snip_batches=2)
+    _end_to_end("snip", 0.5, init="architecture", calib_batches=2)
 
 
 # ----------------------------------------------------------------------------- N:M

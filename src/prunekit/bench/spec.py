@@ -58,6 +58,7 @@ class MethodSpec:
 
     id: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    distill: bool | None = None  # None: the spec's finetune.distill
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ class FinetuneSpec:
 
     epochs: int = 3
     lr: float = 0.01
+    distill: bool = False  # learn from the unpruned model (prunekit.train.distill)
+    temperature: float = 4.0
+    alpha: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,8 @@ class Spec:
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     calib_batches: int = 4
     measure: MeasureSpec = field(default_factory=MeasureSpec)
+    baselines_per_seed: int = 1  # several baselines per seed: results averaged over scratches
+    round_to: int | None = None  # pruned widths a multiple of this (criteria, peers, references)
     source: str = field(default="<spec>", compare=False)
 
 
@@ -145,9 +151,30 @@ class RunConfig:
     finetune_lr: float
     calib_batches: int
     options: dict[str, Any] = field(default_factory=dict)
+    baseline: int = 0  # which of the seed's baselines (0 .. baselines_per_seed - 1)
+    distill: bool = False
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.9
+    round_to: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def hashed(self) -> dict[str, Any]:
+        """:meth:`to_dict` less the later fields left at their defaults (and the distillation
+        settings of a run without distillation), so runs stored before those fields existed
+        keep their ids."""
+        out = self.to_dict()
+        for key, default in _LATER_DEFAULTS.items():
+            if out[key] == default or (key.startswith("distill_") and not self.distill):
+                del out[key]
+        return out
+
+    @property
+    def baseline_seed(self) -> int:
+        """The seed the baseline trains with: the run's seed for the first baseline of a seed,
+        a distinct one for each further baseline."""
+        return self.seed + 100_003 * self.baseline
 
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any]) -> RunConfig:
@@ -158,19 +185,26 @@ class RunConfig:
 
     @property
     def id(self) -> str:
-        """First 16 hex digits of the sha256 of the canonical JSON of :meth:`to_dict`."""
-        return _short_hash(self.to_dict())
+        """First 16 hex digits of the sha256 of the canonical JSON of :meth:`hashed`."""
+        return _short_hash(self.hashed())
 
     @property
     def baseline_key(self) -> str:
         """A hash of the fields that decide the baseline: runs sharing it share one baseline."""
         keys = ("model", "data", "image_size", "root", "seed", "epochs", "batch_size", "lr")
-        return _short_hash({k: getattr(self, k) for k in keys})
+        key = {k: getattr(self, k) for k in keys}
+        if self.baseline:
+            key["baseline"] = self.baseline
+        return _short_hash(key)
 
-    def prune_config(self) -> Any:
-        """This run as a :class:`prunekit.workflow.PruneConfig`."""
+    def prune_config(self, *, for_baseline: bool = False) -> Any:
+        """This run as a :class:`prunekit.workflow.PruneConfig` (a peer or reference baseline's
+        run names no catalogue method: the runner passes its pruning function). With
+        ``for_baseline`` the seed is :attr:`baseline_seed`, the one its baseline trains with."""
+        from prunekit.bench.peers import is_baseline
         from prunekit.workflow import PruneConfig
 
+        method = None if is_baseline(self.method) else self.method
         return PruneConfig(
             model=self.model,
             data=self.data,
@@ -179,19 +213,40 @@ class RunConfig:
             epochs=self.epochs,
             batch_size=self.batch_size,
             lr=self.lr,
-            seed=self.seed,
-            method=self.method,
+            seed=self.baseline_seed if for_baseline else self.seed,
+            method=method,
             target_flops=self.target if self.target_kind == "flops" else None,
             target_params=self.target if self.target_kind == "params" else None,
             target_sparsity=self.target if self.target_kind == "sparsity" else None,
             calib_batches=self.calib_batches,
             finetune_epochs=self.finetune_epochs,
             finetune_lr=self.finetune_lr,
-            option=tuple(f"{k}={_option_text(v)}" for k, v in sorted(self.options.items())),
+            option=()
+            if method is None
+            else tuple(f"{k}={_option_text(v)}" for k, v in sorted(self.options.items())),
+            round_to=self.round_to,
+            distill=self.distill,
+            distill_temperature=self.distill_temperature,
+            distill_alpha=self.distill_alpha,
         )
 
     def label(self) -> str:
-        return f"{self.model}/{self.data} {self.method} {self.target_kind}={self.target:g} seed {self.seed}"
+        extra = (f" baseline {self.baseline}" if self.baseline else "") + (
+            " distilled" if self.distill else ""
+        )
+        return (
+            f"{self.model}/{self.data} {self.method} {self.target_kind}={self.target:g} "
+            f"seed {self.seed}{extra}"
+        )
+
+
+_LATER_DEFAULTS: dict[str, Any] = {
+    "baseline": 0,
+    "distill": False,
+    "distill_temperature": 4.0,
+    "distill_alpha": 0.9,
+    "round_to": None,
+}
 
 
 def _short_hash(obj: Any) -> str:
@@ -215,11 +270,11 @@ def expand(spec: Spec) -> list[RunConfig]:
     unstructured one (``U``) the ``sparsity`` targets; a method with no target of its type is a
     :class:`ConfigError` naming it.
     """
-    from prunekit import methods
+    from prunekit.bench.peers import method_type as type_of
 
     kinds: dict[str, list[tuple[str, float]]] = {}
     for m in spec.methods:
-        method_type = methods.entry(m.id).type
+        method_type = type_of(m.id)
         pairs = spec.targets.of_type(method_type)
         if not pairs:
             wanted = " or ".join(f"targets.{k}" for k in KINDS_OF_TYPE[method_type])
@@ -246,12 +301,18 @@ def expand(spec: Spec) -> list[RunConfig]:
             finetune_lr=spec.finetune.lr,
             calib_batches=spec.calib_batches,
             options=dict(m.options),
+            baseline=b,
+            distill=spec.finetune.distill if m.distill is None else m.distill,
+            distill_temperature=spec.finetune.temperature,
+            distill_alpha=spec.finetune.alpha,
+            round_to=spec.round_to,
         )
         for model in spec.models
         for ds in spec.datasets
         for m in spec.methods
         for kind, target in kinds[m.id]
         for seed in spec.seeds
+        for b in range(spec.baselines_per_seed)
     ]
     return runs
 
@@ -298,6 +359,10 @@ def parse_spec(mapping: Any, source: str = "<spec>") -> Spec:
         kwargs["calib_batches"] = v.integer(top["calib_batches"], "calib_batches", 1)
     if "measure" in top:
         kwargs["measure"] = v.section(top["measure"], "measure", MeasureSpec, MEASURE_CHECKS)
+    if "baselines_per_seed" in top:
+        kwargs["baselines_per_seed"] = v.integer(top["baselines_per_seed"], "baselines_per_seed", 1)
+    if top.get("round_to") is not None:
+        kwargs["round_to"] = v.integer(top["round_to"], "round_to", 1)
     spec = Spec(name, models, datasets, methods_, source=source, **kwargs)
     expand(spec)  # a method without a target of its type fails here, at load time
     return spec
@@ -314,6 +379,8 @@ SPEC_KEYS = (
     "finetune",
     "calib_batches",
     "measure",
+    "baselines_per_seed",
+    "round_to",
 )
 
 
@@ -458,15 +525,22 @@ class _Validator:
 
     def method(self, value: Any, path: str) -> MethodSpec:
         from prunekit import methods
+        from prunekit.bench import peers
 
         id_path = path if isinstance(value, str) else _join(path, "id")
         if isinstance(value, str):
             value = {"id": value}
         mapping = self.mapping(value, path)
-        self.keys(mapping, path, ("id", "options"), required=("id",))
+        self.keys(mapping, path, ("id", "options", "distill"), required=("id",))
         method_id = self.string(mapping["id"], id_path)
+        distill = mapping.get("distill")
+        if distill is not None:
+            distill = self.boolean(distill, _join(path, "distill"))
         try:
-            method = methods.get(method_id)
+            if peers.is_baseline(method_id):
+                method: Any = peers.get(method_id)
+            else:
+                method = methods.get(method_id)
         except PrunekitError as e:
             raise self.error(id_path, str(e)) from None
         raw = mapping.get("options")
@@ -481,7 +555,7 @@ class _Validator:
                 options[key] = method.resolve({key: val})[key]
             except ConfigError as e:
                 raise self.error(key_path, str(e)) from None
-        return MethodSpec(method_id, options)
+        return MethodSpec(method_id, options, distill)
 
     def targets(self, value: Any, path: str) -> Targets:
         mapping = self.mapping(value, path)
@@ -514,7 +588,19 @@ BASELINE_CHECKS: dict[str, Callable[[_Validator, Any, str], Any]] = {
 FINETUNE_CHECKS: dict[str, Callable[[_Validator, Any, str], Any]] = {
     "epochs": lambda v, x, p: v.integer(x, p, 0),
     "lr": lambda v, x, p: v.number(x, p, positive=True),
+    "distill": lambda v, x, p: v.boolean(x, p),
+    "temperature": lambda v, x, p: v.number(x, p, positive=True),
+    "alpha": lambda v, x, p: _unit_interval(v, x, p),
 }
+
+
+def _unit_interval(v: _Validator, value: Any, path: str) -> float:
+    number = v.number(value, path)
+    if not 0.0 <= number <= 1.0:
+        raise v.error(path, f"expected a number in [0, 1], got {value!r}")
+    return number
+
+
 MEASURE_CHECKS: dict[str, Callable[[_Validator, Any, str], Any]] = {
     "latency": lambda v, x, p: v.boolean(x, p),
     "batch_sizes": _positive_ints,
