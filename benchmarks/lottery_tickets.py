@@ -63,7 +63,9 @@ def one_run(args: argparse.Namespace, reset: str, seed: int) -> dict[str, Any]:
         seed=seed,
         options={
             "progress": False,
-            "reset": reset,
+            # the control: the masks of the ticket reset to init, trained from a new draw
+            "reset": "init" if reset == "random" else reset,
+            "random_control": reset == "random",
             "rate_per_round": args.rate,
             "round_epochs": args.round_epochs,
             "rewind_steps": args.rewind_steps,

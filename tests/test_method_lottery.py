@@ -134,7 +134,7 @@ def test_lth_reset_init_gives_exact_initial_values() -> None:
     model = _conv()
     theta_0 = _reset_by_hand(model, seed=0).state_dict()
     ctx = _ctx(model, _images(), 0.5, rate_per_round=0.5, round_epochs=1, lr=0.01)
-    ctx.options["train_final"] = False
+    ctx.options.update(reset="init", train_final=False)
     report = methods.get("lth").prune(ctx)
     assert report.sparsity == pytest.approx(0.5, abs=0.01)
     _assert_ticket_equals(ctx.model, theta_0)
@@ -167,11 +167,11 @@ def test_lth_rewind_restores_values_at_step_k() -> None:
 def test_lth_random_reinit_keeps_mask_with_new_values() -> None:
     model = _conv()
     runs = {}
-    for reset in ("init", "random"):
+    for control in (False, True):
         ctx = _ctx(copy.deepcopy(model), _images(), 0.5, rate_per_round=0.5, round_epochs=1)
-        ctx.options.update(reset=reset, train_final=False, lr=0.01)
+        ctx.options.update(reset="init", random_control=control, train_final=False, lr=0.01)
         methods.get("lth").prune(ctx)
-        runs[reset] = ctx.model
+        runs["random" if control else "init"] = ctx.model
     mask_init, mask_random = masks.get_masks(runs["init"]), masks.get_masks(runs["random"])
     assert mask_init.keys() == mask_random.keys()
     assert all(mask_init[n] == mask_random[n] for n in mask_init)  # same ticket structure
@@ -186,6 +186,8 @@ def test_lth_random_reinit_keeps_mask_with_new_values() -> None:
 def test_lth_bad_options() -> None:
     with pytest.raises(ConfigError, match="reset"):
         methods.get("lth").prune(_ctx(_mlp(), _vectors(), 0.5, reset="bogus"))
+    with pytest.raises(ConfigError, match="reset"):  # the control is random_control=True
+        methods.get("lth").prune(_ctx(_mlp(), _vectors(), 0.5, reset="random"))
     with pytest.raises(ConfigError, match="rate_per_round"):
         methods.get("lth").prune(_ctx(_mlp(), _vectors(), 0.5, rate_per_round=1.0))
     ctx = _ctx(_mlp(), _vectors(), 0.5, reset="rewind", rewind_steps=50, round_epochs=1)

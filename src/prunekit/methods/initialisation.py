@@ -6,7 +6,9 @@ the model itself (torchvision and timm models initialise in their constructor; e
 method lets it be rerun). Every submodule's own ``reset_parameters`` (PyTorch's per-layer
 defaults) runs first, so layers the architecture's routine does not touch are reset too; the
 architecture's routine then overrides what it sets. A model without one gets the per-layer
-defaults alone.
+defaults alone. A model of prunekit's zoo initialises in its constructor (``prunekit_arch``
+names it): it is built afresh under the seed and its parameters and buffers copied in, when the
+shapes still match.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ def reinitialise(model: nn.Module, seed: int) -> None:
     own = architecture_init(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        if not own and _rebuild_from_zoo(model):
+            return
         for module in model.modules():
             reset = getattr(module, "reset_parameters", None)
             if module is not model and callable(reset):
@@ -45,3 +49,21 @@ def reinitialise(model: nn.Module, seed: int) -> None:
             getattr(model, own)()
     if current:
         masks.apply_masks(model, current)  # re-zeroes the stored weights under the masks
+
+
+def _rebuild_from_zoo(model: nn.Module) -> bool:
+    """Copy a fresh build of ``model``'s zoo architecture into it (masks stay in force); False
+    when it has no ``prunekit_arch`` or its shapes no longer match (a structurally pruned
+    model)."""
+    from prunekit.methods.retraining import restore, snapshot
+    from prunekit.models import rebuild
+
+    arch = getattr(model, "prunekit_arch", None)
+    if arch is None:
+        return False
+    fresh = snapshot(rebuild(arch))
+    mine = snapshot(model)
+    if fresh.keys() != mine.keys() or any(fresh[k].shape != v.shape for k, v in mine.items()):
+        return False
+    restore(model, fresh)
+    return True
