@@ -230,7 +230,7 @@ def test_taylor_end_to_end(target: dict[str, float]) -> None:
     [
         ({"maps_per_step": 0}, "maps_per_step"),
         ({"flops_lambda": -1.0}, "flops_lambda"),
-        ({"finetune_lr": 0.0}, "finetune_lr"),
+        ({"finetune_lr": 0.0}, "'lr'"),  # the old name, reported under the new one
         ({"bogus": 1}, "bogus"),
     ],
 )

@@ -47,10 +47,12 @@ from prunekit.train.distributed import all_reduce_sum
 
 __all__ = [
     "ActivationCriterion",
+    "Recorder",
     "Stat",
     "Tap",
     "channel_dim",
     "collect",
+    "per_group",
     "readers",
     "split_batch",
 ]
@@ -208,6 +210,112 @@ def unit_maps(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     return picked.reshape(n, u, p * math.prod(rest))
 
 
+class Recorder:
+    """Hooks that sum ``stat`` per unit of each tap over every forward pass while installed.
+
+    ``with Recorder(model, taps, stat, grad=...) as rec: ...`` runs whatever passes the caller
+    makes (a calibration loop, or the minibatch updates of a fine-tuning phase, whose backward
+    passes then feed a gradient statistic at no extra cost); :meth:`means` gives the per-unit
+    means. Without ``grad`` the statistic is evaluated in the forward hook as ``stat(maps,
+    None)``; with it, when the gradient with respect to the tapped tensor arrives in a backward
+    pass (a copy of the tensor is kept, so an in-place op after the read does not change it). A
+    tensor tapped at several layers in one pass counts once, at the first; a layer called
+    several times counts each call's samples.
+    """
+
+    def __init__(self, model: nn.Module, taps: Iterable[Tap], stat: Stat, *, grad: bool) -> None:
+        self.model = model
+        self.taps = list(taps)
+        keys = [t.key for t in self.taps]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"taps must be distinct, got {keys}")
+        self.stat = stat
+        self.grad = grad
+        self.device = _device(model)
+        self.sums = [torch.zeros(len(t.roots), dtype=torch.float64) for t in self.taps]
+        self.counts = torch.zeros(len(self.taps), dtype=torch.float64)
+        self._handles: list[Any] = []
+        self._tensor_hooks: list[Any] = []
+        self._seen: dict[int, torch.Tensor] = {}  # tapped this pass (kept alive: ids stay unique)
+
+    # ------------------------------------------------------------------ hooks
+    def _add(self, i: int, values: torch.Tensor) -> None:
+        self.sums[i] += values.detach().to(torch.float64).sum(0).cpu()
+        self.counts[i] += values.shape[0]
+
+    def _take(self, i: int, tap: Tap, t: torch.Tensor | None) -> None:
+        if t is None or t.dim() < 2:
+            return
+        # the same tensor read by several layers (a residual stream): once per pass
+        if id(t) in self._seen and self._seen[id(t)] is t:
+            return
+        try:
+            dim = channel_dim(tap.module, t, tap.width)
+        except ValueError:  # the module's first input is not the tapped one: skip it
+            return
+        self._seen[id(t)] = t
+        maps = unit_maps(t, dim, tap.index)
+        if not self.grad:
+            self._add(i, self.stat(maps.detach(), None))
+            return
+        if not t.requires_grad:
+            return
+        saved = maps.detach().clone()
+
+        def on_grad(g: torch.Tensor) -> None:
+            self._add(i, self.stat(saved, unit_maps(g.detach(), dim, tap.index)))
+
+        self._tensor_hooks.append(t.register_hook(on_grad))
+
+    def _hook(self, i: int, tap: Tap) -> Callable[..., None]:
+        if tap.side == "in":
+            return lambda module, args: self._take(i, tap, _first_tensor(args))
+        return lambda module, args, output: self._take(i, tap, _first_tensor(output))
+
+    def new_pass(self, *_: Any) -> None:
+        """Forget which tensors this pass tapped and drop the gradient hooks of earlier passes
+        (called before every forward of the model)."""
+        self._seen.clear()
+        for h in self._tensor_hooks:
+            h.remove()
+        self._tensor_hooks.clear()
+
+    def __enter__(self) -> Recorder:
+        self._handles.append(self.model.register_forward_pre_hook(self.new_pass))
+        for i, tap in enumerate(self.taps):
+            if tap.side == "in":
+                h = tap.module.register_forward_pre_hook(self._hook(i, tap))
+            else:
+                h = tap.module.register_forward_hook(self._hook(i, tap))
+            self._handles.append(h)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.new_pass()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    # ------------------------------------------------------------------ result
+    def means(self) -> dict[str, torch.Tensor]:
+        """``{tap.key: (U,)}``, the mean per unit in the order of ``tap.roots``, float64 on the
+        CPU; sums and counts are summed over DDP ranks, so every rank gets the same. A tap that
+        saw no sample is absent."""
+        if not self.taps:
+            return {}
+        flat = torch.cat([*self.sums, self.counts]).to(self.device)
+        flat = all_reduce_sum(flat).cpu()
+        total = flat[-len(self.taps) :]
+        out = {}
+        offset = 0
+        for i, tap in enumerate(self.taps):
+            width = len(tap.roots)
+            if total[i] > 0:
+                out[tap.key] = flat[offset : offset + width] / total[i]
+            offset += width
+        return out
+
+
 def collect(
     model: nn.Module,
     taps: Iterable[Tap],
@@ -218,126 +326,67 @@ def collect(
     max_batches: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Mean over calibration samples of ``stat`` per unit of each tap: ``{tap.key: (U,)}`` in
-    the order of ``tap.roots``.
+    the order of ``tap.roots`` (see :class:`Recorder`).
 
     Each batch (see :func:`split_batch`) is moved to the model's device and run through
     ``model`` in eval mode (every module's own mode is restored afterwards). Without ``loss_fn``
-    the pass runs under ``torch.no_grad`` and ``stat(maps, None)`` is evaluated in the hook;
-    with it, ``loss_fn(model(x), y)`` is differentiated (with ``torch.autograd.grad``, so no
-    parameter's ``.grad`` changes) and ``stat(maps, grad)`` gets the gradient of the loss with
-    respect to the tapped tensor (a copy of the tensor is kept, so an in-place op after the read
-    does not change it). A tensor tapped at several layers in one pass counts once, at the first.
-    A layer called several times counts each call's samples. Sums and counts are summed over
-    DDP ranks, so the result, float64 on the CPU, is identical on every rank. A tap that saw no
-    sample is absent from the result.
+    the pass runs under ``torch.no_grad``; with it, ``loss_fn(model(x), y)`` is differentiated
+    (with ``torch.autograd.grad``, so no parameter's ``.grad`` changes) and ``stat(maps, grad)``
+    gets the gradient of the loss with respect to the tapped tensor. The result, float64 on the
+    CPU, is identical on every DDP rank.
     """
-    taps = list(taps)
     device = _device(model)
-    keys = [t.key for t in taps]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"taps must be distinct, got {keys}")
-    sums = [torch.zeros(len(t.roots), dtype=torch.float64, device=device) for t in taps]
-    counts = torch.zeros(len(taps), dtype=torch.float64, device=device)
-    tensor_hooks: list[Any] = []
-    seen: dict[int, torch.Tensor] = {}  # tensors tapped in this pass (kept alive: ids stay unique)
-
-    def add(i: int, values: torch.Tensor) -> None:
-        sums[i] += values.detach().to(torch.float64).sum(0).to(device)
-        counts[i] += values.shape[0]
-
-    def take(i: int, tap: Tap, t: torch.Tensor | None) -> None:
-        if t is None or t.dim() < 2:
-            return
-        # the same tensor read by several layers (a residual stream): once per pass; a tap whose
-        # module does not see the channels where expected (another input) is skipped
-        if id(t) in seen and seen[id(t)] is t:
-            return
-        try:
-            dim = channel_dim(tap.module, t, tap.width)
-        except ValueError:
-            return
-        seen[id(t)] = t
-        maps = unit_maps(t, dim, tap.index)
-        if loss_fn is None:
-            add(i, stat(maps.detach(), None))
-            return
-        if not t.requires_grad:
-            return
-        saved = maps.detach().clone()
-
-        def on_grad(grad: torch.Tensor) -> None:
-            add(i, stat(saved, unit_maps(grad.detach(), dim, tap.index)))
-
-        tensor_hooks.append(t.register_hook(on_grad))
-
-    def make_hook(i: int, tap: Tap) -> Callable[..., None]:
-        if tap.side == "in":
-
-            def pre(module: nn.Module, args: Any) -> None:
-                take(i, tap, _first_tensor(args))
-
-            return pre
-
-        def post(module: nn.Module, args: Any, output: Any) -> None:
-            take(i, tap, _first_tensor(output))
-
-        return post
-
     training = {m: m.training for m in model.modules()}
-    handles = []
     try:
-        for i, tap in enumerate(taps):
-            hook = make_hook(i, tap)
-            if tap.side == "in":
-                handles.append(tap.module.register_forward_pre_hook(hook))
-            else:
-                handles.append(tap.module.register_forward_hook(hook))
-        model.eval()
-        for batch in itertools.islice(batches, max_batches):
-            x, y = split_batch(batch)
-            x, y = _to(x, device), _to(y, device)
-            seen.clear()
-            if loss_fn is None:
-                with torch.no_grad():
-                    model(x)
-                continue
-            xs = x if isinstance(x, (tuple, list)) else (x,)
-            leaves = [t.detach().requires_grad_(True) for t in xs if _is_float(t)]
-            if leaves:  # differentiate w.r.t. the inputs: every tapped tensor is on the path
-                it = iter(leaves)
-                xs = tuple(next(it) if _is_float(t) else t for t in xs)
-                wrt = leaves
-            else:  # integer inputs (token ids): w.r.t. the trainable parameters instead
-                wrt = [p for p in model.parameters() if p.requires_grad]
-            with torch.enable_grad():
-                out = model(*xs) if isinstance(x, (tuple, list)) else model(xs[0])
-                loss = loss_fn(out, y)
-                if wrt and loss.requires_grad:
-                    torch.autograd.grad(loss, wrt, allow_unused=True)
-            for h in tensor_hooks:
-                h.remove()
-            tensor_hooks.clear()
+        with Recorder(model, taps, stat, grad=loss_fn is not None) as rec:
+            model.eval()
+            for batch in itertools.islice(batches, max_batches):
+                x, y = split_batch(batch)
+                x, y = _to(x, device), _to(y, device)
+                if loss_fn is None:
+                    with torch.no_grad():
+                        model(x)
+                    continue
+                xs = x if isinstance(x, (tuple, list)) else (x,)
+                leaves = [t.detach().requires_grad_(True) for t in xs if _is_float(t)]
+                if leaves:  # differentiate w.r.t. the inputs: every tapped tensor is on the path
+                    it = iter(leaves)
+                    xs = tuple(next(it) if _is_float(t) else t for t in xs)
+                    wrt = leaves
+                else:  # integer inputs (token ids): w.r.t. the trainable parameters instead
+                    wrt = [p for p in model.parameters() if p.requires_grad]
+                with torch.enable_grad():
+                    out = model(*xs) if isinstance(x, (tuple, list)) else model(xs[0])
+                    loss = loss_fn(out, y)
+                    if wrt and loss.requires_grad:
+                        torch.autograd.grad(loss, wrt, allow_unused=True)
     finally:
-        seen.clear()
-        for h in handles:
-            h.remove()
-        for h in tensor_hooks:
-            h.remove()
         for m, mode in training.items():
             m.train(mode)
+    return rec.means()
 
-    if not taps:
-        return {}
-    flat = all_reduce_sum(torch.cat([*sums, counts]))
-    total = flat[-len(taps) :]
-    out = {}
-    offset = 0
-    for i, tap in enumerate(taps):
-        width = len(tap.roots)
-        if total[i] > 0:
-            out[tap.key] = (flat[offset : offset + width] / total[i]).cpu()
-        offset += width
-    return out
+
+def per_group(
+    graph: Graph, taps: Iterable[Tap], per_tap: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``{group name: per-unit values}``: each unit's mean over the taps that carry it (NaN for
+    a unit no tap saw)."""
+    total: dict[int, float] = {}
+    count: dict[int, int] = {}
+    for tap in taps:
+        values = per_tap.get(tap.key)
+        if values is None:
+            continue
+        for r, v in zip(tap.roots.tolist(), values.tolist(), strict=True):
+            total[r] = total.get(r, 0.0) + v
+            count[r] = count.get(r, 0) + 1
+    return {
+        g.name: torch.tensor(
+            [total[u] / count[u] if u in count else math.nan for u in g.units],
+            dtype=torch.float64,
+        )
+        for g in graph.groups
+    }
 
 
 def _is_float(t: Any) -> bool:
@@ -410,22 +459,7 @@ class ActivationCriterion:
             return hit[1]
         taps = readers(graph)
         model = self.model if self.model is not None else graph.model
-        per_tap = self.gather(model, taps)
-        total: dict[int, float] = {}
-        count: dict[int, int] = {}
-        for tap in taps:
-            values = per_tap.get(tap.key)
-            if values is None:
-                continue
-            for r, v in zip(tap.roots.tolist(), values.tolist(), strict=True):
-                total[r] = total.get(r, 0.0) + v
-                count[r] = count.get(r, 0) + 1
-        out = {}
-        for g in graph.groups:
-            out[g.name] = torch.tensor(
-                [total[u] / count[u] if u in count else math.nan for u in g.units],
-                dtype=torch.float64,
-            )
+        out = per_group(graph, taps, self.gather(model, taps))
         self._cache[graph] = (key, out)
         return out
 

@@ -86,7 +86,9 @@ class Taylor(ActivationCriterion):
         self.normalize = normalize
         self.per_example = per_example
 
-    def _stat(self, act: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+    def stat(self, act: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+        """Per example and unit: ``|mean(z * dC/dz)|`` (or the signed mean without
+        ``per_example``)."""
         terms = taylor_terms(act, grad)
         return terms.abs() if self.per_example else terms
 
@@ -98,7 +100,7 @@ class Taylor(ActivationCriterion):
     def gather(self, model: nn.Module, taps: list[Tap]) -> dict[str, torch.Tensor]:
         """Per-unit mean of the (absolute) Taylor terms of each tapped map."""
         return collect(
-            model, taps, self.batches, self._stat, loss_fn=self._loss, max_batches=self.max_batches
+            model, taps, self.batches, self.stat, loss_fn=self._loss, max_batches=self.max_batches
         )
 
     def finish(self, values: torch.Tensor) -> torch.Tensor:

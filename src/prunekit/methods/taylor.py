@@ -2,15 +2,17 @@
 "Pruning Convolutional Neural Networks for Resource Efficient Inference" (ICLR 2017).
 
 The criterion (:class:`prunekit.criteria.taylor.Taylor`) estimates the change of the loss from
-removing feature map ``z`` as ``|mean(z * dC/dz)|`` per example, averaged over the examples, and
-L2-normalises the scores of each layer so that layers compare. The method is the procedure around
-it, repeated until the budget is met:
+removing feature map ``z`` (the map the next layer reads, after the nonlinearity) as
+``|mean(z * dC/dz)|`` per example, averaged over the examples, and L2-normalises the scores of
+each layer (each channel group) so that layers compare. The method is the procedure around it,
+repeated until the budget is met (the paper alternates pruning and fine-tuning):
 
-1. score every channel with the Taylor criterion on fresh calibration minibatches;
+1. score every channel with the Taylor criterion;
 2. remove the ``maps_per_step`` lowest-scoring channels of the whole network (one global ranking
    of the normalised scores), physically;
-3. fine-tune with ``finetune_steps`` minibatch SGD updates, then rebuild the channel graph of the
-   smaller model and start again.
+3. fine-tune with ``finetune_steps`` minibatch SGD updates; the criterion for the next removal is
+   averaged over these updates (their backward passes give the gradients at no extra cost), and
+   the loop starts again.
 
 The loop stops when the next step would reach the FLOPs or params target of the *original*
 model: that last step removes, with the same global ranking, exactly what remains (a fraction of
@@ -24,44 +26,47 @@ model; every channel of a group is removed from the same layers, so one plan per
 Channels of costly layers then go first. The unit of FLOPs is this library's choice; the
 default 0 leaves the criterion as is.
 
-Options and defaults (``ctx.options``):
+Cost, and the defaults. The paper removes one feature map per iteration with 10 updates between
+(``maps_per_step=1``): a run costs one iteration per removed channel. On ResNet-20 / digits at
+50% FLOPs that is about 250 iterations, i.e. ~2,500 SGD updates and 250 rescorings, tens of
+minutes on one CPU core (see ``benchmarks/results/method_walltime.md``). By default
+(``maps_per_step=None``) each iteration removes about ``1/iterations`` of the channels a
+one-shot global selection at the target would remove, so a run has about ``iterations`` (20)
+iterations whatever the model. Each iteration is cheap: the channel graph is updated in place by
+the removal (no re-tracing), and the scores come from the fine-tuning updates already run.
 
-* ``maps_per_step`` (1): channels removed per iteration. The paper removes one feature map per
-  iteration; raise it to shorten the procedure on large networks.
-* ``finetune_steps`` (10): SGD updates between pruning iterations, as in the paper (10 minibatch
-  updates); ``finetune_lr`` (0.001; the paper's learning rate depends on the task), momentum 0.9,
-  no weight decay, minibatches of ``ctx.batch_size`` from a seeded shuffle of the training set
-  (seed ``ctx.seed + 1``), model in train mode (every module's mode is restored afterwards).
-* ``flops_lambda`` (0.0): the regulariser weight above.
+Options: :class:`TaylorOptions` (``prunekit methods --show taylor``).
 
-Scoring data: each iteration takes the next ``ctx.calib_batches`` minibatches of an endless
-seeded shuffle of the training set (seed ``ctx.seed``; the first iteration's batches are
-``ctx.calibration()``), so every step sees fresh examples. The criterion runs the model in eval
-mode (BatchNorm uses running statistics); the criterion reduces its sums across DDP ranks.
+Scoring data: the first iteration scores on ``ctx.calibration()`` (eval mode); later ones on the
+``finetune_steps`` training minibatches since the last removal (train mode, the paper's
+setting), or, with ``scoring="calibration"`` or ``finetune_steps=0``, on the next
+``ctx.calib_batches`` minibatches of a seeded shuffle of the training set in eval mode. Sums are
+reduced across DDP ranks.
 
 Deviations a reader should know:
 
-* Scores are taken in eval mode on separate calibration batches, not from the training
-  minibatches of the fine-tuning updates.
-* A unit's score sums the normalised scores of every layer whose output carries it: a conv and
-  its BatchNorm, or every layer of a residual stream (one coupled unit there).
 * Every group keeps at least one channel; channels of protected layers are kept.
 * The last step may remove more or fewer than ``maps_per_step`` channels so that the target is
   met; the runner's fine-tuning replaces the paper's continued fine-tuning after it.
+* A coupled group (the channels of a residual stage) is one vector, normalised once (see
+  :mod:`prunekit.criteria.taylor`).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from prunekit.criteria.activations import Recorder, per_group, readers
 from prunekit.criteria.taylor import Taylor
 from prunekit.errors import ConfigError
 from prunekit.graph import Graph, build
 from prunekit.methods.base import Context, Method, register_method
+from prunekit.methods.options import SHARED, Options, option
 from prunekit.methods.retraining import batch_stream, sgd_steps
 from prunekit.prune import (
     TOLERANCE,
@@ -71,6 +76,52 @@ from prunekit.prune import (
     select_channels,
     selection_roots,
 )
+
+
+@dataclass(frozen=True)
+class TaylorOptions(Options):
+    renamed = {"finetune_lr": "lr"}  # noqa: RUF012 - a ClassVar of the base
+
+    maps_per_step: int | None = option(
+        None,
+        help="channels removed per iteration (None: about 1/iterations of the channels a "
+        "one-shot selection at the target removes). 1 is the paper's setting: one iteration "
+        "per removed channel, ~250 on ResNet-20 / digits at 50% FLOPs, tens of minutes on a CPU",
+        source="paper (pruning procedure): one feature map per iteration; None: prunekit",
+        low=1,
+    )
+    iterations: int = option(
+        20,
+        help="iterations when maps_per_step is None",
+        source="prunekit: a few minutes on the zoo models on one CPU core",
+        low=1,
+    )
+    finetune_steps: int = option(
+        10,
+        help="minibatch SGD updates between removals (momentum 0.9, no weight decay)",
+        source="paper (pruning procedure): 10 minibatch updates between pruning iterations",
+        low=0,
+    )
+    lr: float = option(
+        0.001,
+        help=SHARED["lr"] + " (the updates between removals)",
+        source="prunekit (the paper's rate depends on the task)",
+        low=0,
+        low_open=True,
+    )
+    flops_lambda: float = option(
+        0.0,
+        help="FLOPs regulariser weight: score minus lambda x (FLOPs a removal saves / dense FLOPs)",
+        source="paper (FLOPs regularization, Theta_flops); 0: off",
+        low=0,
+    )
+    scoring: str = option(
+        "updates",
+        help="'updates': score on the fine-tuning minibatches since the last removal; "
+        "'calibration': a separate eval-mode pass on fresh training batches every iteration",
+        source="prunekit",
+        choices=("updates", "calibration"),
+    )
 
 
 def _closest_single(
@@ -96,6 +147,17 @@ def flops_savings(graph: Graph, unit: float) -> dict[str, float]:
     return {g.name: (now - graph.plan([g.units[0]]).flops) / unit for g in graph.groups}
 
 
+def regularised(
+    graph: Graph, scores: dict[str, torch.Tensor], flops_lambda: float, flops_unit: float
+) -> dict[str, torch.Tensor]:
+    """``scores`` minus ``flops_lambda`` times the FLOPs each channel's removal saves (in
+    ``flops_unit``s), when ``flops_lambda > 0``."""
+    if not flops_lambda > 0:
+        return scores
+    saved = flops_savings(graph, flops_unit)
+    return {n: s - flops_lambda * saved[n] for n, s in scores.items()}
+
+
 def taylor_scores(
     graph: Graph,
     batches: list[Any],
@@ -107,38 +169,43 @@ def taylor_scores(
     ``flops_lambda`` times the FLOPs its removal saves (in ``flops_unit``s) when that is > 0."""
     crit = Taylor(batches)
     scores = {g.name: crit(g).double() for g in graph.groups}
-    if flops_lambda > 0:
-        saved = flops_savings(graph, flops_unit)
-        scores = {n: s - flops_lambda * saved[n] for n, s in scores.items()}
-    return scores
+    return regularised(graph, scores, flops_lambda, flops_unit)
+
+
+def scores_from_updates(
+    ctx: Context, graph: Graph, crit: Taylor, batches: Any, steps: int, lr: float
+) -> dict[str, torch.Tensor] | None:
+    """Run ``steps`` SGD updates and return the Taylor scores averaged over them (None if a
+    channel was never seen)."""
+    taps = readers(graph)
+    with Recorder(ctx.model, taps, crit.stat, grad=True) as rec:
+        sgd_steps(ctx.model, batches, steps, lr)
+    values = per_group(graph, taps, rec.means())
+    if any(torch.isnan(v).any() for v in values.values()):
+        return None
+    return {name: crit.finish(v) for name, v in values.items()}
 
 
 @register_method("taylor")
 class TaylorPruning(Method):
     """Iterative Taylor pruning (Molchanov et al., ICLR 2017): score every channel with the
-    normalised first-order Taylor criterion on fresh calibration batches, remove the
-    ``maps_per_step`` lowest globally, fine-tune ``finetune_steps`` SGD updates, repeat until the
-    original model's FLOPs or params target is met (the last step meets it within 1%). Optional
-    FLOPs regulariser ``flops_lambda``.
+    normalised first-order Taylor criterion, remove the lowest globally (``maps_per_step``, by
+    default about 1/20 of what the target needs), fine-tune ``finetune_steps`` SGD updates
+    (which also give the next scores), repeat until the original model's FLOPs or params target
+    is met (the last step meets it within 1%). Optional FLOPs regulariser ``flops_lambda``.
 
     After :meth:`prune`: ``history``, the channels removed at every step (``{group: indices}``
     in that step's graph). The returned report compares the original model with the final one;
-    its ``removed`` holds indices of the original groups. See the module docstring for options
-    and deviations."""
+    its ``removed`` holds indices of the original groups. See the module docstring for the cost
+    of the paper's one-map-per-iteration setting and the deviations."""
 
-    defaults: ClassVar[dict[str, Any]] = {
-        "maps_per_step": 1,
-        "finetune_steps": 10,
-        "finetune_lr": 0.001,
-        "flops_lambda": 0.0,
-    }
+    Options = TaylorOptions
 
     def __init__(self) -> None:
         self.history: list[dict[str, list[int]]] = []
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
-        self._check(opts)
         target = ctx.target.require("flops", "params", method=self.id)
         modes = {m: m.training for m in ctx.model.modules()}
         ctx.model.eval()  # tracing and scoring in eval mode; fine-tuning switches to train
@@ -148,22 +215,11 @@ class TaylorPruning(Method):
             for m, mode in modes.items():
                 m.train(mode)
 
-    @staticmethod
-    def _check(opts: dict[str, Any]) -> None:
-        if opts["maps_per_step"] < 1:
-            raise ConfigError(f"maps_per_step must be a positive int, got {opts['maps_per_step']}")
-        if opts["finetune_steps"] < 0:
-            raise ConfigError(f"finetune_steps must be >= 0, got {opts['finetune_steps']}")
-        if not (opts["finetune_lr"] > 0 and math.isfinite(opts["finetune_lr"])):
-            raise ConfigError(f"finetune_lr must be a positive number, got {opts['finetune_lr']}")
-        if not (opts["flops_lambda"] >= 0 and math.isfinite(opts["flops_lambda"])):
-            raise ConfigError(f"flops_lambda must be a number >= 0, got {opts['flops_lambda']}")
-
-    def _run(self, ctx: Context, opts: dict[str, Any], key: str, target: float) -> PruneReport:
+    def _run(self, ctx: Context, opts: TaylorOptions, key: str, target: float) -> PruneReport:
         metric = key.removeprefix("target_")
         score_batches = batch_stream(ctx.train_set, ctx.batch_size, ctx.seed)
         tune_batches = batch_stream(ctx.train_set, ctx.batch_size, ctx.seed + 1)
-        graph = build(ctx.model, ctx.example_input)
+        graph = build(ctx.model, ctx.example_input)  # traced once; removal updates it in place
         dense = graph.plan([])
         dense_value = getattr(dense, metric)
         goal = (1.0 - target) * dense_value
@@ -171,13 +227,20 @@ class TaylorPruning(Method):
         sizes = {g.name: g.size for g in graph.groups}
         alive = {g.name: list(range(g.size)) for g in graph.groups}  # original indices left
         self.history = []
-        k = opts["maps_per_step"]
+        first = [next(score_batches) for _ in range(max(1, ctx.calib_batches))]
+        crit = Taylor(first)
+        unit = dense.flops or 1
+        scores: dict[str, torch.Tensor] | None = taylor_scores(
+            graph, first, flops_lambda=opts.flops_lambda, flops_unit=unit
+        )
+        k = opts.maps_per_step or self._auto_step(graph, scores, key, target, opts.iterations)
         while True:
+            if scores is None:
+                batches = [next(score_batches) for _ in range(max(1, ctx.calib_batches))]
+                scores = taylor_scores(
+                    graph, batches, flops_lambda=opts.flops_lambda, flops_unit=unit
+                )
             current = getattr(graph.plan([]), metric)
-            batches = [next(score_batches) for _ in range(max(1, ctx.calib_batches))]
-            scores = taylor_scores(
-                graph, batches, flops_lambda=opts["flops_lambda"], flops_unit=dense.flops or 1
-            )
 
             def importance(group: Any, scores: dict[str, torch.Tensor] = scores) -> torch.Tensor:
                 return scores[group.name]
@@ -218,16 +281,22 @@ class TaylorPruning(Method):
                     )
             self.history.append(picks)
             for name, idx in picks.items():
-                if name not in alive:  # pragma: no cover - rebuilt groups keep their names
-                    continue
                 drop = set(idx)
                 alive[name] = [a for j, a in enumerate(alive[name]) if j not in drop]
             if last:
                 report = remove_selected(graph, picks, dense)
                 break
             graph.remove(selection_roots(graph, picks))
-            sgd_steps(ctx.model, tune_batches, opts["finetune_steps"], opts["finetune_lr"])
-            graph = build(ctx.model, ctx.example_input)  # the smaller model, afresh
+            scores = None
+            if opts.scoring == "updates" and opts.finetune_steps > 0:
+                scores = scores_from_updates(
+                    ctx, graph, crit, tune_batches, opts.finetune_steps, opts.lr
+                )
+                if scores is not None:
+                    scores = regularised(graph, scores, opts.flops_lambda, unit)
+            else:
+                sgd_steps(ctx.model, tune_batches, opts.finetune_steps, opts.lr)
+            ctx.model.eval()
         report.groups = [GroupChange(n, sizes[n], len(alive[n])) for n in sizes]
         report.removed = {
             n: sorted(set(range(sizes[n])) - set(alive[n]))
@@ -236,5 +305,30 @@ class TaylorPruning(Method):
         }
         return report
 
+    @staticmethod
+    def _auto_step(
+        graph: Graph, scores: dict[str, torch.Tensor], key: str, target: float, iterations: int
+    ) -> int:
+        """About ``1/iterations`` of the channels one global selection at the target removes."""
+        try:
+            picks = select_channels(
+                graph,
+                scope="global",
+                normalize=False,
+                importance=lambda g: scores[g.name],
+                **{key: target},
+            )
+            needed = sum(len(v) for v in picks.values())
+        except ConfigError:  # too coarse to meet within the tolerance in one shot: estimate
+            needed = sum(g.size for g in graph.groups) // 2
+        return max(1, math.ceil(needed / iterations))
 
-__all__ = ["TaylorPruning", "flops_savings", "taylor_scores"]
+
+__all__ = [
+    "TaylorOptions",
+    "TaylorPruning",
+    "flops_savings",
+    "regularised",
+    "scores_from_updates",
+    "taylor_scores",
+]
