@@ -76,7 +76,7 @@ def test_defaults_fill_everything_but_the_required_keys() -> None:
 ERRORS = [
     (
         BASE.replace("methods: [hrank]", "methods:\n  - hrank\n  - {id: fpgm, optoins: {}}"),
-        "methods[1].optoins: unknown key (expected one of: id, options)",
+        "methods[1].optoins: unknown key (expected one of: id, options, distill)",
     ),
     (BASE + "finetune: {epochs: three}\n", "finetune.epochs: expected an integer, got 'three'"),
     (
@@ -188,7 +188,7 @@ def test_run_ids_are_stable_distinct_and_a_hash_of_the_config() -> None:
     assert [r.id for r in runs] == [r.id for r in expand(mixed_spec())]
     assert len({r.id for r in runs}) == len(runs)
     run = runs[0]
-    canonical = json.dumps(dataclasses.asdict(run), sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(run.hashed(), sort_keys=True, separators=(",", ":"))
     assert run.id == hashlib.sha256(canonical.encode()).hexdigest()[:16]
     assert RunConfig.from_dict(run.to_dict()).id == run.id
     assert dataclasses.replace(run, finetune_lr=0.02).id != run.id

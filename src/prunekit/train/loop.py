@@ -50,6 +50,8 @@ from .schedules import build_scheduler
 
 Callback = Callable[[str, dict[str, Any]], None]
 """``cb(event, state)``; events ``"step_end"`` and ``"epoch_end"`` (see :func:`fit`)."""
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss(x, logits, labels)`` -> per-sample loss (see :func:`fit`)."""
 
 _POSTFIX_INTERVAL_S = 0.5
 
@@ -79,6 +81,7 @@ class _Run:
     use_amp: bool
     callbacks: tuple[Callback, ...]
     show_progress: bool
+    loss: LossFn | None = None  # replaces the config's cross-entropy (e.g. distillation)
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -94,6 +97,7 @@ def fit(
     resume: bool = True,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
+    loss: LossFn | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``train_set`` (a map-style data set of ``(x, y)``) by ``config``.
 
@@ -113,6 +117,9 @@ def fit(
     * ``"epoch_end"`` after each epoch's evaluation and before its checkpoint, with ``epoch``
       (epochs completed), ``step``, ``metrics`` (the history entry), ``model``, ``optimizer``,
       ``scheduler`` and ``config`` — e.g. soft filter pruning or sparsity schedules.
+
+    ``loss(x, logits, labels)``, when given, returns the per-sample loss in place of the
+    config's cross-entropy (e.g. :class:`prunekit.train.distill.Distiller`).
 
     ``model`` is the bare module (never the DDP wrapper). Callbacks must not change parameter
     shapes: the optimizer holds the original tensors.
@@ -150,6 +157,7 @@ def fit(
         use_amp=use_amp,
         callbacks=tuple(callbacks),
         show_progress=progress and rank == 0 and bool(sys.stderr and sys.stderr.isatty()),
+        loss=loss,
     )
     if checkpoint is not None and resume and Path(checkpoint).exists():
         _restore(run, checkpoint)
@@ -222,7 +230,7 @@ def _train_epoch(run: _Run, train_set: Dataset) -> dict[str, Any]:
             y = y.to(device, non_blocking=True)
             with autocast(run.use_amp):
                 out = run.train_model(x)
-                per_sample = criterion(out, y)
+                per_sample = criterion(out, y) if run.loss is None else run.loss(x, out, y)
             if real != len(y):  # short last batch: padding sample(s) get weight 0
                 per_sample, out, y = per_sample[:real], out[:real], y[:real]
             # Sum over this rank / (global batch / world): DDP's mean over ranks then gives the
