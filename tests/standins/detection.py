@@ -413,3 +413,177 @@ class CenterNet(nn.Module):
 def centernet() -> nn.Module:
     """CenterNet: ConvTranspose2d upsampling, a ModuleDict of heads, a dict output."""
     return CenterNet()
+
+
+# ----------------------------------------------------------------------------- torchvision / mmdet
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm with fixed statistics and affine parameters held as buffers, folded into a
+    scale and a shift in ``forward`` (detection backbones)."""
+
+    def __init__(self, n: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        # statistics as a pretrained checkpoint would bring them (not the identity)
+        self.register_buffer("weight", torch.rand(n) + 0.5)
+        self.register_buffer("bias", torch.randn(n) * 0.5)
+        self.register_buffer("running_mean", torch.randn(n) * 0.5)
+        self.register_buffer("running_var", torch.rand(n) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.reshape(1, -1, 1, 1)
+        b = self.bias.reshape(1, -1, 1, 1)
+        rv = self.running_var.reshape(1, -1, 1, 1)
+        rm = self.running_mean.reshape(1, -1, 1, 1)
+        scale = w * (rv + self.eps).rsqrt()
+        return x * scale + (b - rm * scale)
+
+
+class FrozenBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = FrozenBatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = FrozenBatchNorm2d(cout)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), FrozenBatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class IntermediateLayerGetter(nn.ModuleDict):
+    """Runs the children in order and returns the outputs of the named ones in a dict."""
+
+    def __init__(self, model: nn.Module, return_layers: dict[str, str]) -> None:
+        layers = OrderedDict()
+        wanted = dict(return_layers)
+        for name, module in model.named_children():
+            layers[name] = module
+            wanted.pop(name, None)
+            if not wanted:
+                break
+        super().__init__(layers)
+        self.return_layers = dict(return_layers)
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        out = OrderedDict()
+        for name, module in self.items():
+            x = module(x)
+            if name in self.return_layers:
+                out[self.return_layers[name]] = x
+        return out
+
+
+class FrozenResNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, 2, 1, bias=False)
+        self.bn1 = FrozenBatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = FrozenBlock(8, 8, 1)
+        self.layer2 = FrozenBlock(8, 12, 2)
+        self.layer3 = FrozenBlock(12, 16, 2)
+        self.fc = nn.Linear(16, 10)  # never reached by the layer getter
+
+
+class FasterRCNNBackbone(nn.Module):
+    """torchvision's detection backbone: frozen-BN ResNet through IntermediateLayerGetter into
+    an FPN, a dict of levels out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = IntermediateLayerGetter(
+            FrozenResNet(), {"layer1": "0", "layer2": "1", "layer3": "2"}
+        )
+        self.fpn = FPN([8, 12, 16], 8)
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self.fpn(list(self.body(x).values()))
+
+
+@standin("frozen_bn_fpn", IMG, kind="detection")
+def frozen_bn_fpn() -> nn.Module:
+    """FrozenBatchNorm2d (buffers folded into scale and shift), IntermediateLayerGetter, FPN."""
+    return FasterRCNNBackbone()
+
+
+class ConvModule(nn.Module):
+    """conv / norm / act built from config dicts and applied in the order named by ``order``."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm_cfg: dict | None = None,
+                 act_cfg: dict | None = None, order: tuple[str, ...] = ("conv", "norm", "act")) -> None:  # fmt: skip
+        super().__init__()
+        self.order = order
+        self.with_norm = norm_cfg is not None
+        self.with_activation = act_cfg is not None
+        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=not self.with_norm)
+        if self.with_norm:
+            groups = norm_cfg.get("num_groups")
+            self.norm_name = "gn" if groups else "bn"
+            norm = nn.GroupNorm(groups, cout) if groups else nn.BatchNorm2d(cout)
+            self.add_module(self.norm_name, norm)
+        if self.with_activation:
+            self.activate = nn.LeakyReLU(act_cfg.get("negative_slope", 0.01))
+
+    @property
+    def norm(self) -> nn.Module:
+        return getattr(self, self.norm_name)
+
+    def forward(self, x: torch.Tensor, activate: bool = True, norm: bool = True) -> torch.Tensor:
+        for layer in self.order:
+            if layer == "conv":
+                x = self.conv(x)
+            elif layer == "norm" and norm and self.with_norm:
+                x = self.norm(x)
+            elif layer == "act" and activate and self.with_activation:
+                x = self.activate(x)
+        return x
+
+
+class MMDetNeck(nn.Module):
+    """An mmdet-style FPN of ConvModules: upsampling from a config dict unpacked into
+    F.interpolate, extra outputs by strided convs on the last output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        norm = {"type": "GN", "num_groups": 2}
+        act = {"type": "LeakyReLU", "negative_slope": 0.1}
+        self.stem = ConvModule(3, 8, 3, 2, {"type": "BN"}, act)
+        self.c3 = ConvModule(8, 8, 3, 2, {"type": "BN"}, act)
+        self.c4 = ConvModule(8, 12, 3, 2, {"type": "BN"}, act)
+        self.c5 = ConvModule(12, 16, 3, 2, {"type": "BN"}, act)
+        self.lateral_convs = nn.ModuleList(ConvModule(c, 8, 1, norm_cfg=norm) for c in (8, 12, 16))
+        self.fpn_convs = nn.ModuleList(
+            ConvModule(8, 8, 3, norm_cfg=norm, act_cfg=act) for _ in range(3)
+        )
+        self.extra = ConvModule(8, 8, 3, 2, norm_cfg=norm)
+        self.upsample_cfg = {"mode": "nearest"}
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        c3 = self.c3(self.stem(x))
+        c4 = self.c4(c3)
+        c5 = self.c5(c4)
+        laterals = [conv(c) for conv, c in zip(self.lateral_convs, (c3, c4, c5), strict=True)]
+        for i in range(len(laterals) - 1, 0, -1):
+            prev_shape = laterals[i - 1].shape[2:]
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=prev_shape, **self.upsample_cfg
+            )
+        outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals, strict=True)]
+        outs.append(self.extra(outs[-1], activate=False))
+        return tuple(outs)
+
+
+@standin("mmdet_fpn", IMG, kind="detection")
+def mmdet_fpn() -> nn.Module:
+    """mmdet-style ConvModule (order tuple, flags, config dicts), GroupNorm, tuple of levels."""
+    return MMDetNeck()
