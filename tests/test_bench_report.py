@@ -199,7 +199,7 @@ def test_not_finished_lists_failed_and_running_runs(records, tmp_path):
 def test_html_is_self_contained_and_escaped(records, tmp_path):
     files = write_report(records, tmp_path)
     page = files.html.read_text()
-    assert page.count('src="data:image/png;base64,') == len(files.plots) == 3
+    assert page.count('src="data:image/png;base64,') == len(files.plots) == 4
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
     assert "<link" not in page and "@import" not in page and "url(" not in page
     assert "<script" not in page.lower()
@@ -211,7 +211,12 @@ def test_plots_draw_one_curve_per_method_with_seed_error_bars(records, tmp_path)
     files = write_report(records, tmp_path)
     data = json.loads(files.data.read_text())
     described = {p["name"]: p for p in data["plots"]}
-    assert set(described) == {"accuracy_vs_reduction", "accuracy_vs_speedup", "accuracy_vs_params"}
+    assert set(described) == {
+        "accuracy_vs_reduction",
+        "accuracy_vs_speedup",
+        "accuracy_vs_params",
+        "accuracy_vs_latency",
+    }
     dns = "budgeted (note=" + SCRIPT + ")"
     hrank_y, hrank_err = [93.0, 92.0], [1.0, math.sqrt(7)]
     dns_y, dns_err = [95.0, 89.5], [math.sqrt(2), math.sqrt(0.5)]
@@ -243,6 +248,8 @@ def test_plots_draw_one_curve_per_method_with_seed_error_bars(records, tmp_path)
 def test_rendered_axes_carry_the_described_series(records):
     (table,) = aggregate(records)
     for plot in plots.describe(table):
+        if plot.name not in plots.PLOTS:  # the Pareto plot: its own test
+            continue
         fig = plots.render(plot)
         axes = fig.get_axes()
         assert len(axes) == len(plot.panels) == 2
@@ -328,3 +335,122 @@ def test_report_from_stores_reads_records_through_the_store(records, tmp_path, m
     monkeypatch.setattr(store, "load_records", lambda paths: [], raising=False)
     with pytest.raises(ConfigError, match="no run records"):
         report_from_stores([tmp_path / "b.sqlite"], tmp_path / "out2")
+
+
+# ---------------------------------------------------------------------------------- decisions
+
+# top-1 after fine-tuning by (method, target) over seeds 0 and 1, worked out by hand:
+#   flops 0.5: sfp 91 ± 1.41, peer 92 ± 1.41, ref 80.5
+#   flops 0.7: sfp 85.1 ± 0.14 (best; the peer 5.00 behind, beyond the spread), peer 80.1
+#   sfp distilled at 0.5: 93 ± 0 (+2.00 over plain, beyond the spread 1.41)
+DECIDE = {
+    ("sfp", 0.5, False): (90.0, 92.0),
+    ("peer:tp_l2", 0.5, False): (91.0, 93.0),
+    ("ref:width_scaled", 0.5, False): (80.0, 81.0),
+    ("sfp", 0.7, False): (85.0, 85.2),
+    ("peer:tp_l2", 0.7, False): (80.0, 80.2),
+    ("sfp", 0.5, True): (93.0, 93.0),
+}
+
+
+@pytest.fixture
+def decided():
+    out = []
+    for (method, target, distill), accs in DECIDE.items():
+        for seed, acc in enumerate(accs):
+            cfg = config(method, "flops", target, seed)
+            if distill:
+                cfg |= {"distill": True, "distill_temperature": 4.0, "distill_alpha": 0.9}
+            metrics = structured(0.5, seed) | {
+                "acc_finetuned": acc,
+                "acc_drop": 95.0 + 0.5 * seed - acc,
+                "latency_after_ms": {0.5: 1.0, 0.7: 0.6}[target] + (0.3 if "ref" in method else 0),
+                "onnx_latency_before_ms": 1.5,
+                "onnx_latency_after_ms": 0.7 * target,
+            }
+            out.append(record(len(out), cfg, metrics=metrics))
+    return out
+
+
+def test_matrix_marks_the_best_and_results_inside_the_spread(decided, tmp_path):
+    text = write_report(decided, tmp_path).markdown.read_text()
+    assert text.index("## Decision matrix") < text.index("## resnet20 on digits")
+    top = section(text, "Decision matrix")
+    rows = markdown_rows(top.split("prunekit's best against")[0])
+    labels = [r["method"] for r in rows]
+    assert labels == [
+        "*prunekit methods*",
+        "sfp",
+        "sfp (distilled T=4 alpha=0.9)",
+        "*peers: Torch-Pruning criteria (not prunekit)*",
+        "peer:tp_l2",
+        "*references (not prunekit)*",
+        "ref:width_scaled",
+    ]
+    by = {r["method"]: r for r in rows}
+    # the distilled sfp is best at 50%; the peer is 1.00 behind, inside its sd 1.41; plain sfp
+    # is 2.00 behind, beyond it
+    assert by["peer:tp_l2"]["flops -50%"] == "92.00 ± 1.41 (drop 3.25) ≈"
+    assert by["sfp"]["flops -50%"] == "91.00 ± 1.41 (drop 4.25)"
+    assert by["sfp (distilled T=4 alpha=0.9)"]["flops -50%"] == "**93.00 ± 0.00 (drop 2.25)**"
+    assert by["ref:width_scaled"]["flops -50%"] == "80.50 ± 0.71 (drop 14.75)"
+    assert by["sfp"]["flops -70%"] == "**85.10 ± 0.14 (drop 10.15)**"
+    assert by["peer:tp_l2"]["flops -70%"] == "80.10 ± 0.14 (drop 15.15)"  # 5.00 behind
+    assert by["ref:width_scaled"]["flops -70%"] == "-"
+
+
+def test_prunekit_against_peer_and_distillation_tables(decided, tmp_path):
+    files = write_report(decided, tmp_path)
+    top = section(files.markdown.read_text(), "Decision matrix")
+    versus = markdown_rows(
+        top.split("prunekit's best against the peers' best:")[1].split("Distilled")[0]
+    )
+    assert [(v["target"], v["prunekit's best"], v["peer's best"]) for v in versus] == [
+        ("flops -50%", "sfp (distilled T=4 alpha=0.9)", "peer:tp_l2"),
+        ("flops -70%", "sfp", "peer:tp_l2"),
+    ]
+    assert versus[0]["verdict"] == "level: +1.00 is inside the spread 1.41"
+    assert versus[1]["verdict"] == "ahead by 5.00, beyond the spread 0.14"
+    assert versus[0]["width-scaled reference"] == "80.50 ± 0.71 (drop 14.75)"
+    (pair,) = markdown_rows(top.split("Distilled against plain fine-tuning:")[1])
+    assert pair == {
+        "method": "sfp",
+        "target": "flops 0.5",
+        "plain fine-tuning": "91.00 ± 1.41 (drop 4.25)",
+        "distilled": "93.00 ± 0.00 (drop 2.25)",
+        "distilled - plain": "+2.00",
+    }
+    data = json.loads(files.data.read_text())
+    (m,) = data["matrices"]
+    cells = {r["label"]: r["cells"] for r in m["rows"]}
+    assert [c["best"] for c in cells["sfp"]] == [False, True]
+    assert [c["level"] for c in cells["peer:tp_l2"]] == [True, False]
+    page = files.html.read_text()
+    assert "<strong>85.10 ± 0.14 (drop 10.15)</strong>" in page
+    assert 'class="sep"' in page
+
+
+def test_pareto_front_by_hand():
+    points = [(1.0, 90.0), (2.0, 95.0), (1.5, 89.0), (3.0, 94.0), (0.5, 80.0), (1.0, 85.0)]
+    assert plots.pareto_front(points) == [(0.5, 80.0), (1.0, 90.0), (2.0, 95.0)]
+
+
+def test_pareto_plot_of_measured_latency(decided, tmp_path):
+    files = write_report(decided, tmp_path)
+    data = json.loads(files.data.read_text())
+    (plot,) = [p for p in data["plots"] if p["name"] == "accuracy_vs_latency"]
+    assert [p["name"] for p in plot["panels"]] == ["torch", "onnxruntime"]
+    torch_series = {s["label"]: s for s in plot["series"] if s["panel"] == "torch"}
+    assert torch_series["sfp"]["x"] == pytest.approx([1.0, 0.6])
+    assert torch_series["ref:width_scaled"]["x"] == pytest.approx([1.3])
+    assert torch_series["dense baseline"]["x"] == pytest.approx([2.0])
+    # fastest first: sfp at 70% (0.6 ms, 85.1), then the distilled sfp at 50% (1.0 ms, 93.0);
+    # the dense model (2.0 ms, 95.25) is slower but more accurate still
+    front = torch_series["Pareto front"]
+    assert list(zip(front["x"], front["y"], strict=True)) == pytest.approx(
+        [(0.6, 85.1), (1.0, 93.0), (2.0, 95.25)]
+    )
+    onnx = {s["label"]: s for s in plot["series"] if s["panel"] == "onnxruntime"}
+    assert onnx["dense baseline"]["x"] == pytest.approx([1.5])
+    with Image.open(tmp_path / plot["file"]) as im:
+        assert im.format == "PNG"

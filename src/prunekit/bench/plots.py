@@ -1,6 +1,8 @@
 """Plots of a benchmark table: accuracy after fine-tuning against FLOPs removed (sparsity for
 unstructured runs), measured speedup and parameters left; one curve per method over its targets,
-error bars one standard deviation over seeds, the dense baseline as a dashed line.
+error bars one standard deviation over seeds, the dense baseline as a dashed line. The Pareto
+plot puts accuracy against *measured* batch-1 latency (a torch panel and an onnxruntime panel,
+each where the runs timed it) and draws the front: the runs no other run beats on both.
 
 Each plot is first described as plain data (:class:`PlotSeries`); the figure is drawn from that
 description alone, so what the report's JSON says was plotted is what was plotted. Figures are
@@ -124,7 +126,85 @@ def describe(table: Table) -> list[PlotSeries]:
                 plot.series.extend(series)
         if plot.series:
             plots.append(plot)
+    front = describe_pareto(table)
+    if front is not None:
+        plots.append(front)
     return plots
+
+
+# panel name, metric after pruning, the dense model's metric, x-axis label
+LATENCY_PANELS = (
+    ("torch", "latency_after_ms", "latency_before_ms", "batch-1 latency, torch (ms)"),
+    (
+        "onnxruntime",
+        "onnx_latency_after_ms",
+        "onnx_latency_before_ms",
+        "batch-1 latency, onnxruntime (ms)",
+    ),
+)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points (latency, accuracy) no other point beats on both counts (as fast or faster
+    and more accurate), in order of latency."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def describe_pareto(table: Table) -> PlotSeries | None:
+    """Accuracy against measured latency, one panel per runtime that timed the runs, each
+    method's targets as one curve, the dense baseline as a point and the Pareto front of all of
+    them as a dashed line; None when no run was timed."""
+    baseline = table.baseline.mean if table.baseline else None
+    plot = PlotSeries(
+        name="accuracy_vs_latency",
+        file=f"plots/{table.slug}-accuracy_vs_latency.png",
+        title=f"{table.title}: accuracy vs measured latency (dashed: Pareto front)",
+        baseline=None,
+    )
+    for panel, after, before, xlabel in LATENCY_PANELS:
+        by_label: dict[str, list[Row]] = {}
+        for row in table.rows:
+            by_label.setdefault(row.label, []).append(row)
+        series = []
+        for label, rows in by_label.items():
+            points = curve(rows, Axis(after, xlabel))
+            if points is not None:
+                series.append({"panel": panel, "label": label, **points})
+        if not series:
+            continue
+        cloud = [(x, y) for s in series for x, y in zip(s["x"], s["y"], strict=True)]
+        dense = [r.stats[before].mean for r in table.rows if before in r.stats]
+        if dense and baseline is not None:
+            x = sum(dense) / len(dense)
+            series.append(
+                {
+                    "panel": panel,
+                    "label": "dense baseline",
+                    "x": [x],
+                    "y": [baseline],
+                    "yerr": [0.0],
+                    "style": "point",
+                }
+            )
+            cloud.append((x, baseline))
+        front = pareto_front(cloud)
+        series.append(
+            {
+                "panel": panel,
+                "label": "Pareto front",
+                "x": [p[0] for p in front],
+                "y": [p[1] for p in front],
+                "yerr": [0.0] * len(front),
+                "style": "front",
+            }
+        )
+        plot.panels.append({"name": panel, "title": panel, "xlabel": xlabel})
+        plot.series.extend(series)
+    return plot if plot.series else None
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h")
@@ -135,11 +215,33 @@ def render(plot: PlotSeries) -> Figure:
     fig = Figure(figsize=(max(7.0, 5.0 * len(plot.panels)), 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(plot.panels), squeeze=False)[0]
-    labels = list(dict.fromkeys(s["label"] for s in plot.series))  # one style per method
+    labels = list(dict.fromkeys(s["label"] for s in plot.series if "style" not in s))
     colors = matplotlib.colormaps["tab20"].colors
     for ax, panel in zip(axes, plot.panels, strict=True):
         for s in plot.series:
             if s["panel"] != panel["name"]:
+                continue
+            if s.get("style") == "front":
+                ax.plot(
+                    s["x"],
+                    s["y"],
+                    linestyle="--",
+                    drawstyle="steps-post",
+                    color="black",
+                    alpha=0.6,
+                    label=s["label"],
+                )
+                continue
+            if s.get("style") == "point":
+                ax.plot(
+                    s["x"],
+                    s["y"],
+                    marker="*",
+                    markersize=14,
+                    linestyle="none",
+                    color="black",
+                    label=s["label"],
+                )
                 continue
             i = labels.index(s["label"])
             ax.errorbar(

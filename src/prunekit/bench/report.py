@@ -1,6 +1,16 @@
 """The benchmark report: finished runs aggregated over seeds into one table per model and data set,
 with plots and the published figures beside ours, written as Markdown, self-contained HTML and
-JSON."""
+JSON.
+
+The page opens with what a reader decides from: per model and data set one matrix of top-1 after
+fine-tuning (methods as rows, targets as columns, mean ± sd over seeds and baselines, the accuracy
+drop beside it), the best of each column marked and every cell whose gap to that best is inside
+the seed spread marked as level with it; prunekit's methods first, then the peer and reference
+baselines (:mod:`prunekit.bench.peers`) set apart. Under it, prunekit's best against the peers'
+best at each target, and distilled against plain fine-tuning where a spec ran both. The detail
+tables, plots (a Pareto plot of accuracy against measured latency among them) and the published
+figures follow.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +54,8 @@ DIRECT_KEYS = (
     "latency_b32_before_ms",
     "latency_b32_after_ms",
     "onnx_speedup",
+    "onnx_latency_before_ms",
+    "onnx_latency_after_ms",
     "bytes_dense",
     "bytes_sparse",
     "bytes_deep_compression",
@@ -256,7 +268,9 @@ def table_baseline(records: Sequence[RunRecord]) -> Stat | None:
         acc = number(r.metrics.get("acc_before"))
         if acc is None:
             continue
-        key = json.dumps([r.config.get(k) for k in ("seed", "epochs", "batch_size", "lr")])
+        key = json.dumps(
+            [r.config.get(k) for k in ("seed", "baseline", "epochs", "batch_size", "lr")]
+        )
         by_baseline.setdefault(key, []).append(acc)
     means = [statistics.fmean(v) for v in by_baseline.values()]
     return Stat.of(means) if means else None
@@ -273,6 +287,13 @@ def make_rows(records: Sequence[RunRecord], varying: Sequence[str]) -> list[Row]
         method = str(config.get("method"))
         extras = [options_text(config.get("options"))]
         extras += [f"{k}={config.get(k)}" for k in varying]
+        if config.get("distill"):
+            extras.append(
+                f"distilled T={config.get('distill_temperature'):g} "
+                f"alpha={config.get('distill_alpha'):g}"
+            )
+        if config.get("round_to"):
+            extras.append(f"round_to={config.get('round_to')}")
         extra = ", ".join(e for e in extras if e)
         values: dict[str, list[float]] = {}
         for r in members:
@@ -354,6 +375,247 @@ def unfinished(records: Sequence[RunRecord]) -> list[Unfinished]:
             )
         )
     out.sort(key=lambda u: (u.status, u.model, u.data, u.method, u.target, str(u.seed)))
+    return out
+
+
+# --------------------------------------------------------------------------- the decision matrix
+
+KIND_TITLES = {
+    "prunekit": "prunekit methods",
+    "peer": "peers: Torch-Pruning criteria (not prunekit)",
+    "reference": "references (not prunekit)",
+}
+LEVEL_MARK = "≈"
+
+
+@dataclass
+class Cell:
+    """One method at one target: top-1 after fine-tuning and the accuracy drop (over seeds),
+    whether it is the column's best, and whether its gap to the best is inside the seed spread
+    (the larger of the two standard deviations)."""
+
+    acc: Stat | None
+    drop: Stat | None
+    best: bool = False
+    level: bool = False
+
+    def text(self) -> str:
+        if self.acc is None:
+            return "-"
+        drop = "" if self.drop is None else f" (drop {self.drop.mean:.2f})"
+        return self.acc.format(2) + drop + (f" {LEVEL_MARK}" if self.level else "")
+
+
+@dataclass
+class MatrixRow:
+    label: str
+    kind: str  # "prunekit" | "peer" | "reference"
+    cells: list[Cell]
+
+
+@dataclass
+class Matrix:
+    """Methods as rows, targets as columns, of one :class:`Table`."""
+
+    title: str
+    columns: list[tuple[str, float]]
+    rows: list[MatrixRow]
+    baseline: Stat | None
+
+    @property
+    def headers(self) -> list[str]:
+        return ["method", *(f"{k} -{100 * v:g}%" for k, v in self.columns)]
+
+
+def method_kind(method: str) -> str:
+    from prunekit.bench.peers import method_kind as kind
+
+    return kind(method)
+
+
+def spread(a: Stat, b: Stat) -> float:
+    """The seed spread two results are compared within: the larger standard deviation."""
+    return max(a.sd or 0.0, b.sd or 0.0)
+
+
+def level_with(best: Stat, other: Stat) -> bool:
+    return best.mean - other.mean <= spread(best, other)
+
+
+def _kind_key(kind: str) -> int:
+    order = list(KIND_TITLES)
+    return order.index(kind) if kind in order else len(order)
+
+
+def matrix(table: Table) -> Matrix:
+    """The decision matrix of ``table``."""
+    columns = sorted(
+        {(r.target_kind, r.target) for r in table.rows},
+        key=lambda c: (
+            plots_mod.KIND_ORDER.index(c[0]) if c[0] in plots_mod.KIND_ORDER else 9,
+            c[1],
+        ),
+    )
+    by_label: dict[str, dict[tuple[str, float], Row]] = {}
+    kinds: dict[str, str] = {}
+    for row in table.rows:
+        by_label.setdefault(row.label, {})[(row.target_kind, row.target)] = row
+        kinds[row.label] = method_kind(row.method)
+    rows = [
+        MatrixRow(
+            label,
+            kinds[label],
+            [
+                Cell(cells[c].stats.get("acc_finetuned"), cells[c].stats.get("acc_drop"))
+                if c in cells
+                else Cell(None, None)
+                for c in columns
+            ],
+        )
+        for label, cells in by_label.items()
+    ]
+    rows.sort(key=lambda r: (_kind_key(r.kind), r.label))
+    for j in range(len(columns)):
+        present = [r.cells[j] for r in rows if r.cells[j].acc is not None]
+        if not present:
+            continue
+        top = max(present, key=lambda c: c.acc.mean)  # type: ignore[union-attr]
+        for cell in present:
+            cell.best = cell.acc.mean == top.acc.mean  # type: ignore[union-attr]
+            cell.level = not cell.best and level_with(top.acc, cell.acc)  # type: ignore[arg-type]
+    return Matrix(table.title, columns, rows, table.baseline)
+
+
+MATRIX_NOTE = (
+    "Top-1 after fine-tuning, mean ± sd over seeds (and baselines), with the accuracy drop from "
+    "the dense baseline; **bold**: the best of the column; "
+    f"{LEVEL_MARK}: behind the best by less than the seed spread (the larger of the two sds), "
+    "so not told apart from it by these runs."
+)
+
+
+def matrix_md(m: Matrix) -> str:
+    width = len(m.columns)
+    rows: list[list[str]] = []
+    kind = None
+    for r in m.rows:
+        if r.kind != kind:
+            kind = r.kind
+            rows.append([f"*{KIND_TITLES.get(kind, kind)}*", *([""] * width)])
+        rows.append([r.label, *(f"**{c.text()}**" if c.best else c.text() for c in r.cells)])
+    return md_table(m.headers, rows)  # md_cell leaves the bold markers alone
+
+
+@dataclass
+class Versus:
+    """prunekit's best against the peers' best (and the width-scaled reference) at one target."""
+
+    target: str
+    ours: tuple[str, Cell] | None
+    peer: tuple[str, Cell] | None
+    reference: tuple[str, Cell] | None
+
+    def verdict(self) -> str:
+        if self.ours is None or self.peer is None:
+            return "-"
+        a, b = self.ours[1].acc, self.peer[1].acc
+        assert a is not None and b is not None
+        gap, sd = a.mean - b.mean, spread(a, b)
+        if abs(gap) <= sd:
+            return f"level: {gap:+.2f} is inside the spread {sd:.2f}"
+        return f"{'ahead' if gap > 0 else 'behind'} by {abs(gap):.2f}, beyond the spread {sd:.2f}"
+
+
+def versus(m: Matrix) -> list[Versus]:
+    out = []
+    for j, (kind, value) in enumerate(m.columns):
+        best: dict[str, tuple[str, Cell]] = {}
+        for r in m.rows:
+            cell = r.cells[j]
+            if cell.acc is None:
+                continue
+            held = best.get(r.kind)
+            if held is None or cell.acc.mean > held[1].acc.mean:  # type: ignore[union-attr]
+                best[r.kind] = (r.label, cell)
+        out.append(
+            Versus(
+                f"{kind} -{100 * value:g}%",
+                best.get("prunekit"),
+                best.get("peer"),
+                best.get("reference"),
+            )
+        )
+    return out
+
+
+VERSUS_HEADERS = (
+    "target",
+    "prunekit's best",
+    "top-1",
+    "peer's best",
+    "top-1",
+    "verdict",
+    "width-scaled reference",
+)
+
+
+def versus_cells(items: Sequence[Versus]) -> list[list[str]]:
+    def name(x: tuple[str, Cell] | None) -> str:
+        return "-" if x is None else x[0]
+
+    def acc(x: tuple[str, Cell] | None) -> str:
+        return "-" if x is None else x[1].text().removesuffix(f" {LEVEL_MARK}")
+
+    return [
+        [
+            v.target,
+            name(v.ours),
+            acc(v.ours),
+            name(v.peer),
+            acc(v.peer),
+            v.verdict(),
+            acc(v.reference),
+        ]
+        for v in items
+    ]
+
+
+DISTILL_HEADERS = ("method", "target", "plain fine-tuning", "distilled", "distilled - plain")
+
+
+def distill_pairs(table: Table) -> list[list[str]]:
+    """Rows that differ only in distillation: plain and distilled fine-tuning side by side."""
+    drop = ("distill", "distill_temperature", "distill_alpha")
+    plain: dict[str, Row] = {}
+    distilled: list[Row] = []
+    for row in table.rows:
+        key = json.dumps(
+            {k: v for k, v in row.config.items() if k not in drop}, sort_keys=True, default=str
+        )
+        if row.config.get("distill"):
+            distilled.append(row)
+        else:
+            plain[key] = row
+    out = []
+    for row in distilled:
+        key = json.dumps(
+            {k: v for k, v in row.config.items() if k not in drop}, sort_keys=True, default=str
+        )
+        base = plain.get(key)
+        a, b = row.stats.get("acc_finetuned"), base.stats.get("acc_finetuned") if base else None
+        if base is None or a is None or b is None:
+            continue
+        gap, sd = a.mean - b.mean, spread(a, b)
+        mark = f" {LEVEL_MARK}" if abs(gap) <= sd else ""
+        out.append(
+            [
+                base.label,
+                base.target_text,
+                Cell(b, base.stats.get("acc_drop")).text(),
+                Cell(a, row.stats.get("acc_drop")).text(),
+                f"{gap:+.2f}{mark}",
+            ]
+        )
     return out
 
 
@@ -460,6 +722,22 @@ def render_markdown(
     counts: tuple[int, int],
 ) -> str:
     parts = [f"# {md_cell(title)}", "", summary_text(counts), ""]
+    if tables:
+        parts += ["## Decision matrix", "", MATRIX_NOTE, ""]
+    for table in tables:
+        m = matrix(table)
+        base = table.baseline.format(2) if table.baseline else "-"
+        parts += [f"### Matrix: {md_cell(table.title)}", "", f"Dense baseline top-1: {base}.", ""]
+        parts += [matrix_md(m), ""]
+        parts += ["prunekit's best against the peers' best:", ""]
+        parts += [md_table(VERSUS_HEADERS, versus_cells(versus(m))), ""]
+        if pairs := distill_pairs(table):
+            parts += [
+                "Distilled against plain fine-tuning:",
+                "",
+                md_table(DISTILL_HEADERS, pairs),
+                "",
+            ]
     for table in tables:
         headers, rows = table_cells(table)
         parts += [f"## {md_cell(table.title)}", ""]
@@ -496,6 +774,7 @@ p.meta { color: #555; margin: 0.2em 0; }
 figure { display: inline-block; margin: 0.5em 1em 1em 0; }
 img { max-width: 100%; border: 1px solid #eee; }
 .scroll { overflow-x: auto; }
+tr.sep td { background: #fafafa; border-top: 2px solid #999; }
 """
 
 
@@ -532,6 +811,25 @@ def render_html(
         f"<h1>{esc(title)}</h1>",
         f'<p class="meta">{esc(summary_text(counts))}</p>',
     ]
+    if tables:
+        out += ["<section><h2>Decision matrix</h2>", f'<p class="meta">{esc(MATRIX_NOTE)}</p>']
+    for table in tables:
+        m = matrix(table)
+        base = table.baseline.format(2) if table.baseline else "-"
+        out += [
+            f"<h3>Matrix: {esc(table.title)}</h3>",
+            f'<p class="meta">Dense baseline top-1: {esc(base)}.</p>',
+            matrix_html(m),
+            "<p>prunekit's best against the peers' best:</p>",
+            html_table(VERSUS_HEADERS, versus_cells(versus(m)), text_cols=2),
+        ]
+        if pairs := distill_pairs(table):
+            out += [
+                "<p>Distilled against plain fine-tuning:</p>",
+                html_table(DISTILL_HEADERS, pairs, 2),
+            ]
+    if tables:
+        out.append("</section>")
     for table in tables:
         headers, rows = table_cells(table)
         out += [
@@ -560,6 +858,28 @@ def render_html(
         out.append("<p>Every run finished.</p>")
     out.append("</section></body></html>")
     return "\n".join(out) + "\n"
+
+
+def matrix_html(m: Matrix) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in m.headers)
+    body, kind = [], None
+    for r in m.rows:
+        if r.kind != kind:
+            kind = r.kind
+            title = esc(KIND_TITLES.get(kind, kind))
+            body.append(
+                f'<tr class="sep"><td class="text" colspan="{len(m.headers)}"><em>{title}</em></td></tr>'
+            )
+        cells = "".join(
+            f"<td><strong>{esc(c.text())}</strong></td>" if c.best else f"<td>{esc(c.text())}</td>"
+            for c in r.cells
+        )
+        body.append(f'<tr><td class="text">{esc(r.label)}</td>{cells}</tr>')
+    return (
+        f'<div class="scroll"><table class="matrix"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def summary_text(counts: tuple[int, int]) -> str:
@@ -593,6 +913,27 @@ def table_json(table: Table) -> dict[str, Any]:
                 "stats": {k: stat(v) for k, v in sorted(r.stats.items())},
             }
             for r in table.rows
+        ],
+    }
+
+
+def matrix_json(m: Matrix) -> dict[str, Any]:
+    def stat(s: Stat | None) -> dict[str, Any] | None:
+        return None if s is None else dataclasses.asdict(s)
+
+    return {
+        "title": m.title,
+        "columns": [{"kind": k, "target": v} for k, v in m.columns],
+        "rows": [
+            {
+                "label": r.label,
+                "kind": r.kind,
+                "cells": [
+                    {"acc": stat(c.acc), "drop": stat(c.drop), "best": c.best, "level": c.level}
+                    for c in r.cells
+                ],
+            }
+            for r in m.rows
         ],
     }
 
@@ -634,6 +975,7 @@ def write_report(
         {
             "title": title,
             "tables": [table_json(t) for t in tables],
+            "matrices": [matrix_json(matrix(t)) for t in tables],
             "plots": [dataclasses.asdict(p) for ps in plots.values() for p in ps],
             "paper": [dataclasses.asdict(p) for p in paper_rows],
             "not_finished": [dataclasses.asdict(u) for u in pending],
