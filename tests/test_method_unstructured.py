@@ -182,7 +182,7 @@ def test_gmp_follows_the_cubic_schedule() -> None:
     model = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 10))
     g = torch.Generator().manual_seed(2)
     data = TensorDataset(torch.randn(32, 10, generator=g), torch.randint(0, 10, (32,), generator=g))
-    ctx = _ctx(model, data, 0.5, gmp_epochs=2, gmp_frequency=2, gmp_end=0.75)
+    ctx = _ctx(model, data, 0.5, epochs=2, frequency=2, end=0.75)
     method = methods.get("gmp")
     report = method.prune(ctx)
     # 4 steps an epoch, 8 in all; pruning ends at step 6 = t0 + n dt with dt = 2, n = 3;
@@ -199,12 +199,14 @@ def test_gmp_follows_the_cubic_schedule() -> None:
 
 
 def test_gmp_end_to_end() -> None:
-    _end_to_end("gmp", 0.8, gmp_epochs=1, gmp_frequency=1)
+    _end_to_end("gmp", 0.8, epochs=1, frequency=1)
 
 
 def test_gmp_bad_scope() -> None:
-    with pytest.raises(ConfigError, match="gmp_scope"):
-        methods.get("gmp").prune(_ctx(_convnet(), _images(), 0.5, gmp_scope="lamp"))
+    with pytest.raises(ConfigError, match="scope"):
+        methods.get("gmp").prune(_ctx(_convnet(), _images(), 0.5, scope="lamp"))
+    with pytest.raises(ConfigError, match="begin < end"):
+        methods.get("gmp").prune(_ctx(_convnet(), _images(), 0.5, begin=0.5, end=0.5))
 
 
 # ----------------------------------------------------------------------------- SNIP

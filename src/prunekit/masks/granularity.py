@@ -121,7 +121,8 @@ def one_by_n(scores: torch.Tensor, sparsity: float, name: str, opts: PatternOpti
     a block (unless ``opts.rearrange`` is False: then blocks are runs of consecutive channels);
     the order is kept in ``meta["permutation"]`` (row ``i`` of the rearranged weight is
     original row ``permutation[i]``). Each (block, input channel) kernel group is scored by the L1
-    of its scores and the lowest groups are pruned. A last, shorter block is allowed.
+    of its scores and the lowest groups are pruned, as many as bring the pruned weights closest to
+    ``sparsity`` of the layer. A last, shorter block is allowed.
     """
     opts.validate()
     k = _as_kernels(scores, name).abs()
@@ -134,7 +135,15 @@ def one_by_n(scores: torch.Tensor, sparsity: float, name: str, opts: PatternOpti
     padded = k.new_zeros(n_blocks * opts.block, n_in, k.shape[2])
     padded[:out] = k[perm]
     block_scores = padded.reshape(n_blocks, opts.block, n_in, -1).sum((1, 3))
-    keep_blocks = keep_top(block_scores, prune_count(block_scores.numel(), sparsity))
+    # a shorter last block holds fewer weights: count weights, not groups, toward the target
+    rows = torch.full((n_blocks,), opts.block)
+    rows[-1] = out - (n_blocks - 1) * opts.block
+    sizes = (rows * k.shape[2]).unsqueeze(1).expand(n_blocks, n_in).reshape(-1)
+    order = torch.argsort(block_scores.reshape(-1), stable=True)
+    pruned = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(sizes[order], 0)])
+    want = prune_count(out * n_in * k.shape[2], sparsity)
+    n_prune = int(torch.argmin((pruned - want).abs()))  # the group count closest to the target
+    keep_blocks = keep_top(block_scores, n_prune)
     keep_sorted = keep_blocks.repeat_interleave(opts.block, dim=0)[:out]
     keep = torch.empty_like(keep_sorted)
     keep[perm] = keep_sorted
