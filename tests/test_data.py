@@ -700,3 +700,11 @@ def test_random_resized_crop():
     assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
     top, left, h, w = rrc.window(16, 16)
     assert 0 <= top <= 16 - h and 0 <= left <= 16 - w
+
+
+def test_mnist1d_20k_is_the_generator_at_20000_samples():
+    large = data.load("mnist1d_20k", split="test")
+    same = data.load("mnist1d", split="test", num_samples=20_000)
+    assert len(large) == 4000 and len(data.load("mnist1d_20k", split="trainval")) == 16000
+    assert torch.equal(large.tensors[0], same.tensors[0])
+    assert not torch.equal(large.tensors[0][:1000], data.load("mnist1d", split="test").tensors[0])
