@@ -295,3 +295,13 @@ def test_runner_runs_peers_references_and_several_baselines(tmp_path: Path) -> N
     before = {r.config["baseline"]: r.metrics["acc_before"] for r in records}
     assert before[0] != before[1]  # two baselines, trained from two seeds
     assert RunConfig.from_dict(records[0].config).id == records[0].id
+
+
+SPECS = sorted((Path(__file__).parent.parent / "benchmarks" / "specs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_committed_specs_are_valid(path: Path) -> None:
+    from prunekit.bench import load_spec
+
+    assert expand(load_spec(path))
