@@ -244,19 +244,29 @@ def test_spec_options_expand_into_runs() -> None:
         "targets": {"flops": [0.5]},
         "seeds": [0, 1],
         "baselines_per_seed": 3,
-        "round_to": 2,
         "finetune": {"epochs": 1, "distill": False, "temperature": 2.0, "alpha": 0.5},
     }
+    with pytest.raises(ConfigError, match=r"methods\[0\]: method 'fpgm' .*cannot take round_to"):
+        parse_spec({**spec, "round_to": 2}, source="p.yaml")
+    spec["methods"] += ["peer:tp_l2"]  # a peer with the same spec: rounded widths fine
+    assert {
+        r.round_to
+        for r in expand(
+            parse_spec({**spec, "round_to": 2, "methods": ["peer:tp_l2", "ref:width_scaled"]})
+        )
+    } == {2}
     runs = expand(parse_spec(spec))
-    assert len(runs) == 3 * 2 * 3
+    assert len(runs) == 4 * 2 * 3
     assert {(r.seed, r.baseline) for r in runs} == {(s, b) for s in (0, 1) for b in range(3)}
     assert len({r.baseline_key for r in runs}) == 6
     assert len({r.baseline_seed for r in runs}) == 6
     assert {r.distill for r in runs if r.method == "fpgm"} == {True, False}
-    assert {(r.distill_temperature, r.distill_alpha, r.round_to) for r in runs} == {(2.0, 0.5, 2)}
+    assert {(r.distill_temperature, r.distill_alpha, r.round_to) for r in runs} == {
+        (2.0, 0.5, None)
+    }
     ref = next(r for r in runs if r.method == "ref:width_scaled")
-    pc = ref.prune_config()
-    assert (pc.method, pc.round_to) == (None, 2)
+    pc = dataclasses.replace(ref, round_to=2).prune_config()
+    assert (pc.method, pc.round_to, pc.option) == (None, 2, ())
     assert ref.prune_config(for_baseline=True).seed == ref.baseline_seed
     for bad, match in (
         ({"baselines_per_seed": 0}, r"baselines_per_seed: expected an integer >= 1"),

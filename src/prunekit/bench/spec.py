@@ -365,6 +365,16 @@ def parse_spec(mapping: Any, source: str = "<spec>") -> Spec:
         kwargs["round_to"] = v.integer(top["round_to"], "round_to", 1)
     spec = Spec(name, models, datasets, methods_, source=source, **kwargs)
     expand(spec)  # a method without a target of its type fails here, at load time
+    if spec.round_to is not None:
+        from prunekit.bench.peers import is_baseline
+
+        for i, m in enumerate(spec.methods):
+            if not is_baseline(m.id):
+                raise v.error(
+                    f"methods[{i}]",
+                    f"method {m.id!r} chooses its own widths and cannot take round_to "
+                    "(round_to applies to the peer and reference baselines)",
+                )
     return spec
 
 
