@@ -47,9 +47,21 @@ FORMAT = "prunekit-model"
 VERSION = 1
 EXPECTED = "expected a prunekit model file written by prunekit.save"
 
-__all__ = ["FORMAT", "VERSION", "load", "save"]
+__all__ = ["FORMAT", "VERSION", "load", "register_reader", "save"]
 
 ModelSource = nn.Module | Callable[[], nn.Module]
+Reader = Callable[..., nn.Module]
+
+# Formats of other modules that load() recognises by their first bytes. They register here (the
+# Deep Compression format does on import of prunekit.compress), so this module imports none of
+# them.
+_READERS: dict[bytes, Reader] = {}
+
+
+def register_reader(magic: bytes, reader: Reader) -> None:
+    """Let :func:`load` read files starting with ``magic`` through
+    ``reader(path, model, map_location=...)``."""
+    _READERS[bytes(magic)] = reader
 
 
 # ---------------------------------------------------------------------------------- save
@@ -80,8 +92,8 @@ def save(model: nn.Module, path: PathLike, *, extra: Any = None) -> None:
         {
             "format": FORMAT,
             "version": VERSION,
-            "arch": None if arch is None else _plain(arch),
-            "structure": _structure_of(model),
+            "arch": None if arch is None else plain_data(arch),
+            "structure": structure_of(model),
             "state_dict": state,
             "protected_layers": list(protected_layers(model)),
             "extra": extra,
@@ -92,16 +104,16 @@ def save(model: nn.Module, path: PathLike, *, extra: Any = None) -> None:
     )
 
 
-def _plain(obj: Any) -> Any:
+def plain_data(obj: Any) -> Any:
     """A copy made of dicts and lists only, so the file needs nothing beyond plain data."""
     if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain_data(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain_data(v) for v in obj]
     return obj
 
 
-def _structure_of(model: nn.Module) -> dict[str, dict[str, list[int] | None]]:
+def structure_of(model: nn.Module) -> dict[str, dict[str, list[int] | None]]:
     structure = getattr(model, "_prunekit_structure", None) or {}
     return {
         str(name): {
@@ -133,10 +145,9 @@ def load(
     written by ``prunekit compress`` (Deep Compression) loads the same way.
     """
     path = Path(path)
-    from prunekit.compress import deep_compression
-
-    if _starts_with(path, deep_compression.MAGIC):  # a Deep Compression file (prunekit compress)
-        return deep_compression.load_deep_compressed(path, model, map_location=map_location)
+    for magic, reader in _READERS.items():  # other formats (Deep Compression files)
+        if _starts_with(path, magic):
+            return reader(path, model, map_location=map_location)
     ckpt = _read(path)
     return rebuild_saved(path, ckpt, ckpt["state_dict"], model, map_location)
 
@@ -188,13 +199,13 @@ def rebuild_saved(
 def _read(path: Path) -> dict[str, Any]:
     """The file's dict, checked for the keys and types :func:`load` relies on."""
     ckpt = load_tagged(path, fmt=FORMAT, version=VERSION, what="model file", expected=EXPECTED)
-    problem = _check_fields(ckpt)
+    problem = check_fields(ckpt)
     if problem:
         raise CheckpointError(f"{path} is corrupt ({problem}): {EXPECTED}")
     return ckpt
 
 
-def _check_fields(ckpt: dict[str, Any]) -> str | None:
+def check_fields(ckpt: dict[str, Any]) -> str | None:
     arch = ckpt.get("arch")
     if arch is not None and not isinstance(arch, dict):
         return "'arch' is not a dict"

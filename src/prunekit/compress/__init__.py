@@ -3,6 +3,7 @@ channels that are all zero, BatchNorm folding."""
 
 from __future__ import annotations
 
+from prunekit.compress import deep_compression  # noqa: F401  (registers its format with load)
 from prunekit.compress.simplify import (
     SimplifyReport,
     ZeroChannelReport,

@@ -74,7 +74,7 @@ from torch.nn.utils import parametrize
 
 from prunekit import persist
 from prunekit.compress.huffman import HuffmanCode
-from prunekit.compress.sparse import _DTYPES, _effective_state
+from prunekit.compress.sparse import DTYPES, effective_state
 from prunekit.errors import CheckpointError, ConfigError, MissingFileError
 from prunekit.io import PathLike, atomic_open
 from prunekit.masks.apply import mask_parametrization
@@ -308,7 +308,7 @@ def save_deep_compressed(
         raise ConfigError(f"value_dtype must be 'fp32' or 'fp16', got {value_dtype!r}")
     persist.check_extra(extra)
 
-    state = _effective_state(model)
+    state = effective_state(model)
     layers = {weight_name(n): m for n, m in prunable_layers(model).items()}
     shared = shared_weights(model)
     payload = bytearray()
@@ -321,7 +321,7 @@ def save_deep_compressed(
     entries: dict[str, dict[str, Any]] = {}
     stats: dict[str, dict[str, int]] = {}
     for key, tensor in state.items():
-        if tensor.dtype not in _DTYPES.values():
+        if tensor.dtype not in DTYPES.values():
             raise ConfigError(f"state_dict entry {key!r} has unsupported dtype {tensor.dtype}")
         if key in layers and tensor.is_floating_point():
             gap_bits = _bits_for(layers[key], gap_bits_conv, gap_bits_fc)
@@ -333,8 +333,8 @@ def save_deep_compressed(
     from prunekit import __version__
 
     header_obj = {
-        "arch": None if arch is None else persist._plain(arch),
-        "structure": persist._structure_of(model),
+        "arch": None if arch is None else persist.plain_data(arch),
+        "structure": persist.structure_of(model),
         "protected_layers": list(protected_layers(model)),
         "extra": extra,
         "tensors": entries,
@@ -538,7 +538,7 @@ def _check_header(ckpt: Any) -> str | None:
         return "'tensors' is not a dict"
     probe = dict(ckpt)
     probe["state_dict"] = {}  # the tensors are checked while decoding
-    return persist._check_fields(probe)
+    return persist.check_fields(probe)
 
 
 def _decode_all(ckpt: dict[str, Any], payload: bytes) -> dict[str, torch.Tensor]:
@@ -585,7 +585,7 @@ def _shape_dtype(entry: dict[str, Any], key: str = "dtype") -> tuple[list[int], 
         isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
     ):
         raise ValueError(f"shape {shape!r} is not a list of sizes")
-    dtype = _DTYPES.get(entry.get(key))  # type: ignore[arg-type]
+    dtype = DTYPES.get(entry.get(key))  # type: ignore[arg-type]
     if dtype is None:
         raise ValueError(f"{key} {entry.get(key)!r} is not a known dtype")
     return shape, dtype
@@ -629,3 +629,6 @@ def _decode_shared(payload: bytes, entry: dict[str, Any]) -> torch.Tensor:
     flat = torch.zeros(numel, dtype=dtype)
     flat[torch.from_numpy(positions)] = values[torch.from_numpy(index)]
     return flat.reshape(shape)
+
+
+persist.register_reader(MAGIC, load_deep_compressed)  # prunekit.load reads these files too

@@ -74,7 +74,7 @@ _KINDS = ("dense", "bitmask", "csr")
 
 # The dtypes a file may name, by name: parsing names through this table (never getattr on torch)
 # keeps a corrupt file from naming anything that is not a plain tensor dtype.
-_DTYPES: dict[str, torch.dtype] = {
+DTYPES: dict[str, torch.dtype] = {
     str(dt).removeprefix("torch."): dt
     for dt in (
         torch.float64,
@@ -164,7 +164,7 @@ def save_sparse(
 
     if isinstance(model_or_state_dict, nn.Module):
         model: nn.Module | None = model_or_state_dict
-        state = _effective_state(model_or_state_dict)
+        state = effective_state(model_or_state_dict)
     elif isinstance(model_or_state_dict, Mapping):
         model = None
         state = _checked_state(model_or_state_dict)
@@ -207,8 +207,8 @@ def save_sparse(
             "version": VERSION,
             "byteorder": sys.byteorder,
             "dtype": dtype,
-            "arch": None if arch is None else persist._plain(arch),
-            "structure": persist._structure_of(model) if model is not None else {},
+            "arch": None if arch is None else persist.plain_data(arch),
+            "structure": persist.structure_of(model) if model is not None else {},
             "protected_layers": (list(protected_layers(model)) if model is not None else []),
             "extra": extra,
             "tensors": entries,
@@ -235,7 +235,7 @@ def save_sparse(
     )
 
 
-def _effective_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def effective_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` as the model would hold it with its parametrizations finalized.
 
     A parametrized module's state dict holds ``<m>.parametrizations.<p>.original`` (and the
@@ -283,7 +283,7 @@ def _as_tensor(key: str, value: Any) -> torch.Tensor:
             f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor: "
             "save_sparse stores tensors only"
         )
-    if value.dtype not in _DTYPES.values():
+    if value.dtype not in DTYPES.values():
         raise ConfigError(f"state_dict entry {key!r} has unsupported dtype {value.dtype}")
     return value.detach()
 
@@ -424,7 +424,7 @@ def _check_header(ckpt: dict[str, Any]) -> str | None:
         return "'tensors' is not a dict"
     probe = dict(ckpt)
     probe["state_dict"] = {}  # checked by _decode_all; the rest as prunekit.load checks it
-    return persist._check_fields(probe)
+    return persist.check_fields(probe)
 
 
 def _decode_all(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -461,7 +461,7 @@ def _decode(blob: torch.Tensor, entry: dict[str, Any]) -> torch.Tensor:
         isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
     ):
         raise ValueError(f"shape {shape!r} is not a list of sizes")
-    dtype, stored = _DTYPES[entry["dtype"]], _DTYPES[entry["stored"]]
+    dtype, stored = DTYPES[entry["dtype"]], DTYPES[entry["stored"]]
     numel = math.prod(shape)
     if not isinstance(nnz, int) or not 0 <= nnz <= numel or (kind == "dense" and nnz != numel):
         raise ValueError(f"nonzero count {nnz!r} does not fit {numel} elements")
