@@ -54,7 +54,7 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_prune_folder_refuses_a_different_run_and_overwrite_replaces_it(tmp_path, capsys):
     out = tmp_path / "D"
     first = workflow.run_pruning(
-        workflow.PruneConfig(**TINY, importance="l1"), out=out, progress=False
+        workflow.PruneConfig(**TINY, importance="l1"), out=out, progress=False, latency=False
     )
     l1_bytes = (out / "pruned.pt").read_bytes()
     argv = ["prune", "--model", "lenet5", "--epochs", "1", "--finetune-epochs", "1"]
@@ -78,13 +78,15 @@ def test_prune_folder_refuses_a_different_run_and_overwrite_replaces_it(tmp_path
 def test_prune_folder_resumes_only_on_a_full_match(tmp_path):
     out = tmp_path / "D"
     config = workflow.PruneConfig(**{**TINY, "finetune_epochs": 0})
-    workflow.run_pruning(config, out=out, progress=False)
-    again = workflow.run_pruning(config, out=out, progress=False)  # same run: resumes
+    workflow.run_pruning(config, out=out, progress=False, latency=False)
+    again = workflow.run_pruning(
+        config, out=out, progress=False, latency=False
+    )  # same run: resumes
     assert again["attempts"] == 2
     for change in ({"seed": 1}, {"target_flops": 0.3}, {"finetune_lr": 0.02}, {"method": "hrank"}):
         other = workflow.PruneConfig(**{**TINY, "finetune_epochs": 0, **change})
         with pytest.raises(ConfigError, match="overwrite"):
-            workflow.run_pruning(other, out=out, progress=False)
+            workflow.run_pruning(other, out=out, progress=False, latency=False)
 
 
 def test_a_folder_of_unknown_origin_is_not_reused(tmp_path):
@@ -92,7 +94,7 @@ def test_a_folder_of_unknown_origin_is_not_reused(tmp_path):
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"from somewhere else")
     with pytest.raises(ConfigError, match="overwrite"):
-        workflow.run_pruning(workflow.PruneConfig(**TINY), out=out, progress=False)
+        workflow.run_pruning(workflow.PruneConfig(**TINY), out=out, progress=False, latency=False)
 
 
 def test_train_folder_refuses_other_data_or_size(tmp_path, capsys):
@@ -280,7 +282,10 @@ def test_a_file_of_another_kind_is_named_with_the_command_that_reads_it(tmp_path
 def test_eval_evaluates_a_pruned_model_file(tmp_path, capsys):
     out = tmp_path / "P"
     metrics = workflow.run_pruning(
-        workflow.PruneConfig(**{**TINY, "finetune_epochs": 0}), out=out, progress=False
+        workflow.PruneConfig(**{**TINY, "finetune_epochs": 0}),
+        out=out,
+        progress=False,
+        latency=False,
     )
     code, stdout, err = cli(["eval", "--checkpoint", str(out / "pruned.pt")], capsys)
     assert code == 0, err
@@ -393,11 +398,24 @@ def test_unreliable_latency_is_warned_about(monkeypatch):
     assert any("load" in w for w in figures["warnings"])
 
 
+def test_a_wide_latency_spread_is_warned_about(monkeypatch):
+    from prunekit import measure
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    steady = {"latency_b1_ms": 1.0, "latency_b1_iqr_ms": 0.05}
+    assert measure.latency_warnings(steady, threads=1) == []
+    noisy = {**steady, "latency_b32_ms": 10.0, "latency_b32_iqr_ms": 4.0}
+    (line,) = measure.latency_warnings(noisy, threads=1)
+    assert "batch 32" in line and "40%" in line and "unreliable" in line
+
+
 def test_a_resumed_run_records_the_time_of_all_attempts(tmp_path):
     out = tmp_path / "D"
     config = workflow.PruneConfig(**TINY)
-    first = workflow.run_pruning(config, out=out, progress=False)
-    again = workflow.run_pruning(config, out=out, progress=False)  # finds everything finished
+    first = workflow.run_pruning(config, out=out, progress=False, latency=False)
+    again = workflow.run_pruning(
+        config, out=out, progress=False, latency=False
+    )  # finds everything finished
     assert first["train_time_s"] > 0.05
     assert again["train_time_s"] == pytest.approx(first["train_time_s"], rel=0.01)
     assert again["finetune_time_s"] == pytest.approx(first["finetune_time_s"], rel=0.01)
