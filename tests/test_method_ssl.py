@@ -1,4 +1,4 @@
-"""SSL: the group-Lasso gradient hook, unit norms over both sides of a channel, removal of the
+"""SSL: the group-Lasso proximal step, unit norms over both sides of a channel, removal of the
 zero groups, sparsity training and the method end to end."""
 
 from __future__ import annotations
@@ -90,41 +90,32 @@ def test_zero_groups_and_only_those_are_removed_at_their_share() -> None:
     assert model(x).shape == (1, 3)
 
 
-def test_hook_adds_exactly_the_group_lasso_gradient() -> None:
+def test_proximal_step_by_hand() -> None:
+    # filters (rows) first: row 0 has norm 5, shrunk by 1 -> x 4/5; row 1 has norm 0.5 <= 1 -> 0.
+    # then channels (columns) of [[2.4, 3.2], [0, 0]]: norms 2.4 and 3.2, shrunk by 0.8 ->
+    # x 2/3 and x 3/4
+    w = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
+    ssl.group_lasso_prox(w, 0, step_filter=1.0, step_channel=0.8)
+    torch.testing.assert_close(w, torch.tensor([[1.6, 2.4], [0.0, 0.0]]))
+    ssl.group_lasso_prox(w, 0, step_filter=1.0, step_channel=None)  # a zero row stays zero
+    assert torch.all(torch.isfinite(w)) and torch.equal(w[1], torch.zeros(2))
+
+
+def test_proximal_callback_uses_each_steps_learning_rate() -> None:
     torch.manual_seed(0)
-    model = TwoConv().train()
-    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
-    lam_f, lam_c = 0.03, 0.02
-    layers = [model.a, model.b, model.fc]
-
-    def grads(explicit: bool) -> list[torch.Tensor]:
-        model.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        if explicit:  # the penalty written out: rows (filters) and columns (input channels)
-            for m in layers:
-                w = m.weight
-                loss = loss + lam_f * w.flatten(1).norm(dim=1).sum()
-                loss = loss + lam_c * w.transpose(0, 1).flatten(1).norm(dim=1).sum()
-        loss.backward()
-        return [m.weight.grad.clone() for m in layers]
-
-    want = grads(explicit=True)
-    handles = ssl.add_group_lasso_penalty(model, lam_f, lam_c, linear=True)
-    got = grads(explicit=False)
-    for h in handles:
-        h.remove()
-    for g0, g1 in zip(want, got, strict=True):
-        assert torch.allclose(g0, g1, atol=1e-6, rtol=1e-5)
-    plain = grads(explicit=False)  # the hooks are gone
-    assert not torch.allclose(plain[0], got[0])
-
-
-def test_penalty_gradient_is_zero_on_a_zero_group() -> None:
-    w = torch.tensor([[3.0, 4.0], [0.0, 0.0]])  # filter 1 is zero
-    g = ssl.group_lasso_grad(w, 0, lambda_filter=1.0, lambda_channel=None)
-    assert torch.equal(g, torch.tensor([[0.6, 0.8], [0.0, 0.0]]))
-    g = ssl.group_lasso_grad(w, 0, lambda_filter=0.0, lambda_channel=2.0)
-    assert torch.equal(g, torch.tensor([[2.0, 2.0], [0.0, 0.0]]))  # columns [3,0], [4,0]
+    model = TwoConv()
+    prox = ssl.GroupLassoProx(model, 1.0, 0.0, lr=0.5)
+    w = model.a.weight
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    with torch.no_grad():
+        w.copy_(torch.ones_like(w))  # every filter of a: 27 ones, norm sqrt(27)
+    norm = 27**0.5
+    prox("step_end", {"optimizer": opt})  # shrunk by 0.5 * 1.0
+    assert torch.allclose(w[0].norm(), torch.tensor(norm - 0.5))
+    opt.param_groups[0]["lr"] = 0.25
+    opt.step()  # no gradients: the weights stay, the step's lr is recorded
+    prox("step_end", {"optimizer": opt})
+    assert torch.allclose(w[0].norm(), torch.tensor(norm - 0.75))
 
 
 def test_penalty_training_drives_group_norms_down() -> None:
@@ -140,11 +131,10 @@ def test_penalty_training_drives_group_norms_down() -> None:
             lr=0.05,
         )
         ssl.sparsity_train(model, ctx, ssl.SSL().options(ctx))
-        assert not model.a.weight._backward_hooks  # hooks are gone after training
         graph = build(model.eval(), torch.randn(1, 3, 8, 8))
         return sum(float(v.sum()) for v in ssl.unit_norms(graph).values())
 
-    assert trained(0.3) < 0.8 * trained(0.0)
+    assert trained(1.0) < 0.8 * trained(0.0)
 
 
 def test_bad_options_are_refused() -> None:

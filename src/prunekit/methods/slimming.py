@@ -63,6 +63,7 @@ from prunekit.graph.core import Site, out_weight
 from prunekit.methods.base import Context, Method, register_method
 from prunekit.prune import PruneReport, remove_selected, select_channels
 from prunekit.train import TrainConfig, fit
+from prunekit.train.schedules import summed_lr
 
 LAMBDA_OPTION = "slimming_lambda"
 LAMBDA_VGG = 1e-4  # official README: main.py -sr --s 0.0001 --arch vgg
@@ -136,16 +137,6 @@ def phase_config(ctx: Context, opts: Mapping[str, Any]) -> TrainConfig:
     )
 
 
-def lr_sum(config: TrainConfig, steps_per_epoch: int) -> float:
-    """The learning rate summed over every step of ``config`` (step schedule)."""
-    total, start = 0.0, 0.0
-    factor = 1.0
-    for edge in (*config.milestones, 1.0):
-        total += (edge - start) * factor
-        start, factor = edge, factor * config.gamma
-    return config.lr * config.epochs * steps_per_epoch * total
-
-
 def resolve_lambda(ctx: Context, opts: Mapping[str, Any], config: TrainConfig) -> float:
     """``lambda`` of the phase: the option as a number, or for ``"auto"`` the family's lambda
     (:func:`paper_lambda`) scaled so that its total pull ``lambda * summed lr`` is the official
@@ -163,7 +154,7 @@ def resolve_lambda(ctx: Context, opts: Mapping[str, Any], config: TrainConfig) -
             raise ConfigError(f"{LAMBDA_OPTION} must be a finite number >= 0, got {lam!r}")
         return lam
     steps = math.ceil(len(ctx.train_set) / ctx.batch_size)  # type: ignore[arg-type]
-    ours = lr_sum(config, steps)
+    ours = summed_lr(config, steps)
     return paper_lambda(ctx.model, ctx.example_input) * PAPER_LR_SUM / ours if ours else 0.0
 
 
@@ -295,7 +286,6 @@ __all__ = [
     "batchnorm_scales",
     "gamma_scores",
     "global_threshold",
-    "lr_sum",
     "paper_lambda",
     "prune_by_gamma",
     "sparsity_train",

@@ -1,5 +1,6 @@
 """Structured Sparsity Learning (Wen, Wu, Wang, Chen, Li, "Learning Structured Sparsity in Deep
-Neural Networks", NIPS 2016, https://arxiv.org/abs/1608.03665).
+Neural Networks", NIPS 2016, https://arxiv.org/abs/1608.03665; official code: the Caffe fork
+``wenwei202/caffe``, ``examples/cifar10``).
 
 The paper's defining computation, in two steps (the runner fine-tunes afterwards):
 
@@ -8,49 +9,63 @@ The paper's defining computation, in two steps (the runner fine-tunes afterwards
 
        lambda_n * sum_n ||W_l[n, :, :, :]||_2  +  lambda_c * sum_c ||W_l[:, c, :, :]||_2
 
-   (filter-wise and channel-wise groups). The gradient of ``lambda * ||w_g||_2`` is
-   ``lambda * w_g / ||w_g||_2`` (taken as 0 where ``w_g = 0``); it is added to every weight's
-   gradient by a gradient hook (:func:`add_group_lasso_penalty`, removed after training), so
-   any optimiser and :func:`prunekit.train.fit` run unchanged. With ``penalize_linear`` the
-   same two groups are used on Linear layers (rows and columns of the weight).
+   (filter-wise and channel-wise groups), and training drives whole groups to zero. Here the
+   penalty is applied by its proximal step after every optimiser step (:func:`group_lasso_prox`:
+   each group is shrunk toward zero by ``lr * lambda`` in norm, and set to exactly zero when its
+   norm is smaller; rows first, then columns), so the groups the penalty wins reach exactly
+   zero rather than hovering around it as a subgradient step leaves them. With
+   ``penalize_linear`` the same two groups are used on Linear layers (rows and columns).
 2. **Removal of the zero groups.** A channel is produced by filters (the output side of its
    group) and read by input channels of the next layers (the input side); both penalties push
    it to zero. Each unit of every channel group is scored by the L2 norm of *all* those weights
-   together (:func:`unit_norms`). Units whose norm is at most ``epsilon`` times the largest unit
-   norm are counted as zero groups (kept in :attr:`SSL.zero_groups` and logged); the run's FLOPs
-   or params target then removes the lowest-norm units across all layers at once (raw norms,
-   one global threshold), so the zero groups go first.
+   together (:func:`unit_norms`). Units whose norm is zero (at most ``epsilon`` times the largest
+   unit norm; default 0: exactly zero) are the zero groups (kept in :attr:`SSL.zero_groups` and
+   logged), and they are removed first: the run's target removes the lowest-norm units across
+   all layers at once (raw norms, one global threshold), so when the zero groups cover the
+   target only zero groups go, and when they do not, all of them go and the smallest norms
+   follow.
 
-Defaults and options (``ctx.options``):
+Defaults and their sources:
 
-* ``lambda_filter`` and ``lambda_channel`` (both 1e-4): the paper tunes the group-Lasso
-  coefficient per experiment; on CIFAR-10 its coefficients are, as recalled from the paper's
-  text and not checked against it here, of the order of 1e-4 to 1e-3. The lower end is the
-  default because the phase here continues training a trained model rather than training from
-  scratch.
-* ``ssl_epochs`` (3), ``lr`` (0.01), ``weight_decay`` (1e-4, applied as usual on top of the
-  penalty): the paper trains with the penalty for a full schedule; here a few epochs of SGD
-  with a step schedule (lr / 10 at 50% and 75%) continue training of the given model.
-  ``ssl_epochs=0`` skips the penalty and removes by the unit norms alone.
-* ``epsilon`` (1e-4): the relative threshold below which a unit counts as a zero group.
+* The official CIFAR-10 example (``examples/cifar10/readme.md``) regularises a trained baseline
+  with ``train_script.sh 0.001 0.0 0.003 0.003``: lr 0.001, no weight decay, group-Lasso
+  coefficient 0.003 on rows (filters) and on columns, for ``template_group_solver.prototxt``'s
+  200,000 iterations (lr / 10 at 100k, 160k, 180k): a summed learning rate of
+  ``100000 * 1e-3 + 60000 * 1e-4 + 20000 * 1e-5 + 20000 * 1e-6 = 106.2``, so each group's norm is
+  pulled toward zero by ``0.003 * 106.2 = 0.32`` in all. That phase is about 400 epochs of
+  CIFAR-10 (on this CPU, ResNet-20 on digits-32: about an hour). Here it is ``ssl_epochs``
+  (default 5) epochs at ``lr`` 0.01 with a step schedule (lr / 10 at 50% and 75%). How far a
+  total pull of 0.32 goes depends on the size of the groups, which depends on the architecture
+  and its initialisation (the Caffe ConvNet's filters are not ResNet-20's), so the default
+  coefficients (``"auto"``) are set per run: each penalty's total pull ``lambda * summed lr``
+  over the phase equals the median norm of its groups at the start (:func:`median_group_norm`),
+  so about half the groups could reach zero where the loss does not hold them up. This is a
+  prunekit choice, not the paper's; a number given is used as it is (``0.003`` with ``lr``
+  0.001 and 400 epochs is the official example).
+* ``weight_decay`` 0 (the official example's ``<weight_decay>`` argument).
+* ``epsilon`` (0): the relative threshold at or below which a unit counts as a zero group.
 * ``penalize_linear`` (False): the paper's CIFAR experiments penalise convolutions.
 
 Deviations a reader should know:
 
 * Only the filter-wise and channel-wise groups are used. The paper also has shape-wise groups
-  (``W_l[:, c, h, w]``: one kernel position of one input channel across all filters) and
-  depth-wise groups (a whole layer, with a shortcut around it); zeroing them cannot make a dense
-  convolution physically smaller channel by channel, which is what the structural core does, so
-  they are left out.
+  (``W_l[:, c, h, w]``) and depth-wise groups (a whole layer, with a shortcut around it);
+  zeroing them cannot make a dense convolution physically smaller channel by channel, which is
+  what the structural core does, so they are left out.
+* The penalty is applied by proximal steps (the same objective; exact zeros), not by the
+  subgradient the Caffe solver adds; the two overlapping group terms are applied one after the
+  other.
 * The channel-wise penalty is applied to dense convolutions only (``groups == 1``); a grouped or
   depthwise convolution has one input channel per filter, where the filter-wise group already
   covers it.
-* The paper removes exactly the groups that reached zero; here the amount removed is the run's
-  target and the zero groups are simply the first to go. If more units are zero than the target
-  asks for, only the target's share is removed; if fewer, the lowest non-zero norms follow.
+* The paper removes exactly the groups that reached zero; here the run's target decides how much
+  is removed, zero groups first.
+* Behind a BatchNorm the loss does not depend on a filter's scale, so nothing but the gradient's
+  rotation resists the filter-wise pull; this is a property of the paper's penalty on such
+  networks (its CIFAR ConvNet has no BatchNorm).
 * Unit norms count conv / Linear weights only (the penalty's groups); biases and BatchNorm
   parameters do not enter, so a removed unit's BatchNorm shift (a constant channel after a zero
-  filter) is lost with it, as pruning does in the paper.
+  filter, read by zero columns when the channel group is zero too) is lost with it.
 * Every group keeps at least one channel; channels of protected layers are never scored.
 """
 
@@ -58,12 +73,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from prunekit.errors import ConfigError
 from prunekit.graph import Graph, Group, build
@@ -71,15 +85,14 @@ from prunekit.graph.core import Site, out_weight
 from prunekit.methods.base import Context, Method, register_method
 from prunekit.prune import PruneReport, remove_selected, select_channels
 from prunekit.train import TrainConfig, fit
-from prunekit.train.device import resolve_device
+from prunekit.train.schedules import summed_lr
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LAMBDA = 1e-4
-DEFAULT_EPOCHS = 3
-DEFAULT_LR = 0.01
-DEFAULT_WEIGHT_DECAY = 1e-4
-DEFAULT_EPSILON = 1e-4
+DEFAULT_EPOCHS = 5  # prunekit: a few minutes on a CPU
+DEFAULT_LR = 0.01  # prunekit: lets the network adapt to the penalty within a short phase
+DEFAULT_WEIGHT_DECAY = 0.0  # official example: <weight_decay> 0.0
+DEFAULT_EPSILON = 0.0  # zero groups are exactly zero after proximal steps
 
 _TINY = 1e-12  # a group norm below this is treated as zero (its gradient term is 0)
 
@@ -96,45 +109,73 @@ def penalized_weights(model: nn.Module, *, linear: bool = False) -> list[tuple[n
     return out
 
 
-def group_lasso_grad(
-    weight: torch.Tensor, out_dim: int, lambda_filter: float, lambda_channel: float | None
-) -> torch.Tensor:
-    """The gradient of ``lambda_filter * sum_n ||W[n]|| + lambda_channel * sum_c ||W[:, c]||``
-    for a weight whose filters lie along ``out_dim`` (0, or 1 for a transposed conv) and input
-    channels along the other of dims 0 and 1 (``lambda_channel=None``: no channel term)."""
-    w = weight.detach()
-    in_dim = 1 - out_dim
-
-    def term(dim: int, lam: float) -> torch.Tensor:
-        others = [d for d in range(w.dim()) if d != dim]
-        norm = w.pow(2).sum(dim=others, keepdim=True).sqrt()
-        return lam * w / norm.clamp_min(_TINY)  # w is 0 wherever its group norm is 0
-
-    grad = term(out_dim, lambda_filter) if lambda_filter else torch.zeros_like(w)
-    if lambda_channel:
-        grad = grad + term(in_dim, lambda_channel)
-    return grad
+def _shrink(w: torch.Tensor, dim: int, amount: float) -> None:
+    """In place: scale each group (all entries with one index along ``dim``) by
+    ``max(0, 1 - amount / ||group||)``: the proximal step of ``amount * ||group||_2``."""
+    others = [d for d in range(w.dim()) if d != dim]
+    norm = w.pow(2).sum(dim=others, keepdim=True).sqrt()
+    w.mul_((1 - amount / norm.clamp_min(_TINY)).clamp_min(0.0))
 
 
-def add_group_lasso_penalty(
-    model: nn.Module, lambda_filter: float, lambda_channel: float, *, linear: bool = False
-) -> list[RemovableHandle]:
-    """Register on each penalised weight (see :func:`penalized_weights`) a hook adding the
-    group-Lasso gradient (:func:`group_lasso_grad`) to its gradient. Returns the handles;
-    ``handle.remove()`` undoes it."""
+def group_lasso_prox(
+    weight: torch.Tensor,
+    out_dim: int,
+    step_filter: float,
+    step_channel: float | None,
+) -> None:
+    """In place, the proximal step of ``step_filter * sum_n ||W[n]|| + step_channel * sum_c
+    ||W[:, c]||`` (``step = lr * lambda``) for a weight whose filters lie along ``out_dim`` (0,
+    or 1 for a transposed conv) and input channels along the other of dims 0 and 1; filters
+    first, then channels (``step_channel=None``: no channel term). A group whose norm is at most
+    its step becomes exactly zero."""
+    with torch.no_grad():
+        if step_filter:
+            _shrink(weight, out_dim, step_filter)
+        if step_channel:
+            _shrink(weight, 1 - out_dim, step_channel)
 
-    def hook_for(m: nn.Module, channel_wise: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-        out_dim = 1 if isinstance(m, nn.modules.conv._ConvTransposeNd) else 0
-        lam_c = lambda_channel if channel_wise else None
-        return lambda g: g + group_lasso_grad(m.weight, out_dim, lambda_filter, lam_c).to(g.dtype)
 
-    return [
-        m.weight.register_hook(hook_for(m, cw)) for m, cw in penalized_weights(model, linear=linear)
-    ]
+class GroupLassoProx:
+    """A :func:`prunekit.train.fit` callback applying :func:`group_lasso_prox` to every
+    penalised weight after every optimiser step, with that step's learning rate."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lambda_filter: float,
+        lambda_channel: float,
+        lr: float,
+        *,
+        linear: bool = False,
+    ) -> None:
+        self.layers = penalized_weights(model, linear=linear)
+        self.lambda_filter = lambda_filter
+        self.lambda_channel = lambda_channel
+        self.lr = lr  # the learning rate of the step just taken
+        self._hooked: Any = None
+
+    def _record_lr(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.lr = float(optimizer.param_groups[0]["lr"])
+
+    def __call__(self, event: str, state: dict[str, Any]) -> None:
+        if event != "step_end":
+            return
+        for m, channel_wise in self.layers:
+            out_dim = 1 if isinstance(m, nn.modules.conv._ConvTransposeNd) else 0
+            group_lasso_prox(
+                m.weight,
+                out_dim,
+                self.lr * self.lambda_filter,
+                self.lr * self.lambda_channel if channel_wise else None,
+            )
+        optimizer = state["optimizer"]
+        if self._hooked is not optimizer:  # from the next step on, read each step's own lr
+            optimizer.register_step_pre_hook(self._record_lr)
+            self._hooked = optimizer
 
 
-def _check_options(opts: dict[str, Any]) -> None:
-    for key in ("lambda_filter", "lambda_channel", "weight_decay"):
+def _check_options(opts: Mapping[str, Any]) -> None:
+    for key in ("weight_decay",):
         v = opts[key]
         if not (math.isfinite(v) and v >= 0):
             raise ConfigError(
@@ -153,11 +194,9 @@ def _check_options(opts: dict[str, Any]) -> None:
         )
 
 
-def sparsity_train(model: nn.Module, ctx: Context, opts: dict[str, Any]) -> None:
-    """Train ``model`` in place on ``ctx.train_set`` with the group-Lasso penalty (``opts``:
-    :attr:`SSL.defaults` as :meth:`~prunekit.methods.Method.options` resolves them)."""
-    _check_options(opts)
-    config = TrainConfig(
+def phase_config(ctx: Context, opts: Mapping[str, Any]) -> TrainConfig:
+    """The group-Lasso phase's training config (step schedule: lr / 10 at 50% and 75%)."""
+    return TrainConfig(
         epochs=opts["ssl_epochs"],
         batch_size=ctx.batch_size,
         lr=opts["lr"],
@@ -165,19 +204,62 @@ def sparsity_train(model: nn.Module, ctx: Context, opts: dict[str, Any]) -> None
         schedule="step",
         seed=ctx.seed,
     )
+
+
+def median_group_norm(model: nn.Module, *, channels: bool, linear: bool = False) -> float:
+    """The median L2 norm of the penalty's filter groups (``channels=False``) or channel groups
+    (``channels=True``) over every penalised layer of ``model``."""
+    norms = []
+    for m, channel_wise in penalized_weights(model, linear=linear):
+        if channels and not channel_wise:
+            continue
+        w = m.weight.detach().double()
+        out_dim = 1 if isinstance(m, nn.modules.conv._ConvTransposeNd) else 0
+        dim = 1 - out_dim if channels else out_dim
+        norms.append(w.movedim(dim, 0).flatten(1).norm(dim=1).cpu())
+    return float(torch.cat(norms).median()) if norms else 0.0
+
+
+def resolve_lambda(key: str, ctx: Context, opts: Mapping[str, Any], config: TrainConfig) -> float:
+    """The coefficient ``opts[key]``: a number as given, or for ``"auto"`` the one whose total
+    pull ``lambda * summed lr`` over the phase equals the median norm of its groups at the start
+    (see the module docstring)."""
+    value = str(opts[key]).strip().lower()
+    if value == "auto":
+        steps = math.ceil(len(ctx.train_set) / ctx.batch_size)  # type: ignore[arg-type]
+        ours = summed_lr(config, steps)
+        median = median_group_norm(
+            ctx.model, channels=key == "lambda_channel", linear=opts["penalize_linear"]
+        )
+        return median / ours if ours else 0.0
+    try:
+        lam = float(value)
+    except ValueError:
+        lam = math.nan
+    if not (math.isfinite(lam) and lam >= 0):
+        raise ConfigError(
+            f"option {key!r} of method 'ssl' expects 'auto' or a finite number >= 0, "
+            f"got {opts[key]!r}"
+        )
+    return lam
+
+
+def sparsity_train(model: nn.Module, ctx: Context, opts: Mapping[str, Any]) -> tuple[float, float]:
+    """Train ``model`` in place on ``ctx.train_set`` with the group-Lasso penalty applied by
+    proximal steps (``opts``: the method's options); returns ``(lambda_filter,
+    lambda_channel)`` as used."""
+    _check_options(opts)
+    config = phase_config(ctx, opts)
+    lam_f = resolve_lambda("lambda_filter", ctx, opts, config)
+    lam_c = resolve_lambda("lambda_channel", ctx, opts, config)
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
-    # on the training device before the hooks are registered, so they stay on the weights
-    model.to(resolve_device(config.device))
-    handles = add_group_lasso_penalty(
-        model, opts["lambda_filter"], opts["lambda_channel"], linear=opts["penalize_linear"]
-    )
+    prox = GroupLassoProx(model, lam_f, lam_c, config.lr, linear=opts["penalize_linear"])
     try:
-        fit(model, ctx.train_set, config, progress=opts["progress"])
+        fit(model, ctx.train_set, config, progress=opts["progress"], callbacks=[prox])
     finally:
-        for h in handles:
-            h.remove()
         model.to(device)
+    return lam_f, lam_c
 
 
 # ------------------------------------------------------------------------------ unit norms
@@ -247,20 +329,22 @@ def zero_units(norms: dict[str, torch.Tensor], epsilon: float) -> dict[str, list
 @register_method("ssl")
 class SSL(Method):
     """Structured Sparsity Learning (Wen et al., NIPS 2016): training with filter-wise and
-    channel-wise group-Lasso penalties (``lambda_filter``, ``lambda_channel``, both 1e-4 by
-    default; ``ssl_epochs`` 3, ``lr`` 0.01), then removal of the units with the smallest L2 norm
-    over all their weights across layers, zero groups first, to meet the target. See the module
-    docstring for the details and deviations.
+    channel-wise group-Lasso penalties applied by proximal steps (``lambda_filter``,
+    ``lambda_channel``: ``"auto"``, the official 0.003 scaled to this phase, or numbers;
+    ``ssl_epochs`` 5 at ``lr`` 0.01), then removal of the groups that reached zero first and the
+    smallest L2 norms over all their weights across layers next, to meet the target. See the
+    module docstring for the details and deviations.
 
     After :meth:`prune`, ``zero_groups`` holds ``{group name: indices}`` of the units that were
-    zero (norm at most ``epsilon`` of the largest) before removal, and ``norms`` their norms."""
+    zero (norm at most ``epsilon`` of the largest) before removal, ``norms`` every unit's norm
+    and ``lambdas`` the two coefficients the phase used."""
 
     defaults: ClassVar[dict[str, Any]] = {
         "ssl_epochs": DEFAULT_EPOCHS,
         "lr": DEFAULT_LR,
         "weight_decay": DEFAULT_WEIGHT_DECAY,
-        "lambda_filter": DEFAULT_LAMBDA,
-        "lambda_channel": DEFAULT_LAMBDA,
+        "lambda_filter": "auto",
+        "lambda_channel": "auto",
         "epsilon": DEFAULT_EPSILON,
         "penalize_linear": False,
     }
@@ -268,6 +352,7 @@ class SSL(Method):
     def __init__(self) -> None:
         self.zero_groups: dict[str, list[int]] = {}
         self.norms: dict[str, torch.Tensor] = {}
+        self.lambdas: tuple[float, float] = (0.0, 0.0)
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
@@ -277,7 +362,7 @@ class SSL(Method):
                 "ssl needs a model with convolutions (or Linear layers with penalize_linear)"
             )
         if opts["ssl_epochs"] > 0:
-            sparsity_train(ctx.model, ctx, opts)
+            self.lambdas = sparsity_train(ctx.model, ctx, opts)
         model = ctx.model
         was_training = model.training
         model.eval()  # tracing must not update BatchNorm running statistics
@@ -307,8 +392,8 @@ class SSL(Method):
 
 __all__ = [
     "SSL",
-    "add_group_lasso_penalty",
-    "group_lasso_grad",
+    "GroupLassoProx",
+    "group_lasso_prox",
     "penalized_weights",
     "sparsity_train",
     "unit_norms",

@@ -68,3 +68,17 @@ def build_scheduler(
         gamma=config.gamma,
     )
     return LambdaLR(optimizer, factor)
+
+
+def summed_lr(config: TrainConfig, steps_per_epoch: int) -> float:
+    """The learning rate of ``config``'s schedule summed over its ``config.epochs *
+    steps_per_epoch`` steps: how far a constant-size pull (a penalty's subgradient or proximal
+    step, ``lr * lambda`` per step) moves a weight in all."""
+    factor = LRFactor(
+        schedule=config.schedule,
+        total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=config.warmup_epochs * steps_per_epoch,
+        milestones=tuple(config.milestones),
+        gamma=config.gamma,
+    )
+    return config.lr * sum(factor(t) for t in range(config.epochs * steps_per_epoch))
