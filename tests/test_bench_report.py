@@ -296,7 +296,7 @@ def test_paper_error_rates_compare_against_our_error(records):
         m = unstructured(0.8, 0) | {"sparsity": target, "acc_before": 98.5, "acc_finetuned": acc}
         m["acc_drop"] = 98.5 - acc
         recs.append(record(len(recs), cfg, metrics=m))
-    (row,) = paper.paper_table(recs)
+    (row,) = paper.paper_table(aggregate(recs))
     assert row.metric == "error" and row.paper_model == "LeNet-300-100"
     assert row.ours_target == "sparsity 0.95"
     assert row.ours_before == pytest.approx(1.5) and row.ours_after == pytest.approx(2.5)

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 from prunekit.errors import ConfigError
 
 if TYPE_CHECKING:
-    from prunekit.bench.report import Row, Table
-    from prunekit.bench.store import RunRecord
+    from prunekit.bench.results import Row, Table
 
 REDUCTION_KINDS = ("flops", "params", "sparsity", "bytes_ratio", "weights_left")
 METRICS = ("top1", "error")
@@ -269,17 +268,11 @@ def _gap(entry: PaperEntry, rows: Sequence[Row]) -> float:
 
 
 def paper_table(
-    results: Sequence[Table] | Sequence[RunRecord], entries: Sequence[PaperEntry] | None = None
+    tables: Sequence[Table], entries: Sequence[PaperEntry] | None = None
 ) -> list[PaperRow]:
-    """For each method of ``results`` (report tables, or run records to aggregate) that has
-    paper entries, and each model and data set it ran on: the nearest paper entry beside our
-    target nearest the paper's reduction."""
-    if results and hasattr(results[0], "status"):
-        from prunekit.bench.report import aggregate
-
-        tables: Sequence[Table] = aggregate(results)  # type: ignore[arg-type]
-    else:
-        tables = results  # type: ignore[assignment]
+    """For each method of the report ``tables`` (:func:`prunekit.bench.report.aggregate` of the
+    run records) that has paper entries, and each model and data set it ran on: the nearest
+    paper entry beside our target nearest the paper's reduction."""
     entries = load_entries() if entries is None else list(entries)
     by_method: dict[str, list[PaperEntry]] = {}
     for e in entries:

@@ -12,7 +12,6 @@ description alone, so what the report's JSON says was plotted is what was plotte
 from __future__ import annotations
 
 import io
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ from matplotlib.figure import Figure
 from prunekit.io import atomic_open
 
 if TYPE_CHECKING:
-    from prunekit.bench.report import Row, Table
+    from prunekit.bench.results import Row, Table
 
 KIND_ORDER = ("flops", "params", "sparsity")
 Y_LABEL = "top-1 after fine-tuning (%)"
@@ -69,11 +68,6 @@ PLOTS: dict[str, tuple[str, Axis, Axis]] = {
         Axis("nonzero_params_after", "non-zero parameters after pruning"),
     ),
 }
-
-
-def slug(text: str) -> str:
-    """``text`` as a safe file-name part."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
 def kinds_of(table: Table) -> list[str]:

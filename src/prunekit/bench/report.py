@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from prunekit.bench import paper as paper_mod
 from prunekit.bench import plots as plots_mod
+from prunekit.bench.results import Row, Stat, Table
 from prunekit.io import atomic_open, atomic_write_json
 from prunekit.tables import markdown_table
 
@@ -60,70 +61,6 @@ DIRECT_KEYS = (
     "bytes_sparse",
     "bytes_deep_compression",
 )
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Mean, sample standard deviation (None for a single value) and count of a metric."""
-
-    mean: float
-    sd: float | None
-    n: int
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Stat:
-        values = list(values)
-        sd = statistics.stdev(values) if len(values) > 1 else None
-        return cls(statistics.fmean(values), sd, len(values))
-
-    def format(self, digits: int) -> str:
-        mean = f"{self.mean:,.{digits}f}"
-        return mean if self.sd is None else f"{mean} ± {self.sd:,.{digits}f}"
-
-
-@dataclass
-class Row:
-    """The runs of one method at one target in one table, over their seeds."""
-
-    method: str
-    label: str
-    target_kind: str
-    target: float
-    unstructured: bool
-    seeds: list[int]
-    config: dict[str, Any]  # what the runs share (seed left out)
-    stats: dict[str, Stat]
-
-    def mean(self, key: str) -> float | None:
-        stat = self.stats.get(key)
-        return None if stat is None else stat.mean
-
-    @property
-    def target_text(self) -> str:
-        return f"{self.target_kind} {self.target:g}"
-
-
-@dataclass
-class Table:
-    """Every finished run of one model on one data set (at one input size)."""
-
-    model: str
-    data: str
-    image_size: int | None
-    rows: list[Row]
-    env: dict[str, str]
-    schedule: dict[str, Any]  # settings every row shares
-    baseline: Stat | None  # dense top-1, one value per distinct baseline
-
-    @property
-    def title(self) -> str:
-        size = f" at {self.image_size}x{self.image_size}" if self.image_size else ""
-        return f"{self.model} on {self.data}{size}"
-
-    @property
-    def slug(self) -> str:
-        size = f"-{self.image_size}" if self.image_size else ""
-        return plots_mod.slug(f"{self.model}-{self.data}{size}")
 
 
 @dataclass
