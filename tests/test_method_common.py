@@ -35,10 +35,12 @@ def test_chain_indices_map_units_to_positions() -> None:
     assert (second.producer.name, second.consumer.name) == ("3", "4")
 
 
-def test_depthwise_consumer_is_not_a_chain() -> None:
+def test_a_depthwise_conv_passes_the_chain_through() -> None:
+    """expand -> depthwise -> project: the depthwise conv carries the channels on both sides,
+    so the chain runs from the expand conv to the project conv."""
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 2, 1))
     graph = build(model.eval(), torch.randn(1, 3, 8, 8))
-    assert [c.producer.name for c in chains(graph)] == []
+    assert [(c.producer.name, c.consumer.name) for c in chains(graph)] == [("0", "2")]
 
 
 def test_share_importance_spreads_removal_by_share() -> None:

@@ -362,13 +362,18 @@ class _Runner:
 
     def _execute(self, cfg: RunConfig) -> tuple[dict[str, Any], dict[str, float]]:
         from prunekit import workflow
+        from prunekit.bench import peers
 
         trained = self.baseline(cfg)
         run_dir = self.work / "runs" / cfg.id
         t0 = time.perf_counter()
         # latency is timed by measure_run, with the spec's threads and batch sizes
+        config = cfg.prune_config()
+        prune = None
+        if peers.is_baseline(cfg.method):  # a peer or reference: not a catalogue method
+            prune = peers.pruner(cfg.method, config, cfg.options, run_dir)
         raw = workflow.run_pruning(
-            cfg.prune_config(), out=run_dir, progress=False, baseline=trained, latency=False
+            config, out=run_dir, progress=False, baseline=trained, latency=False, prune=prune
         )
         pruning_s = time.perf_counter() - t0
         metrics = {k: v for k, v in raw.items() if k not in _CONFIG_ECHO}

@@ -7,8 +7,10 @@ widths chosen by a share per group.
   A conv reads one input position per channel; a Linear after a flatten reads several (the
   channel's spatial positions), all of them the chain's. These are the channels the layer-wise
   papers prune (ThiNet, channel pruning by LASSO, L1-filter in residual networks: "only the inner
-  convs of a residual block"); a residual stream, a concat feeding several layers, a depthwise
-  conv are not chains.
+  convs of a residual block"); a residual stream and a concat feeding several layers are not
+  chains. Layers that carry the channels on both sides pass them through: a depthwise conv
+  between the producer and the consumer (an inverted residual's expand -> depthwise -> project)
+  leaves a chain, whose removal also removes the depthwise filters.
 * :func:`prunable_groups`: the chains, or every group; :func:`eval_modes` /
   :func:`restore_modes`: put a model in eval mode and back (tracing and measuring must not update
   BatchNorm statistics).
@@ -100,9 +102,11 @@ def chains(graph: Graph) -> list[Chain]:
     for group in graph.groups:
         members = group.members
         out_side = {m.layer for m in members if m.side == "out"}
+        in_side = {m.layer for m in members if m.side == "in"}
+        # a layer on both sides (BatchNorm, a depthwise conv) passes the channels through
         producers = [
             name
-            for name in out_side
+            for name in out_side - in_side
             if (w := out_weight(graph.sites[name].module)) is not None and w.dim() >= 2
         ]
         consumers = [m.layer for m in members if m.side == "in" and m.layer not in out_side]

@@ -16,7 +16,9 @@ rest). Here each prunable group gets a *tolerance*: the largest ratio ``r`` of
 ``sensitivity_ratios`` such that the accuracy at ``r`` and at every smaller ratio stays within
 ``max_drop`` percentage points of the unpruned accuracy. A group whose accuracy falls by more
 than ``max_drop`` already at the smallest ratio has tolerance 0 and is skipped: it keeps every
-channel, as the paper's sensitive layers do. ``skip`` names groups to keep whole regardless (the
+channel, as the paper's sensitive layers do. If the groups left cannot meet the target,
+``max_drop`` is doubled (up to 100 points) until they can, so that the most fragile layers are
+the ones skipped (``max_drop_used`` records the value used). ``skip`` names groups to keep whole regardless (the
 paper's hand-picked layers). One global selection then meets the run's FLOPs or params target
 with every other group losing a fraction of its channels proportional to its tolerance
 (:func:`prunekit.methods.common.share_importance`), the lowest L1 norms first inside each group.
@@ -32,7 +34,7 @@ Deviations a reader should know:
   "independent" strategy; its "greedy" variant, which ignores kernels of already removed
   channels, is not used). Rates come from the tolerance rule above rather than by eye.
 * A group keeps at least one channel; channels of protected layers are kept.
-* If every group is skipped the target cannot be met: the error says so (raise ``max_drop``).
+* ``max_drop`` is a threshold in accuracy points; the paper picks the layers and rates by eye.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from torch.utils.data import Dataset
 
 from prunekit import criteria
 from prunekit.errors import ConfigError
-from prunekit.graph import Group, build
+from prunekit.graph import Graph, Group, build
 from prunekit.methods.base import Context, Method, register_method
 from prunekit.methods.common import (
     eval_modes,
@@ -60,6 +62,7 @@ from prunekit.methods.common import (
 from prunekit.methods.options import Options, option
 from prunekit.methods.retraining import accuracy
 from prunekit.prune import PruneReport, remove_selected, select_channels
+from prunekit.targets import Target
 
 DEFAULT_RATIOS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
 
@@ -187,6 +190,7 @@ class L1Filter(Method):
         self.baseline_accuracy: float | None = None
         self.sensitivity: dict[str, list[tuple[float, float]]] = {}
         self.tolerances: dict[str, float] = {}
+        self.max_drop_used: float | None = None
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
@@ -220,24 +224,44 @@ class L1Filter(Method):
                 within=l1,
             )
             self.baseline_accuracy, self.sensitivity = base, curves
-            self.tolerances = {
-                name: tolerance(curve, base, opts.max_drop) for name, curve in curves.items()
-            }
-            if not any(self.tolerances.values()):
-                raise ConfigError(
-                    f"l1_filter: every layer is sensitive (pruning {ratios[0]:.0%} of any one "
-                    f"costs more than max_drop={opts.max_drop:g} points); raise max_drop"
-                )
-            picks = select_channels(
-                graph,
-                scope="global",
-                normalize=False,
-                importance=share_importance(l1, self.tolerances),
-                **target.as_dict(),
-            )
+            picks = self._select(graph, l1, base, curves, opts.max_drop, target)
             return remove_selected(graph, picks, dense)
         finally:
             restore_modes(modes)
+
+    def _select(
+        self,
+        graph: Graph,
+        l1: criteria.Criterion,
+        base: float,
+        curves: dict[str, list[tuple[float, float]]],
+        max_drop: float,
+        target: Target,
+    ) -> dict[str, list[int]]:
+        """The channels to remove: tolerances at ``max_drop``, doubled until the groups that
+        are not skipped can meet ``target`` (sets ``tolerances`` and ``max_drop_used``)."""
+        drop = max_drop
+        while True:
+            self.tolerances = {name: tolerance(c, base, drop) for name, c in curves.items()}
+            self.max_drop_used = drop
+            if any(self.tolerances.values()):
+                try:
+                    return select_channels(
+                        graph,
+                        scope="global",
+                        normalize=False,
+                        importance=share_importance(l1, self.tolerances),
+                        **target.as_dict(),
+                    )
+                except ConfigError:
+                    if drop >= 100.0:
+                        raise
+            elif drop >= 100.0:
+                raise ConfigError(
+                    "l1_filter: every layer loses its accuracy when pruned alone; no group can "
+                    "be pruned"
+                )
+            drop = min(100.0, 2 * drop if drop > 0 else 1.0)
 
 
 __all__ = [
