@@ -280,3 +280,18 @@ def test_sparsity_accounting_counts_zeros_already_in_protected_layers() -> None:
     assert share == fine_grained.share_of_targets(model, names, 0.5)
     fine_grained.magnitude_prune(model, 0.5, "global")
     assert methods.SparsityReport.measure(model, 0).sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_a_method_training_phase_checkpoints_in_the_run_folder(tmp_path) -> None:
+    argv = ["prune", "--model", "lenet5", "--method", "magnitude", "--target-sparsity", "0.5"]
+    argv += ["--epochs", "1", "--finetune-epochs", "0", "--option", "rounds=2", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    phases = sorted(p.name for p in (tmp_path / "method").iterdir())
+    assert phases == ["round1.pt", "round2.pt"]
+    first = json.loads((tmp_path / "metrics.json").read_text())
+    assert main([*argv, "--out", str(tmp_path)]) == 0  # rerun: phases restored, same result
+    again = json.loads((tmp_path / "metrics.json").read_text())
+    assert again["acc_pruned"] == first["acc_pruned"]
+    assert main([*argv, "--out", str(tmp_path), "--overwrite"]) == 0
+    assert sorted(p.name for p in (tmp_path / "method").iterdir()) == phases

@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -237,6 +238,7 @@ def write_run(out_dir: Path, config: dict[str, Any], metrics: dict[str, Any]) ->
 RUN_RECORD = "run.json"
 # Files a run writes in its folder; a folder holding any of them belongs to a run.
 RUN_FILES = (RUN_RECORD, "config.json", "metrics.json", "checkpoint.pt", "finetune.pt", "pruned.pt")
+METHOD_DIR = "method"  # the method's own training phases checkpoint here (Context.work_dir)
 
 
 def _absolute(root: str | None) -> str | None:
@@ -281,6 +283,7 @@ def claim_run_folder(
         if overwrite:
             for name in [*present, *(record or {}).get("results", [])]:
                 (out_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(out_dir / METHOD_DIR, ignore_errors=True)
         elif present:
             if record is None:
                 raise ConfigError(
@@ -592,13 +595,16 @@ def _method_type(method_id: str) -> str:
     return methods.entry(method_id).type
 
 
-def prune_step(config: PruneConfig, setup: Setup, *, progress: bool = True) -> Any:
-    """Prune ``setup.model`` in place as ``config`` says; returns the method's report.
+def prune_step(
+    config: PruneConfig, setup: Setup, *, progress: bool = True, work_dir: Path | None = None
+) -> Any:
+    """Prune ``setup.model`` in place as ``config`` says; returns the method's report. A method
+    that trains checkpoints its training phases in ``work_dir`` (resumed when rerun).
 
     A target that cannot be reached is an error that also names the pinned channels (which
     layers' channels nothing may remove, and why)."""
     try:
-        return _prune(config, setup, progress)
+        return _prune(config, setup, progress, work_dir)
     except ConfigError as e:
         if "cannot reach" not in str(e):
             raise
@@ -662,7 +668,7 @@ def shortfall_warnings(
     ]
 
 
-def _prune(config: PruneConfig, setup: Setup, progress: bool) -> Any:
+def _prune(config: PruneConfig, setup: Setup, progress: bool, work_dir: Path | None) -> Any:
     from prunekit import methods
     from prunekit.prune import prune_channels
 
@@ -693,6 +699,7 @@ def _prune(config: PruneConfig, setup: Setup, progress: bool) -> Any:
         batch_size=config.batch_size,
         seed=config.seed,
         options={"progress": progress, **config.options()},
+        work_dir=work_dir,
     )
     return method.prune(ctx)
 
@@ -790,7 +797,12 @@ def run_pruning(
 
     teacher = copy.deepcopy(model) if config.distill else None
     t0 = time.perf_counter()
-    report = prune(setup) if prune is not None else prune_step(config, setup, progress=progress)
+    work_dir = out_dir / METHOD_DIR if out_dir is not None else None
+    report = (
+        prune(setup)
+        if prune is not None
+        else prune_step(config, setup, progress=progress, work_dir=work_dir)
+    )
     metrics["prune_time_s"] = time.perf_counter() - t0
     _record_accuracy(metrics, "pruned", evaluate(model, setup.test_set))
 
