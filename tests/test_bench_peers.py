@@ -281,7 +281,17 @@ def test_spec_options_expand_into_runs() -> None:
             parse_spec({**spec, **bad}, source="p.yaml")
 
 
-def test_runner_runs_peers_references_and_several_baselines(tmp_path: Path) -> None:
+def test_runner_runs_peers_references_and_several_baselines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    called: list[str] = []
+    real = peers.pruner
+
+    def spy(method_id: str, *args: Any, **kw: Any) -> Any:  # the runner's way in
+        called.append(method_id)
+        return real(method_id, *args, **kw)
+
+    monkeypatch.setattr(peers, "pruner", spy)
     spec = parse_spec(
         {
             "name": "peers",
@@ -292,7 +302,7 @@ def test_runner_runs_peers_references_and_several_baselines(tmp_path: Path) -> N
             "seeds": [0],
             "baselines_per_seed": 2,
             "baseline": {"epochs": 1},
-            "finetune": {"epochs": 1},
+            "finetune": {"epochs": 0},
             "measure": {"latency": False},
         }
     )
@@ -305,6 +315,11 @@ def test_runner_runs_peers_references_and_several_baselines(tmp_path: Path) -> N
     before = {r.config["baseline"]: r.metrics["acc_before"] for r in records}
     assert before[0] != before[1]  # two baselines, trained from two seeds
     assert RunConfig.from_dict(records[0].config).id == records[0].id
+    # every run went through its baseline's own pruning, never a stand-in criterion
+    assert sorted(called) == ["peer:tp_l2"] * 2 + ["ref:width_scaled"] * 2
+    for r in records:  # the reference trained from scratch in its run folder
+        scratch = tmp_path / "r-work" / "runs" / r.id / "scratch.pt"
+        assert scratch.exists() == (r.config["method"] == "ref:width_scaled")
 
 
 SPECS = sorted((Path(__file__).parent.parent / "benchmarks" / "specs").glob("*.yaml"))
