@@ -16,6 +16,7 @@ from prunekit.cli import main
 from prunekit.errors import ConfigError, UnknownNameError
 from prunekit.methods import fine_grained, options
 from prunekit.methods.initialisation import reinitialise
+from prunekit.targets import Target
 
 
 def test_every_catalogue_entry_is_listed_with_a_status() -> None:
@@ -231,9 +232,12 @@ def test_pruner_state_round_trip_restores_unpruned_entries() -> None:
     pruner.prune_to(0, 0.2)
     state = pruner.state_dict()
     pruner.prune_to(1, 0.6)  # prunes more
-    pruner.load_state_dict(state)  # back to 20%: entries pruned since come back
-    rows = masks.report(model)["layers"]
-    assert rows["c1.weight"]["sparsity"] == pytest.approx(0.2, abs=0.02)
+    pruner.load_state_dict(state)  # back to the 20% masks (the weights come from the model's own
+    # checkpoint: Context.train restores both)
+    assert masks.get_masks(model)["c1.weight"].sparsity == pytest.approx(0.2, abs=0.02)
+    assert masks.get_masks(model)["c2.weight"] == masks.Mask.from_state_dict(
+        state["masks"]["c2.weight"]
+    )
     assert pruner.history == [(0, 0.2, pytest.approx(0.2, abs=0.02))]
 
 
@@ -295,3 +299,38 @@ def test_a_method_training_phase_checkpoints_in_the_run_folder(tmp_path) -> None
     assert again["acc_pruned"] == first["acc_pruned"]
     assert main([*argv, "--out", str(tmp_path), "--overwrite"]) == 0
     assert sorted(p.name for p in (tmp_path / "method").iterdir()) == phases
+
+
+def test_target_is_validated_once_and_reads_every_form() -> None:
+    t = Target.from_mapping({"target_flops": 0.5})
+    assert (t.kind, t.fraction, t.key, t.structured) == ("flops", 0.5, "target_flops", True)
+    assert t == Target.parse("flops=0.5") == Target.parse("target_flops:0.5")
+    assert t == Target.from_mapping({"kind": "flops", "fraction": 0.5}) == Target.of(t)
+    assert Target.from_mapping(t.as_dict()) == t
+    assert Target.from_mapping({"target_params": None, "target_sparsity": 0.9}).kind == "sparsity"
+    for bad, message in [
+        ({"target_flops": 1.0}, r"target_flops must be a fraction in \(0, 1\)"),
+        ({"target_flops": 0}, r"target_flops must be a fraction in \(0, 1\)"),
+        ({"target_flops": True}, "target_flops must be a fraction"),
+        ({"target_flops": 0.5, "target_params": 0.2}, "exactly one of"),
+        ({"target_speed": 0.5}, "unknown target kind 'speed'"),
+        ({}, "exactly one of"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            Target.from_mapping(bad)
+    with pytest.raises(ConfigError, match="KIND=FRACTION"):
+        Target.parse("0.5")
+    with pytest.raises(ConfigError, match="must be a number"):
+        Target.parse("flops=half")
+    with pytest.raises(ConfigError, match=r"'magnitude' \(it is unstructured\) expects a"):
+        t.require("sparsity", method="magnitude")
+    assert t.require("flops", "params") is t
+
+
+def test_context_converts_its_target_and_methods_check_the_kind() -> None:
+    ctx = methods.Context(torch.nn.Linear(2, 2), torch.randn(1, 2), [], [], {"target_flops": 0.5})
+    assert ctx.target == Target("flops", 0.5)
+    with pytest.raises(ConfigError, match="fraction in"):
+        methods.Context(torch.nn.Linear(2, 2), torch.randn(1, 2), [], [], {"target_flops": 2})
+    with pytest.raises(ConfigError, match=r"'magnitude' .* expects a target_sparsity target"):
+        methods.get("magnitude").prune(ctx)

@@ -54,7 +54,9 @@ class Pruner:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        """Schedule counter, record and the masks on the model (plain data and tensors)."""
+        """Schedule counter, record and the masks on the model (plain data and tensors). The
+        weights are not part of it: they are the model's, checkpointed with it (loading masks
+        that prune less than the current ones does not bring zeroed weights back)."""
         state: dict[str, Any] = {"history": [list(h) for h in self.history]}
         if self.schedule is not None:
             state["schedule"] = self.schedule.state_dict()
