@@ -28,7 +28,14 @@ method defined anywhere else. The file reads top to bottom like the paper's algo
    criteria in :mod:`prunekit.criteria` (activation statistics at the tensor the next layer
    reads), channel selection and removal in :mod:`prunekit.prune`, masks and sparsity schedules
    in :mod:`prunekit.masks`, training through :meth:`Context.train`, least squares and chains in
-   :mod:`prunekit.methods.reconstruct` / :mod:`prunekit.methods.common`.
+   :mod:`prunekit.methods.reconstruct` / :mod:`prunekit.methods.common`, re-initialisation in
+   :mod:`prunekit.methods.initialisation`, the fine-grained target accounting in
+   :mod:`prunekit.methods.fine_grained`. A method that prunes while it trains writes a
+   :class:`prunekit.masks.Pruner` (``prepare / step / state_dict / load_state_dict``, driven by a
+   :mod:`prunekit.masks.schedules` schedule; :class:`~prunekit.masks.StraightThroughMask` where
+   pruned weights keep learning) and passes it to :meth:`Context.train` as a callback: each
+   training phase, named, is then checkpointed with the pruner's state and resumes when a run is
+   restarted.
 4. **The class**::
 
        @register_method("my_id")
