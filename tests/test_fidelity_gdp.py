@@ -112,7 +112,7 @@ def test_masked_filters_behind_batchnorm_do_not_blow_up() -> None:
         random_data(16, seed=2),
         {"target_flops": 0.5},
         batch_size=16,
-        options={"gdp_epochs": 3, "lr": 0.1, "mask_interval": 2, "progress": False},
+        options={"epochs": 3, "lr": 0.1, "mask_interval": 2, "progress": False},
     )
     methods.get("gdp").prune(ctx)
     for name in ("c1", "c2"):

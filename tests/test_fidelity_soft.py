@@ -55,7 +55,7 @@ def _run(method_id: str, seed: int = 0) -> ZeroRecorder:
         {"target_flops": 0.5},
         batch_size=BATCH,
         seed=seed,
-        options={"soft_epochs": EPOCHS, "soft_lr": 0.1, "progress": False},
+        options={"epochs": EPOCHS, "lr": 0.1, "progress": False},
     )
     methods.get(method_id).prune(ctx)
     return rec

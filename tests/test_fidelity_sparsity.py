@@ -66,7 +66,7 @@ def test_slimming_penalty_pulls_gamma_toward_zero_at_the_defaults() -> None:
     for penalty in ("default", "off"):
         model = _model()
         rec = GammaRecorder(model)
-        options = {} if penalty == "default" else {slimming.LAMBDA_OPTION: 0.0}
+        options = {} if penalty == "default" else {"penalty": 0.0}
         methods.get("slimming").prune(_ctx(model, 0.3, options))
         means[penalty] = rec.mean()
     # the same training with and without the penalty: the penalty alone takes |gamma| down by

@@ -13,10 +13,22 @@ The soft schedule, the official code's defaults and the deviations are in
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
 
 from prunekit.methods.base import register_method
-from prunekit.methods.soft_pruning import SoftPruningMethod
+from prunekit.methods.options import option
+from prunekit.methods.soft_pruning import SoftPruningMethod, SoftPruningOptions
+
+
+@dataclass(frozen=True)
+class FPGMOptions(SoftPruningOptions):
+    """The soft phase of FPGM: zeroed filters get no gradient, as the official code."""
+
+    mask_gradients: bool = option(
+        True,
+        help="mask the gradients of zeroed filters at every iteration and hold them at zero",
+        source="official FPGM pruning_cifar10.py: train() calls m.do_grad_mask() before step()",
+    )
 
 
 @register_method("fpgm")
@@ -27,10 +39,7 @@ class FPGMMethod(SoftPruningMethod):
     the official code)."""
 
     criterion = "fpgm"
-    defaults: ClassVar[dict[str, Any]] = {
-        **SoftPruningMethod.defaults,
-        "mask_gradients": True,  # he-y/filter-pruning-geometric-median: m.do_grad_mask()
-    }
+    Options = FPGMOptions
 
 
-__all__ = ["FPGMMethod"]
+__all__ = ["FPGMMethod", "FPGMOptions"]

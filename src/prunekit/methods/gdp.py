@@ -48,11 +48,11 @@ Here:
   graph (the paper's budget counts filters kept; a FLOPs budget is what prunekit runs take).
   Every group keeps at least one unit; units with no mask point are never masked.
 
-Options (``ctx.options``): ``gdp_epochs`` (3) epochs of SGD at ``lr`` (0.01; momentum 0.9,
+Options (:class:`GDPOptions`): ``epochs`` (3) epochs of SGD at ``lr`` (0.01; momentum 0.9,
 weight decay and the cosine schedule are :class:`~prunekit.train.TrainConfig`'s defaults), the
 mask recomputed every ``mask_interval`` (10) steps. The paper alternates over its whole
 fine-tuning schedule (ImageNet: tens of epochs, the interval not stated); here the phase is a
-few epochs, then the runner fine-tunes the pruned model. ``gdp_epochs=0`` reduces to one-shot
+few epochs, then the runner fine-tunes the pruned model. ``epochs=0`` reduces to one-shot
 global pruning by the calibration saliency.
 
 Deviations a reader should know:
@@ -82,6 +82,7 @@ from prunekit.graph import Graph, build
 from prunekit.graph.core import out_weight
 from prunekit.measure._inputs import Inputs
 from prunekit.methods.base import Context, Method, register_method
+from prunekit.methods.options import SHARED, Options, option
 from prunekit.prune import PruneReport, remove_selected, select_channels
 from prunekit.targets import Target
 from prunekit.train import TrainConfig, fit
@@ -91,6 +92,33 @@ from prunekit.train.device import resolve_device
 DEFAULT_EPOCHS = 3
 DEFAULT_LR = 0.01
 DEFAULT_MASK_INTERVAL = 10
+
+
+@dataclass(frozen=True)
+class GDPOptions(Options):
+    """GDP's dynamic-mask training phase."""
+
+    renamed: ClassVar[dict[str, str]] = {"gdp_epochs": "epochs"}
+
+    epochs: int = option(
+        DEFAULT_EPOCHS,
+        help=SHARED["epochs"] + " with the dynamic mask (0: one-shot by the calibration saliency)",
+        source="prunekit: a short phase (the paper alternates over its whole fine-tuning)",
+        low=0,
+    )
+    lr: float = option(
+        DEFAULT_LR,
+        help=SHARED["lr"],
+        source="prunekit: a fine-tuning lr for a trained model (no official code)",
+        low=0,
+        low_open=True,
+    )
+    mask_interval: int = option(
+        DEFAULT_MASK_INTERVAL,
+        help="optimiser steps between two mask updates",
+        source="prunekit: the paper updates the mask every few iterations (no number given)",
+        low=1,
+    )
 
 
 class StraightThroughMask(torch.autograd.Function):
@@ -400,31 +428,21 @@ class GDP(Method):
     """GDP (Lin et al., IJCAI 2018): one global channel mask chosen by the raw first-order
     Taylor saliency ``|sum W * dL/dW|`` compared across layers to meet the target, masked
     channels output zero while their filters are updated straight through the mask, the mask
-    recomputed every ``mask_interval`` (10) steps during ``gdp_epochs`` (3) epochs at ``lr``
+    recomputed every ``mask_interval`` (10) steps during ``epochs`` (3) epochs at ``lr``
     (0.01); then the final mask's units are removed. See the module docstring for the details
     and deviations.
 
     After :meth:`prune`, ``history`` holds every mask chosen (``{group name: masked indices}``),
     the first from calibration, the last the one removed."""
 
-    defaults: ClassVar[dict[str, Any]] = {
-        "gdp_epochs": DEFAULT_EPOCHS,
-        "lr": DEFAULT_LR,
-        "mask_interval": DEFAULT_MASK_INTERVAL,
-    }
+    Options = GDPOptions
 
     def __init__(self) -> None:
         self.history: list[dict[str, list[int]]] = []
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
-        epochs = opts["gdp_epochs"]
-        if epochs < 0:
-            raise ConfigError(f"option 'gdp_epochs' of method 'gdp' must be >= 0, got {epochs!r}")
-        if not (math.isfinite(opts["lr"]) and opts["lr"] > 0):
-            raise ConfigError(
-                f"option 'lr' of method 'gdp' must be a number > 0, got {opts['lr']!r}"
-            )
+        epochs = opts["epochs"]
         target = ctx.target.require("flops", "params", method=self.id)
         config = None
         if epochs > 0:
@@ -453,4 +471,10 @@ class GDP(Method):
         return report
 
 
-__all__ = ["GDP", "GlobalDynamicPruner", "StraightThroughMask", "output_saliency"]
+__all__ = [
+    "GDP",
+    "GDPOptions",
+    "GlobalDynamicPruner",
+    "StraightThroughMask",
+    "output_saliency",
+]

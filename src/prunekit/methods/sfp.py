@@ -13,10 +13,8 @@ The soft schedule, the official code's defaults and the deviations are in
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 from prunekit.methods.base import register_method
-from prunekit.methods.soft_pruning import SoftPruningMethod
+from prunekit.methods.soft_pruning import SoftPruningMethod, SoftPruningOptions
 
 
 @register_method("sfp")
@@ -27,10 +25,7 @@ class SFPMethod(SoftPruningMethod):
     epoch."""
 
     criterion = "l2"
-    defaults: ClassVar[dict[str, Any]] = {
-        **SoftPruningMethod.defaults,
-        "mask_gradients": False,  # he-y/soft-filter-pruning: train() has no gradient mask
-    }
+    Options = SoftPruningOptions  # mask_gradients False: the official train() masks nothing
 
 
 __all__ = ["SFPMethod"]

@@ -25,9 +25,9 @@ Defaults and their sources:
   That phase costs 160 epochs of training (on this CPU, ResNet-20 on digits-32: about 20 minutes;
   CIFAR-10: many hours). Here the phase continues training of the given model for ``epochs``
   (default 5) epochs at the official lr 0.1, step schedule, momentum and weight decay, and the
-  default ``lambda`` (``"auto"``) is the family's lambda scaled by ``6600 / (summed lr of this
+  default ``penalty`` (None) is the family's lambda scaled by ``6600 / (summed lr of this
   phase)``: the penalty's total pull on each ``gamma`` is the paper's, reached in a few minutes.
-  A number given as ``lambda`` is used as it is.
+  A number given as ``penalty`` is used as it is.
 
 Deviations a reader should know:
 
@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -61,11 +62,12 @@ from prunekit.errors import ConfigError
 from prunekit.graph import Graph, build
 from prunekit.graph.core import Site, out_weight
 from prunekit.methods.base import Context, Method, register_method
+from prunekit.methods.options import SHARED, Options, option
 from prunekit.prune import PruneReport, remove_selected, select_channels
 from prunekit.train import TrainConfig, fit
 from prunekit.train.schedules import summed_lr
 
-LAMBDA_OPTION = "slimming_lambda"
+LAMBDA_OPTION = "penalty"
 LAMBDA_VGG = 1e-4  # official README: main.py -sr --s 0.0001 --arch vgg
 LAMBDA_RESNET_DENSENET = 1e-5  # official README: --s 0.00001 --arch resnet / densenet
 # official main.py on CIFAR-10: ceil(50000 / 64) steps x (80 x 0.1 + 40 x 0.01 + 40 x 0.001)
@@ -74,6 +76,45 @@ DEFAULT_EPOCHS = 5  # prunekit: a few minutes on a CPU (the paper: 160)
 DEFAULT_LR = 0.1  # official main.py --lr 0.1
 DEFAULT_WEIGHT_DECAY = 1e-4  # official main.py --weight-decay 1e-4
 MOMENTUM = 0.9  # official main.py --momentum 0.9
+
+
+@dataclass(frozen=True)
+class SlimmingOptions(Options):
+    """Network Slimming's sparsity-training phase."""
+
+    renamed: ClassVar[dict[str, str]] = {
+        "slimming_lambda": "penalty",
+        "sparsity_epochs": "epochs",
+        "sparsity_lr": "lr",
+        "sparsity_weight_decay": "weight_decay",
+    }
+
+    penalty: float | None = option(
+        None,
+        help="lambda of the L1 penalty on BatchNorm scales; None: the official lambda of the "
+        "model's family, scaled so the phase pulls each gamma as far as the official 160 epochs",
+        source="official README (main.py -sr --s): 1e-4 VGG, 1e-5 ResNet and DenseNet",
+        low=0,
+    )
+    epochs: int = option(
+        DEFAULT_EPOCHS,
+        help=SHARED["epochs"] + " with the penalty (0: threshold the trained gammas)",
+        source="prunekit: a few minutes on a CPU (official main.py: --epochs 160)",
+        low=0,
+    )
+    lr: float = option(
+        DEFAULT_LR,
+        help=SHARED["lr"] + ", / 10 at 50% and 75% of the phase",
+        source="official main.py: --lr 0.1, lr * 0.1 at epochs * 0.5 and * 0.75",
+        low=0,
+        low_open=True,
+    )
+    weight_decay: float = option(
+        DEFAULT_WEIGHT_DECAY,
+        help=SHARED["weight_decay"],
+        source="official main.py: --weight-decay 1e-4",
+        low=0,
+    )
 
 
 def batchnorm_scales(model: nn.Module) -> list[nn.Parameter]:
@@ -125,34 +166,24 @@ def paper_lambda(model: nn.Module, example_input: Any) -> float:
 
 def phase_config(ctx: Context, opts: Mapping[str, Any]) -> TrainConfig:
     """The sparsity phase's training config: the official optimiser and step schedule over
-    ``opts["sparsity_epochs"]`` epochs."""
+    ``opts["epochs"]`` epochs."""
     return TrainConfig(
-        epochs=opts["sparsity_epochs"],
+        epochs=opts["epochs"],
         batch_size=ctx.batch_size,
-        lr=opts["sparsity_lr"],
+        lr=opts["lr"],
         momentum=MOMENTUM,
-        weight_decay=opts["sparsity_weight_decay"],
+        weight_decay=opts["weight_decay"],
         schedule="step",  # lr / 10 at 50% and 75% of training, as main.py
         seed=ctx.seed,
     )
 
 
 def resolve_lambda(ctx: Context, opts: Mapping[str, Any], config: TrainConfig) -> float:
-    """``lambda`` of the phase: the option as a number, or for ``"auto"`` the family's lambda
+    """``lambda`` of the phase: the ``penalty`` option, or when it is None the family's lambda
     (:func:`paper_lambda`) scaled so that its total pull ``lambda * summed lr`` is the official
     160-epoch phase's."""
-    value = str(opts[LAMBDA_OPTION]).strip().lower()
-    if value != "auto":
-        try:
-            lam = float(value)
-        except ValueError:
-            raise ConfigError(
-                f"option {LAMBDA_OPTION!r} of method 'slimming' expects 'auto' or a number >= 0, "
-                f"got {opts[LAMBDA_OPTION]!r}"
-            ) from None
-        if lam < 0 or not math.isfinite(lam):
-            raise ConfigError(f"{LAMBDA_OPTION} must be a finite number >= 0, got {lam!r}")
-        return lam
+    if opts[LAMBDA_OPTION] is not None:
+        return float(opts[LAMBDA_OPTION])
     steps = math.ceil(len(ctx.train_set) / ctx.batch_size)  # type: ignore[arg-type]
     ours = summed_lr(config, steps)
     return paper_lambda(ctx.model, ctx.example_input) * PAPER_LR_SUM / ours if ours else 0.0
@@ -253,19 +284,13 @@ def _prune_by_gamma(
 @register_method("slimming")
 class NetworkSlimming(Method):
     """Network Slimming (Liu et al., ICCV 2017): sparsity training with ``lambda * sum |gamma|``
-    on BatchNorm scales (option ``slimming_lambda``: ``"auto"``, the official lambda of the
-    model's family scaled to this phase, or a number; ``sparsity_epochs`` 5 at ``sparsity_lr``
-    0.1, step schedule), then removal of the channels below one global threshold on raw
+    on BatchNorm scales (option ``penalty``: None, the official lambda of the model's family
+    scaled to this phase, or a number; ``epochs`` 5 at ``lr`` 0.1, step schedule), then removal of the channels below one global threshold on raw
     ``|gamma|`` that meets the target. See the module docstring for the details and deviations.
 
     After :meth:`prune`, ``lam`` is the lambda the phase used."""
 
-    defaults: ClassVar[dict[str, Any]] = {
-        LAMBDA_OPTION: "auto",
-        "sparsity_epochs": DEFAULT_EPOCHS,
-        "sparsity_lr": DEFAULT_LR,
-        "sparsity_weight_decay": DEFAULT_WEIGHT_DECAY,
-    }
+    Options = SlimmingOptions
 
     lam: float = 0.0
 
@@ -273,7 +298,7 @@ class NetworkSlimming(Method):
         opts = self.options(ctx)
         if not batchnorm_scales(ctx.model):
             raise ConfigError("slimming needs a model with affine BatchNorm layers")
-        if opts["sparsity_epochs"] > 0:
+        if opts["epochs"] > 0:
             self.lam = sparsity_train(ctx.model, ctx, opts)
         target = ctx.target.require("flops", "params", method=self.id)
         return prune_by_gamma(ctx.model, ctx.example_input, **target.as_dict())
@@ -282,6 +307,7 @@ class NetworkSlimming(Method):
 __all__ = [
     "LAMBDA_OPTION",
     "NetworkSlimming",
+    "SlimmingOptions",
     "add_l1_penalty",
     "batchnorm_scales",
     "gamma_scores",

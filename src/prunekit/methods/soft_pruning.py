@@ -34,11 +34,11 @@ what is done here:
   or ``0.4`` for ResNet-20..110) for 200 epochs, SGD (Nesterov, momentum 0.9, weight decay
   5e-4, batch 128), lr 0.01 from a pretrained model (FPGM ``pruning_pretrain_*``) and 0.1 from
   scratch, multiplied by 0.2 at epochs 60, 120 and 160. Here the model arrives trained and the
-  soft phase is short: ``soft_epochs`` (default 3) epochs at the pretrained-model lr
-  ``soft_lr`` (default 0.01) held constant, as the first 60 epochs of the official schedule,
+  soft phase is short: ``epochs`` (default 3) epochs at the pretrained-model lr ``lr``
+  (default 0.01) held constant, as the first 60 epochs of the official schedule,
   Nesterov momentum 0.9 and weight decay 5e-4; the runner fine-tunes afterwards. The paper's
   own setting, 200 epochs of soft training, costs about 200 / 3 = 67 times this phase.
-  ``soft_epochs=0`` reduces to one-shot pruning with the method's criterion.
+  ``epochs=0`` reduces to one-shot pruning with the method's criterion.
 
 Differences from the official code, on purpose:
 
@@ -57,6 +57,7 @@ Differences from the official code, on purpose:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -65,11 +66,11 @@ from torch.utils.data import Dataset
 from torch.utils.hooks import RemovableHandle
 
 from prunekit import criteria
-from prunekit.errors import ConfigError
 from prunekit.graph import Graph, build
 from prunekit.graph.core import out_weight
 from prunekit.measure._inputs import Inputs
 from prunekit.methods.base import Context, Method
+from prunekit.methods.options import SHARED, Options, option
 from prunekit.prune import PruneReport, remove_selected, select_channels
 from prunekit.targets import Target
 from prunekit.train import TrainConfig, TrainResult, fit
@@ -78,6 +79,32 @@ DEFAULT_SOFT_EPOCHS = 3  # short phase on a trained model (the papers: 200 epoch
 DEFAULT_SOFT_LR = 0.01  # FPGM scripts/pruning_cifar10.sh, pruning_pretrain_*: --learning_rate 0.01
 WEIGHT_DECAY = 5e-4  # both official codes: --decay 0.0005
 NESTEROV = True  # both official codes: torch.optim.SGD(..., nesterov=True)
+
+
+@dataclass(frozen=True)
+class SoftPruningOptions(Options):
+    """The soft phase of SFP and FPGM."""
+
+    renamed: ClassVar[dict[str, str]] = {"soft_epochs": "epochs", "soft_lr": "lr"}
+
+    epochs: int = option(
+        DEFAULT_SOFT_EPOCHS,
+        help=SHARED["epochs"] + ", a soft step after each (0: one-shot pruning)",
+        source="prunekit: a short phase on a trained model (official scripts: --epochs 200)",
+        low=0,
+    )
+    lr: float = option(
+        DEFAULT_SOFT_LR,
+        help=SHARED["lr"] + ", held constant",
+        source="official FPGM scripts/pruning_cifar10.sh, pruning_pretrain_*: --learning_rate 0.01",
+        low=0,
+        low_open=True,
+    )
+    mask_gradients: bool = option(
+        False,
+        help="mask the gradients of zeroed filters at every iteration and hold them at zero",
+        source="official SFP pruning_cifar10_resnet.py: train() masks no gradient",
+    )
 
 
 def _filter_layers(model: nn.Module) -> list[nn.Module]:
@@ -259,28 +286,18 @@ def _bias(m: nn.Module) -> torch.Tensor | None:
 
 
 class SoftPruningMethod(Method):
-    """Soft pruning with the criterion named by ``criterion``; options ``soft_epochs``
-    (default 3), ``soft_lr`` (default 0.01), ``mask_gradients`` (the method's official code) and
-    ``progress`` (default True). After :meth:`prune`, ``history`` holds every selection."""
+    """Soft pruning with the criterion named by ``criterion``; options ``epochs`` (default 3),
+    ``lr`` (default 0.01), ``mask_gradients`` (as the method's official code) and ``progress``
+    (default True). After :meth:`prune`, ``history`` holds every selection."""
 
     criterion = "l2"
-    mask_gradients = False
-    defaults: ClassVar[dict[str, Any]] = {
-        "soft_epochs": DEFAULT_SOFT_EPOCHS,
-        "soft_lr": DEFAULT_SOFT_LR,
-        "mask_gradients": False,
-    }
+    Options = SoftPruningOptions
 
     def __init__(self) -> None:
         self.history: list[dict[str, list[int]]] = []
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
-        if opts["soft_epochs"] < 0:
-            raise ConfigError(
-                f"option 'soft_epochs' of method {self.id!r} must be >= 0, "
-                f"got {opts['soft_epochs']!r}"
-            )
         target = ctx.target.require("flops", "params", method=self.id)
         pruner = SoftPruner(
             ctx.model,
@@ -289,10 +306,10 @@ class SoftPruningMethod(Method):
             self.criterion,
             mask_gradients=opts["mask_gradients"],
         )
-        if opts["soft_epochs"] > 0:
+        if opts["epochs"] > 0:
             config = TrainConfig(
-                epochs=opts["soft_epochs"],
-                lr=opts["soft_lr"],
+                epochs=opts["epochs"],
+                lr=opts["lr"],
                 batch_size=ctx.batch_size,
                 seed=ctx.seed,
                 schedule="constant",
@@ -305,4 +322,10 @@ class SoftPruningMethod(Method):
         return report
 
 
-__all__ = ["DEFAULT_SOFT_EPOCHS", "DEFAULT_SOFT_LR", "SoftPruner", "SoftPruningMethod"]
+__all__ = [
+    "DEFAULT_SOFT_EPOCHS",
+    "DEFAULT_SOFT_LR",
+    "SoftPruner",
+    "SoftPruningMethod",
+    "SoftPruningOptions",
+]

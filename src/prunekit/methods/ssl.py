@@ -33,11 +33,11 @@ Defaults and their sources:
   200,000 iterations (lr / 10 at 100k, 160k, 180k): a summed learning rate of
   ``100000 * 1e-3 + 60000 * 1e-4 + 20000 * 1e-5 + 20000 * 1e-6 = 106.2``, so each group's norm is
   pulled toward zero by ``0.003 * 106.2 = 0.32`` in all. That phase is about 400 epochs of
-  CIFAR-10 (on this CPU, ResNet-20 on digits-32: about an hour). Here it is ``ssl_epochs``
+  CIFAR-10 (on this CPU, ResNet-20 on digits-32: about an hour). Here it is ``epochs``
   (default 5) epochs at ``lr`` 0.01 with a step schedule (lr / 10 at 50% and 75%). How far a
   total pull of 0.32 goes depends on the size of the groups, which depends on the architecture
   and its initialisation (the Caffe ConvNet's filters are not ResNet-20's), so the default
-  coefficients (``"auto"``) are set per run: each penalty's total pull ``lambda * summed lr``
+  coefficients (None) are set per run: each penalty's total pull ``lambda * summed lr``
   over the phase equals the median norm of its groups at the start (:func:`median_group_norm`),
   so about half the groups could reach zero where the loss does not hold them up. This is a
   prunekit choice, not the paper's; a number given is used as it is (``0.003`` with ``lr``
@@ -74,6 +74,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -83,6 +84,7 @@ from prunekit.errors import ConfigError
 from prunekit.graph import Graph, Group, build
 from prunekit.graph.core import Site, out_weight
 from prunekit.methods.base import Context, Method, register_method
+from prunekit.methods.options import SHARED, Options, option
 from prunekit.prune import PruneReport, remove_selected, select_channels
 from prunekit.train import TrainConfig, fit
 from prunekit.train.schedules import summed_lr
@@ -95,6 +97,60 @@ DEFAULT_WEIGHT_DECAY = 0.0  # official example: <weight_decay> 0.0
 DEFAULT_EPSILON = 0.0  # zero groups are exactly zero after proximal steps
 
 _TINY = 1e-12  # a group norm below this is treated as zero (its gradient term is 0)
+
+
+@dataclass(frozen=True)
+class SSLOptions(Options):
+    """SSL's group-Lasso phase and zero-group threshold."""
+
+    renamed: ClassVar[dict[str, str]] = {"ssl_epochs": "epochs"}
+
+    epochs: int = option(
+        DEFAULT_EPOCHS,
+        help=SHARED["epochs"] + " with the penalty (0: remove by the trained norms)",
+        source="prunekit: a few minutes on a CPU (official example: 200k iterations, ~400 epochs)",
+        low=0,
+    )
+    lr: float = option(
+        DEFAULT_LR,
+        help=SHARED["lr"] + ", / 10 at 50% and 75% of the phase",
+        source="prunekit (official example: 0.001 over ~400 epochs)",
+        low=0,
+        low_open=True,
+    )
+    weight_decay: float = option(
+        DEFAULT_WEIGHT_DECAY,
+        help=SHARED["weight_decay"],
+        source="official examples/cifar10/readme.md: train_script.sh 0.001 0.0 0.003 0.003",
+        low=0,
+    )
+    lambda_filter: float | None = option(
+        None,
+        help="group-Lasso coefficient on filters (rows); None: total pull over the phase = the "
+        "median filter norm at the start",
+        source="prunekit (official example: 0.003 with lr 0.001 over ~400 epochs)",
+        low=0,
+    )
+    lambda_channel: float | None = option(
+        None,
+        help="group-Lasso coefficient on input channels (columns); None: total pull over the "
+        "phase = the median column norm at the start",
+        source="prunekit (official example: 0.003 with lr 0.001 over ~400 epochs)",
+        low=0,
+    )
+    epsilon: float = option(
+        DEFAULT_EPSILON,
+        help="a unit whose norm is at most epsilon times the largest is a zero group",
+        source="prunekit: exact zeros after proximal steps",
+        low=0,
+        high=1,
+        high_open=True,
+    )
+    penalize_linear: bool = option(
+        False,
+        help="penalise Linear layers (rows and columns) as well",
+        source="paper Sec. 4: the CIFAR experiments penalise convolutions",
+    )
 
 
 def penalized_weights(model: nn.Module, *, linear: bool = False) -> list[tuple[nn.Module, bool]]:
@@ -174,30 +230,10 @@ class GroupLassoProx:
             self._hooked = optimizer
 
 
-def _check_options(opts: Mapping[str, Any]) -> None:
-    for key in ("weight_decay",):
-        v = opts[key]
-        if not (math.isfinite(v) and v >= 0):
-            raise ConfigError(
-                f"option {key!r} of method 'ssl' must be a finite number >= 0, got {v!r}"
-            )
-    if not (math.isfinite(opts["lr"]) and opts["lr"] > 0):
-        raise ConfigError(f"option 'lr' of method 'ssl' must be a number > 0, got {opts['lr']!r}")
-    if opts["ssl_epochs"] < 0:
-        raise ConfigError(
-            f"option 'ssl_epochs' of method 'ssl' must be >= 0, got {opts['ssl_epochs']!r}"
-        )
-    if not (0 <= opts["epsilon"] < 1):
-        raise ConfigError(
-            f"option 'epsilon' of method 'ssl' must be a fraction in [0, 1) of the largest unit "
-            f"norm, got {opts['epsilon']!r}"
-        )
-
-
 def phase_config(ctx: Context, opts: Mapping[str, Any]) -> TrainConfig:
     """The group-Lasso phase's training config (step schedule: lr / 10 at 50% and 75%)."""
     return TrainConfig(
-        epochs=opts["ssl_epochs"],
+        epochs=opts["epochs"],
         batch_size=ctx.batch_size,
         lr=opts["lr"],
         weight_decay=opts["weight_decay"],
@@ -221,34 +257,23 @@ def median_group_norm(model: nn.Module, *, channels: bool, linear: bool = False)
 
 
 def resolve_lambda(key: str, ctx: Context, opts: Mapping[str, Any], config: TrainConfig) -> float:
-    """The coefficient ``opts[key]``: a number as given, or for ``"auto"`` the one whose total
-    pull ``lambda * summed lr`` over the phase equals the median norm of its groups at the start
-    (see the module docstring)."""
-    value = str(opts[key]).strip().lower()
-    if value == "auto":
-        steps = math.ceil(len(ctx.train_set) / ctx.batch_size)  # type: ignore[arg-type]
-        ours = summed_lr(config, steps)
-        median = median_group_norm(
-            ctx.model, channels=key == "lambda_channel", linear=opts["penalize_linear"]
-        )
-        return median / ours if ours else 0.0
-    try:
-        lam = float(value)
-    except ValueError:
-        lam = math.nan
-    if not (math.isfinite(lam) and lam >= 0):
-        raise ConfigError(
-            f"option {key!r} of method 'ssl' expects 'auto' or a finite number >= 0, "
-            f"got {opts[key]!r}"
-        )
-    return lam
+    """The coefficient ``opts[key]``, or when it is None the one whose total pull ``lambda *
+    summed lr`` over the phase equals the median norm of its groups at the start (see the
+    module docstring)."""
+    if opts[key] is not None:
+        return float(opts[key])
+    steps = math.ceil(len(ctx.train_set) / ctx.batch_size)  # type: ignore[arg-type]
+    ours = summed_lr(config, steps)
+    median = median_group_norm(
+        ctx.model, channels=key == "lambda_channel", linear=opts["penalize_linear"]
+    )
+    return median / ours if ours else 0.0
 
 
 def sparsity_train(model: nn.Module, ctx: Context, opts: Mapping[str, Any]) -> tuple[float, float]:
     """Train ``model`` in place on ``ctx.train_set`` with the group-Lasso penalty applied by
     proximal steps (``opts``: the method's options); returns ``(lambda_filter,
     lambda_channel)`` as used."""
-    _check_options(opts)
     config = phase_config(ctx, opts)
     lam_f = resolve_lambda("lambda_filter", ctx, opts, config)
     lam_c = resolve_lambda("lambda_channel", ctx, opts, config)
@@ -330,8 +355,8 @@ def zero_units(norms: dict[str, torch.Tensor], epsilon: float) -> dict[str, list
 class SSL(Method):
     """Structured Sparsity Learning (Wen et al., NIPS 2016): training with filter-wise and
     channel-wise group-Lasso penalties applied by proximal steps (``lambda_filter``,
-    ``lambda_channel``: ``"auto"``, the official 0.003 scaled to this phase, or numbers;
-    ``ssl_epochs`` 5 at ``lr`` 0.01), then removal of the groups that reached zero first and the
+    ``lambda_channel``: None, a total pull over the phase equal to the median group norm, or
+    numbers; ``epochs`` 5 at ``lr`` 0.01), then removal of the groups that reached zero first and the
     smallest L2 norms over all their weights across layers next, to meet the target. See the
     module docstring for the details and deviations.
 
@@ -339,15 +364,7 @@ class SSL(Method):
     zero (norm at most ``epsilon`` of the largest) before removal, ``norms`` every unit's norm
     and ``lambdas`` the two coefficients the phase used."""
 
-    defaults: ClassVar[dict[str, Any]] = {
-        "ssl_epochs": DEFAULT_EPOCHS,
-        "lr": DEFAULT_LR,
-        "weight_decay": DEFAULT_WEIGHT_DECAY,
-        "lambda_filter": "auto",
-        "lambda_channel": "auto",
-        "epsilon": DEFAULT_EPSILON,
-        "penalize_linear": False,
-    }
+    Options = SSLOptions
 
     def __init__(self) -> None:
         self.zero_groups: dict[str, list[int]] = {}
@@ -356,12 +373,11 @@ class SSL(Method):
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
-        _check_options(opts)
         if not penalized_weights(ctx.model, linear=opts["penalize_linear"]):
             raise ConfigError(
                 "ssl needs a model with convolutions (or Linear layers with penalize_linear)"
             )
-        if opts["ssl_epochs"] > 0:
+        if opts["epochs"] > 0:
             self.lambdas = sparsity_train(ctx.model, ctx, opts)
         model = ctx.model
         was_training = model.training
@@ -393,6 +409,7 @@ class SSL(Method):
 __all__ = [
     "SSL",
     "GroupLassoProx",
+    "SSLOptions",
     "group_lasso_prox",
     "penalized_weights",
     "sparsity_train",
