@@ -68,6 +68,7 @@ from prunekit.methods.base import (
     count_nonzero,
     register_method,
 )
+from prunekit.methods.fine_grained import covered_sparsity
 from prunekit.train import TrainConfig, fit
 
 PRUNING = ("std", "global")
@@ -162,22 +163,13 @@ class DeepCompression(Method):
         target = self._check(ctx, opts)
         model = ctx.model
         before = count_nonzero(model)
-        total = int(masks.report(model)["overall"]["params"])
         chosen = masks.select_targets(model, None, ())
-        prunable = sum(m.weight.numel() for m in chosen.values())
         importance = std_scores if opts["pruning"] == "std" else "magnitude"
         steps = opts["prune_iterations"]
         for step in range(1, steps + 1):
             overall = target * step / steps
-            # the count to remove is a fraction of all conv / Linear weights, taken from the
-            # layers that may be pruned
-            local = overall * total / prunable if prunable else 0.0
-            if local >= 1.0:
-                raise ConfigError(
-                    f"target_sparsity {target} cannot be met: the prunable layers hold "
-                    f"{prunable} of {total} conv / Linear weights (protected layers stay dense)"
-                )
-            if prunable:
+            if chosen:  # the layers' share of the overall count (the fine-grained accounting)
+                local = covered_sparsity(model, overall)
                 masks.prune(model, local, scope="global", importance=importance)
             _train(
                 model,
