@@ -334,3 +334,20 @@ def test_context_converts_its_target_and_methods_check_the_kind() -> None:
         methods.Context(torch.nn.Linear(2, 2), torch.randn(1, 2), [], [], {"target_flops": 2})
     with pytest.raises(ConfigError, match=r"'magnitude' .* expects a target_sparsity target"):
         methods.get("magnitude").prune(ctx)
+
+
+def test_each_method_is_one_file_named_by_its_id() -> None:
+    import pkgutil
+
+    ids = {e.id for e in methods.catalogue()}
+    files = {m.name for m in pkgutil.iter_modules(methods.__path__)}
+    assert {f for f in files if f in ids} == set(methods.METHODS.names())
+    for entry in methods.METHODS:
+        assert entry.obj.__module__ == f"prunekit.methods.{entry.name}"
+
+    with pytest.raises(TypeError, match=r"must be defined in prunekit/methods/hrank\.py"):
+
+        class Elsewhere(methods.Method):
+            __module__ = "prunekit.methods.common"
+
+        methods.register_method("hrank")(Elsewhere)
