@@ -939,7 +939,8 @@ def demo_table(metrics: dict[str, Any]) -> str:
         before, after = metrics.get(key.format("before")), metrics.get(key.format("after"))
         if key == "bytes_{}" and metrics.get("result_file"):
             label = f"{label} (after: {Path(metrics['result_file']).name})"
-        rows.append([label, before, after, ratio(before, after)])
+        spread = "iqr" in key  # a ratio of spreads means nothing
+        rows.append([label, before, after, None if spread else ratio(before, after)])
     target = (
         f"{metrics['target_flops']:.0%} fewer FLOPs"
         if "target_flops" in metrics
