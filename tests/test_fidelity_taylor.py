@@ -75,9 +75,9 @@ def test_defaults_take_about_iterations_steps_on_one_traced_graph(monkeypatch) -
     report = method.prune(_ctx(model, random_data(32, (1, 2, 2), 2), {"target_flops": 0.5}))
     assert abs(report.flops_reduction - 0.5) <= 0.01
     assert model.a.out_channels == 32
-    # 32 channels to remove in about 20 iterations: 2 per step (the paper's 1 would take 32)
-    assert {sum(len(v) for v in step.values()) for step in method.history[:-1]} == {2}
-    assert len(method.history) == 16
+    # 32 channels to remove in about 10 iterations: 4 per step (the paper's 1 would take 32)
+    assert {sum(len(v) for v in step.values()) for step in method.history[:-1]} == {4}
+    assert len(method.history) == 8
     assert len(builds) == 1  # traced once, updated in place by every removal
 
 

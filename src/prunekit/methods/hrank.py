@@ -1,7 +1,9 @@
 """HRank — Lin, Ji, Wang, Zhang, Zhang, Tian, Shao, "HRank: Filter Pruning using High-Rank
 Feature Map" (CVPR 2020).
 
-1. Feed calibration images; for each channel average the rank of its feature map over them.
+1. Feed calibration images; for each channel average the matrix rank of its feature map over
+   them: the map the next layer reads, after BatchNorm, ReLU and any pooling
+   (:mod:`prunekit.criteria.hrank`; the official ``rank_generation.py`` hooks the ReLUs).
 2. Remove the filters of lowest average rank in every layer, to the budget.
 3. Fine-tune (the runner's fine-tuning, shared by every method).
 """

@@ -12,7 +12,7 @@ Options and defaults:
   number of samples and of the fine-tuning length (a few epochs per candidate there); these
   defaults are small so that a search stays cheap.
 * ``candidate_steps`` (50) minibatch SGD updates per candidate on the training set
-  (``candidate_lr`` 0.01, momentum 0.9, no weight decay), the same seeded batches for every
+  (``lr`` 0.01, momentum 0.9, no weight decay), the same seeded batches for every
   candidate so that they compete on equal terms;
 * ``within`` ("l1"): the criterion ordering the channels inside a group (``l1``, ``l2``,
   ``fpgm`` or ``random``);
@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 
@@ -47,12 +45,12 @@ from prunekit.errors import ConfigError, UnknownNameError
 from prunekit.graph import Graph, build
 from prunekit.methods.base import Context, Method, register_method
 from prunekit.methods.common import (
-    check_val_batches,
     eval_modes,
     prunable_groups,
     restore_modes,
     share_importance,
 )
+from prunekit.methods.options import SHARED, Options, option
 from prunekit.methods.retraining import accuracy, batch_stream, sgd_steps
 from prunekit.prune import PruneReport, remove_selected, select_channels
 from prunekit.targets import Target
@@ -117,6 +115,46 @@ def _within(name: str) -> criteria.Criterion:
         raise ConfigError(str(err)) from None
 
 
+@dataclass(frozen=True)
+class RandomChannelOptions(Options):
+    renamed = {"candidate_lr": "lr"}  # noqa: RUF012 - a ClassVar of the base
+
+    candidates: int = option(
+        8,
+        help="random width configurations sampled and scored",
+        source="prunekit: small so a search stays cheap (the paper studies the number of samples)",
+        low=1,
+    )
+    candidate_steps: int = option(
+        50,
+        help="minibatch SGD updates per candidate before it is scored (momentum 0.9)",
+        source="prunekit: the paper fine-tunes each candidate for a few epochs",
+        low=0,
+    )
+    lr: float = option(
+        0.01,
+        help=SHARED["lr"] + " (each candidate's short fine-tune)",
+        source="prunekit",
+        low=0,
+        low_open=True,
+    )
+    within: str = option(
+        "l1",
+        help="criterion ordering the channels inside a group",
+        source="paper: L1 norm among the within-layer criteria it benchmarks",
+        choices=WITHIN_CRITERIA,
+    )
+    val_batches: int = option(
+        0,
+        help="validation batches per candidate score (0: the whole validation set)",
+        source="prunekit",
+        low=0,
+    )
+    only_chains: bool = option(
+        False, help="search only plain layer-to-layer chains", source="paper: every layer"
+    )
+
+
 @register_method("random_channel")
 class RandomChannel(Method):
     """Random channel pruning (Li et al., CVPR 2022): ``candidates`` random per-group width
@@ -129,14 +167,7 @@ class RandomChannel(Method):
     their channels were too coarse to meet the target within 1%). See the module docstring for options and
     deviations."""
 
-    defaults: ClassVar[dict[str, Any]] = {
-        "candidates": 8,
-        "candidate_steps": 50,
-        "candidate_lr": 0.01,
-        "within": "l1",
-        "val_batches": 0,
-        "only_chains": False,
-    }
+    Options = RandomChannelOptions
 
     def __init__(self) -> None:
         self.candidates: list[Candidate] = []
@@ -145,13 +176,6 @@ class RandomChannel(Method):
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
-        check_val_batches(opts)
-        if opts["candidates"] < 1:
-            raise ConfigError(f"candidates must be a positive int, got {opts['candidates']}")
-        if opts["candidate_steps"] < 0:
-            raise ConfigError(f"candidate_steps must be >= 0, got {opts['candidate_steps']}")
-        if not (opts["candidate_lr"] > 0 and math.isfinite(opts["candidate_lr"])):
-            raise ConfigError(f"candidate_lr must be a positive number, got {opts['candidate_lr']}")
         within = _within(opts["within"])
         modes = eval_modes(ctx.model)
         try:
@@ -182,7 +206,7 @@ class RandomChannel(Method):
         finally:
             restore_modes(modes)
 
-    def _score(self, ctx: Context, opts: dict[str, Any], cand: Candidate) -> Candidate:
+    def _score(self, ctx: Context, opts: RandomChannelOptions, cand: Candidate) -> Candidate:
         """Apply ``cand`` to a copy of the model, fine-tune it briefly, measure it."""
         model = copy.deepcopy(ctx.model).eval()
         graph = build(model, ctx.example_input)
@@ -190,7 +214,7 @@ class RandomChannel(Method):
         cand.flops_reduction = report.flops_reduction
         cand.params_reduction = report.params_reduction
         batches = batch_stream(ctx.train_set, ctx.batch_size, ctx.seed)
-        sgd_steps(model, batches, opts["candidate_steps"], opts["candidate_lr"])
+        sgd_steps(model, batches, opts.candidate_steps, opts.lr)
         cand.score = accuracy(model, ctx.val_set, opts["val_batches"], ctx.batch_size)
         return cand
 

@@ -28,10 +28,11 @@ default 0 leaves the criterion as is.
 
 Cost, and the defaults. The paper removes one feature map per iteration with 10 updates between
 (``maps_per_step=1``): a run costs one iteration per removed channel. On ResNet-20 / digits at
-50% FLOPs that is about 250 iterations, i.e. ~2,500 SGD updates and 250 rescorings, tens of
-minutes on one CPU core (see ``benchmarks/results/method_walltime.md``). By default
+50% FLOPs that is about 210 iterations, i.e. ~2,100 SGD updates and 210 rescorings: about an
+hour at the ~18 s per iteration measured on a shared CPU core (one thread; the defaults' run is
+in ``benchmarks/results/method_walltime.md``). By default
 (``maps_per_step=None``) each iteration removes about ``1/iterations`` of the channels a
-one-shot global selection at the target would remove, so a run has about ``iterations`` (20)
+one-shot global selection at the target would remove, so a run has about ``iterations`` (10)
 iterations whatever the model. Each iteration is cheap: the channel graph is updated in place by
 the removal (no re-tracing), and the scores come from the fine-tuning updates already run.
 
@@ -86,12 +87,12 @@ class TaylorOptions(Options):
         None,
         help="channels removed per iteration (None: about 1/iterations of the channels a "
         "one-shot selection at the target removes). 1 is the paper's setting: one iteration "
-        "per removed channel, ~250 on ResNet-20 / digits at 50% FLOPs, tens of minutes on a CPU",
+        "per removed channel, ~210 on ResNet-20 / digits at 50% FLOPs: about an hour at the ~18 s per iteration measured on a shared CPU core",
         source="paper (pruning procedure): one feature map per iteration; None: prunekit",
         low=1,
     )
     iterations: int = option(
-        20,
+        10,
         help="iterations when maps_per_step is None",
         source="prunekit: a few minutes on the zoo models on one CPU core",
         low=1,
@@ -190,7 +191,7 @@ def scores_from_updates(
 class TaylorPruning(Method):
     """Iterative Taylor pruning (Molchanov et al., ICLR 2017): score every channel with the
     normalised first-order Taylor criterion, remove the lowest globally (``maps_per_step``, by
-    default about 1/20 of what the target needs), fine-tune ``finetune_steps`` SGD updates
+    default about 1/10 of what the target needs), fine-tune ``finetune_steps`` SGD updates
     (which also give the next scores), repeat until the original model's FLOPs or params target
     is met (the last step meets it within 1%). Optional FLOPs regulariser ``flops_lambda``.
 
