@@ -167,25 +167,30 @@ def retrain(
 
 class Retraining(Method):
     """A method that trains inside :meth:`prune`. ``callbacks`` (``cb(event, state)``, as
-    :func:`prunekit.train.fit` takes them) are passed to every training run it does."""
+    :func:`prunekit.train.fit` takes them) are passed to every training run it does.
+
+    Each training run is a phase of :meth:`Context.train`, named ``phase1``, ``phase2``, ... in
+    the order the method runs them: with a run folder, a restarted run restores the phases it
+    finished and resumes the one it was in."""
 
     def __init__(self) -> None:
         self.callbacks: list[Callback] = []
+        self.phases = 0
 
     def _train(
         self, ctx: Context, opts: Mapping[str, Any], *, epochs: int, lr: float, schedule: str, **kw
     ) -> TrainResult:
-        return train_with_masks(
+        self.phases += 1
+        return ctx.train(
             ctx.model,
-            ctx.train_set,
-            epochs=epochs,
-            lr=lr,
-            schedule=schedule,
-            batch_size=ctx.batch_size,
-            seed=kw.pop("seed", ctx.seed),
+            epochs,
+            lr,
+            name=f"phase{self.phases}",
+            callbacks=[*self.callbacks, *kw.pop("callbacks", ())],
             momentum=opts["momentum"],
             weight_decay=opts["weight_decay"],
-            callbacks=[*self.callbacks, *kw.pop("callbacks", ())],
+            schedule=schedule,
+            seed=kw.pop("seed", ctx.seed),
             progress=bool(opts["progress"]),
         )
 
