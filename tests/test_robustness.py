@@ -97,6 +97,24 @@ def test_a_folder_of_unknown_origin_is_not_reused(tmp_path):
         workflow.run_pruning(workflow.PruneConfig(**TINY), out=out, progress=False, latency=False)
 
 
+def test_an_option_added_since_the_folder_was_written_matches_its_default(tmp_path):
+    out = tmp_path / "D"
+    config = workflow.PruneConfig(**TINY)
+    settings = config.settings()
+    del settings["run"]["scope"]  # as if written before the option existed
+    out.mkdir()
+    record = {"settings": {"kind": "prune", **settings}, "attempts": 1}
+    (out / "run.json").write_text(json.dumps(record))
+    (out / "checkpoint.pt").write_bytes(b"")
+    defaults = workflow.PruneConfig().settings()
+    claim = workflow.claim_run_folder
+    assert claim(out, "prune", config.settings(), defaults=defaults) == 2  # a resume
+    (out / "run.json").write_text(json.dumps(record))
+    changed = workflow.PruneConfig(**TINY, scope="global").settings()
+    with pytest.raises(ConfigError, match=r"run\.scope: None there, 'global' now"):
+        claim(out, "prune", changed, defaults=defaults)
+
+
 def test_train_folder_refuses_other_data_or_size(tmp_path, capsys):
     out = tmp_path / "T"
     base = ["train", "--model", "lenet5", "--epochs", "1", "--out", str(out), "--no-progress"]

@@ -245,13 +245,22 @@ def _absolute(root: str | None) -> str | None:
     return None if root is None else str(Path(root).expanduser().resolve())
 
 
-def _differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
-    """``key: X there, Y now`` for every leaf where two JSON-like records differ."""
+_ABSENT = object()
+
+
+def _differences(saved: Any, now: Any, defaults: Any = None, prefix: str = "") -> list[str]:
+    """``key: X there, Y now`` for every leaf where two JSON-like records differ. A key the saved
+    record lacks (written before the option existed) matches when it now has its default."""
     if isinstance(saved, dict) and isinstance(now, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
         out = []
         for key in sorted(set(saved) | set(now), key=str):
             name = f"{prefix}.{key}" if prefix else str(key)
-            out += _differences(saved.get(key), now.get(key), name)
+            old, new = saved.get(key, _ABSENT), now.get(key)
+            if old is _ABSENT and key in defaults and new == defaults[key]:
+                continue
+            old = None if old is _ABSENT else old
+            out += _differences(old, new, defaults.get(key), name)
         return out
     return [] if saved == now else [f"{prefix or 'run'}: {saved!r} there, {now!r} now"]
 
@@ -263,6 +272,7 @@ def claim_run_folder(
     *,
     overwrite: bool = False,
     device: str = "auto",
+    defaults: dict[str, Any] | None = None,
 ) -> int:
     """Make ``out_dir`` the folder of the run ``settings`` describe; returns this attempt's
     number (1 for a fresh run, 2 for its first resume ...).
@@ -271,9 +281,11 @@ def claim_run_folder(
     without a record, is refused with an error naming what differs, unless ``overwrite``: then
     the previous run's files are removed first. Orphan temporary files of a killed write are
     removed. Rank 0 alone reads and writes; under torchrun the other ranks wait for it, so none
-    resumes from a file it is about to delete.
+    resumes from a file it is about to delete. ``defaults``: the settings of a run with every
+    option at its default (an option added since the folder was written matches its default).
     """
     settings = json.loads(json.dumps({"kind": kind, **settings}, default=str))
+    defaults = json.loads(json.dumps({"kind": kind, **(defaults or {})}, default=str))
     attempts = 1
     if rank() == 0 and int(os.environ.get("RANK", "0")) == 0:
         remove_orphan_temps(out_dir)
@@ -291,7 +303,7 @@ def claim_run_folder(
                     f"that wrote them ({RUN_RECORD}); give another --out, or --overwrite to "
                     "replace them"
                 )
-            diffs = _differences(record.get("settings"), settings)
+            diffs = _differences(record.get("settings"), settings, defaults)
             if diffs:
                 shown = "; ".join(diffs[:4]) + (
                     f"; {len(diffs) - 4} more" if len(diffs) > 4 else ""
@@ -350,7 +362,12 @@ def train_model(
     job.validate()
     out_dir = Path(out) if out is not None else Path("runs") / job.run_name(config)
     attempts = claim_run_folder(
-        out_dir, "train", job.settings(config), overwrite=overwrite, device=config.device
+        out_dir,
+        "train",
+        job.settings(config),
+        overwrite=overwrite,
+        device=config.device,
+        defaults=TrainJob().settings(TrainConfig()),
     )
     run = train_and_test(job, config, checkpoint=out_dir / "checkpoint.pt", progress=progress)
     setup = run.setup
@@ -762,7 +779,13 @@ def run_pruning(
     out_dir = Path(out) if out is not None else None
     attempts = 1
     if out_dir is not None:
-        attempts = claim_run_folder(out_dir, "prune", config.settings(), overwrite=overwrite)
+        attempts = claim_run_folder(
+            out_dir,
+            "prune",
+            config.settings(),
+            overwrite=overwrite,
+            defaults=PruneConfig().settings(),
+        )
     job, train_cfg = baseline_config(config)
     finetune_cfg = finetune_config(config)
     if baseline is None:
