@@ -11,9 +11,11 @@ channels, which carry the unit on both sides). Each such input is a :class:`Tap`
 by no layer (its channels only reach functional ops) is measured at the outputs of the layers
 that produce it instead.
 
-:func:`collect` runs calibration batches through the model in eval mode with a hook on every
-tap, takes each unit's map out of the tapped tensor (its channel, or the several positions a
-flatten gives it before a Linear) and sums one statistic per sample and unit. With a loss it
+:class:`Recorder` holds the hooks (a method whose own training already runs forward and backward
+passes records the statistic during them, at no extra cost); :func:`collect` runs calibration
+batches through the model in eval mode with a recorder on every tap. Each hook takes each
+unit's map out of the tapped tensor (its channel, or the several positions a flatten gives it
+before a Linear) and sums one statistic per sample and unit. With a loss it
 also runs a backward pass and hands the statistic the loss gradient with respect to the tapped
 tensor (the total over everything that reads it). A tensor read by several layers in one pass
 (a residual stream read by the next block's conv and by its shortcut) counts once. Sums and
