@@ -146,3 +146,14 @@ def test_l1_filter_skips_the_layer_its_sensitivity_analysis_finds_fragile() -> N
     # b's tiny filters go first, and b alone meets the target
     assert len(report.removed["b"]) == 6 and set(report.removed["b"]) <= set(range(10, 20))
     assert abs(report.flops_reduction - target) <= 0.01
+
+
+def test_l1_filter_raises_max_drop_when_the_robust_layers_cannot_meet_the_target() -> None:
+    model = Fragile().eval()
+    data = fragile_data()
+    graph = build(model, data.tensors[0][:1])
+    b_alone = 1 - graph.plan(graph.group("b").units[1:]).flops / graph.plan([]).flops
+    method = prunekit.methods.get("l1_filter")
+    report = method.prune(context(model, data, {"target_flops": b_alone + 0.05}))
+    assert method.max_drop_used > 2.0 and method.tolerances["a"] > 0
+    assert report.removed["a"] and abs(report.flops_reduction - (b_alone + 0.05)) <= 0.01
