@@ -13,10 +13,9 @@ Common ground
   ``(s * all - zeros already outside them) / their size`` so that the overall figure is ``s``
   (``nm_sparsity`` excepted: its pattern fixes every layer's sparsity).
 * **Training with masks.** Several methods train between or while pruning; they all go through
-  one routine (:func:`train_with_masks`: :func:`prunekit.train.fit`, SGD with momentum 0.9,
+  one routine (:meth:`prunekit.methods.Context.train`: :func:`prunekit.train.fit`, SGD with momentum 0.9,
   weight decay 5e-4, cosine learning rate, the run's batch size and seed). Attached masks keep
   pruned weights at exactly zero throughout.
-  The routine lives in :mod:`prunekit.methods.retraining`.
 """
 
 from __future__ import annotations

@@ -3,20 +3,18 @@
 * :func:`batch_stream` (endless seeded minibatches), :func:`sgd_steps` (a few minibatch SGD
   updates) and :func:`accuracy` (top-1 on a data set, optionally on its first batches): the short
   loops of search and iterative methods (random channel pruning, L1-filter, Taylor).
-* :func:`train_with_masks`: :func:`prunekit.train.fit` with the masks on the model attached, so
-  pruned weights stay exactly zero; :func:`retrain` is the same with the run's batch size and seed
-  and the fine-grained methods' settings (SGD, momentum 0.9, weight decay 5e-4, cosine schedule).
-* :class:`Retraining`: the base of methods that train inside :meth:`~Method.prune`, passing
-  their ``callbacks`` to every training run.
+* :class:`Retraining`: the base of methods that train inside :meth:`~Method.prune` in several
+  phases (lottery-ticket rounds, ADMM iterations, budgeted cycles), each one a named phase of
+  :meth:`prunekit.methods.Context.train` (the one way a method trains: :func:`prunekit.train.fit`
+  with the masks attached, checkpointed in the run folder).
 * :func:`snapshot` / :func:`restore`: copies of a model's tensors keyed as in the unmasked model,
   and writing them back in place under the masks (lottery-ticket resets).
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -25,9 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from prunekit import masks
-from prunekit.errors import ConfigError, DataError
+from prunekit.errors import DataError
 from prunekit.methods.base import Context, Method
-from prunekit.train import Callback, TrainConfig, TrainResult, evaluate, fit
+from prunekit.train import Callback, TrainResult, evaluate
 from prunekit.train import distributed as dist_
 
 
@@ -95,74 +93,6 @@ def accuracy(model: nn.Module, dataset: Dataset[Any], batches: int, batch_size: 
         n = min(len(dataset), batches * batch_size)  # type: ignore[arg-type]
         dataset = Subset(dataset, range(n))
     return float(evaluate(model, dataset, batch_size=batch_size)["top1"])
-
-
-def train_with_masks(
-    model: nn.Module,
-    train_set: Any,
-    *,
-    epochs: int,
-    lr: float,
-    schedule: str,
-    batch_size: int,
-    seed: int,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    callbacks: Sequence[Callback] = (),
-    progress: bool = False,
-) -> TrainResult:
-    """Train ``model`` in place for ``epochs`` with SGD and the learning-rate ``schedule`` of
-    :mod:`prunekit.train.schedules` (``"linear"``: step ``t`` of ``T`` uses ``lr * (1 - t / T)``).
-
-    The masks on the model stay attached: the parametrizations recompute ``w * m`` on every
-    forward, so pruned weights get zero gradient and stay exactly zero. The model goes back to the
-    device it came from.
-    """
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        seed=seed,
-    )
-    device = model_device(model)
-    try:
-        return fit(model, train_set, config, progress=progress, callbacks=list(callbacks))
-    finally:
-        model.to(device)
-
-
-def retrain(
-    model: nn.Module,
-    ctx: Context,
-    epochs: int,
-    lr: float,
-    *,
-    callbacks: Sequence[Callback] = (),
-    progress: bool = False,
-) -> None:
-    """Train ``model`` in place on ``ctx.train_set`` for ``epochs`` with whatever masks it
-    carries (SGD, momentum 0.9, weight decay 5e-4, cosine schedule, the run's batch size and
-    seed), then put it back on its device. ``epochs == 0`` does nothing."""
-    if epochs < 0:
-        raise ConfigError(f"training epochs must be >= 0, got {epochs}")
-    if epochs == 0:
-        return
-    if not lr > 0 or not math.isfinite(lr):
-        raise ConfigError(f"learning rate must be a finite number > 0, got {lr!r}")
-    train_with_masks(
-        model,
-        ctx.train_set,
-        epochs=epochs,
-        lr=lr,
-        schedule="cosine",
-        batch_size=ctx.batch_size,
-        seed=ctx.seed,
-        callbacks=callbacks,
-        progress=progress,
-    )
 
 
 class Retraining(Method):
@@ -238,9 +168,7 @@ __all__ = [
     "batch_stream",
     "model_device",
     "restore",
-    "retrain",
     "sgd_steps",
     "snapshot",
-    "train_with_masks",
     "val_top1",
 ]
