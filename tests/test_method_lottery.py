@@ -277,7 +277,7 @@ def test_budgeted_end_to_end() -> None:
     assert abs(report.sparsity - 0.6) <= 0.01
     assert masks.get_masks(ctx.model)  # attached for the runner's fine-tuning
     assert ctx.model(torch.randn(2, 3, 8, 8)).shape == (2, 3)
-    with pytest.raises(ConfigError, match="budget_epochs"):
+    with pytest.raises(ConfigError, match="'epochs'"):
         methods.get("budgeted").prune(_ctx(_conv(), _images(), 0.6, budget_epochs=0))
 
 
@@ -338,5 +338,5 @@ def test_bimp_end_to_end() -> None:
     )
     assert all(0.1 / 200 <= h["lr0"] <= 0.1 for h in method.history)
     assert ctx.model(torch.randn(2, 3, 8, 8)).shape == (2, 3)
-    with pytest.raises(ConfigError, match="budget_epochs"):
+    with pytest.raises(ConfigError, match="'epochs' of bimp must be >= cycles"):
         methods.get("bimp").prune(_ctx(_conv(), _images(), 0.7, cycles=3, budget_epochs=2))

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch.utils.hooks import RemovableHandle
 
 from prunekit import masks
-from prunekit.errors import ConfigError
 from prunekit.masks.granularity import keep_top, prune_count
 from prunekit.masks.scope import global_keep
 from prunekit.methods.base import Context, SparsityReport, count_nonzero, register_method
@@ -31,6 +31,7 @@ from prunekit.methods.fine_grained import (
     target_sparsity,
     targets,
 )
+from prunekit.methods.options import SHARED, Options, option
 from prunekit.methods.retraining import Retraining
 
 
@@ -79,6 +80,61 @@ def admm_penalty_hooks(
     return [w.register_hook(hook_for(n, w)) for n, w in params.items()]
 
 
+@dataclass(frozen=True)
+class ADMMOptions(Options):
+    renamed: ClassVar[dict[str, str]] = {"admm_epochs_per_iter": "epochs"}
+
+    admm_iterations: int = option(
+        5,
+        help="ADMM iterations (W-step, Z-step, U-step)",
+        source="prunekit (the paper runs tens of epochs of ADMM training)",
+        low=1,
+    )
+    epochs: int = option(
+        1,
+        help="epochs of SGD in each W-step",
+        source="prunekit (a budget near the other methods')",
+        low=1,
+    )
+    rho: float = option(
+        1e-3,
+        help="penalty weight of ||W - Z + U||^2 at the first iteration",
+        source="paper Sec. 4: rho between 1e-3 and 1e-2",
+        low=0,
+        low_open=True,
+    )
+    rho_growth: float = option(
+        2.0,
+        help="rho is multiplied by this after each iteration",
+        source="prunekit (the paper raises rho over the iterations)",
+        low=1,
+    )
+    scope: str = option(
+        "layer",
+        help=SHARED["scope"],
+        source="paper Sec. 3: a sparsity k_i per layer",
+        choices=SCOPES,
+    )
+    lr: float = option(
+        0.01,
+        help=SHARED["lr"],
+        source="prunekit (a trained model is retrained at a tenth of a usual peak rate)",
+        low=0,
+        low_open=True,
+    )
+    momentum: float = option(
+        0.9, help=SHARED["momentum"], source="prunekit (the usual SGD setting)", low=0, high=1
+    )
+    weight_decay: float = option(
+        5e-4, help=SHARED["weight_decay"], source="prunekit (the usual CIFAR setting)", low=0
+    )
+    schedule: str = option(
+        "constant",
+        help=SHARED["schedule"],
+        source="prunekit (every W-step at the same rate, so the penalty alone pulls W to Z)",
+    )
+
+
 @register_method("admm")
 class ADMMPruning(Retraining):
     """ADMM weight pruning (Zhang et al., ECCV 2018).
@@ -105,23 +161,13 @@ class ADMMPruning(Retraining):
     pulled ever closer to ``Z``; this doubling is this implementation's choice); W-steps use SGD,
     ``lr`` 0.01, momentum 0.9, weight decay 5e-4, constant learning rate (``schedule``).
 
-    Deviations: ``admm_iterations`` 5 x ``admm_epochs_per_iter`` 1 epoch is far shorter than the
+    Deviations: ``admm_iterations`` 5 x ``epochs`` 1 epoch is far shorter than the
     paper's tens of epochs of ADMM training; each W-step's data order is seeded with
     ``ctx.seed + iteration``; protected layers stay dense (the others are pruned a little
     further so the overall target holds).
     """
 
-    defaults: ClassVar[dict[str, Any]] = {
-        "admm_iterations": 5,
-        "admm_epochs_per_iter": 1,
-        "rho": 1e-3,
-        "rho_growth": 2.0,
-        "scope": "layer",
-        "lr": 0.01,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "schedule": "constant",
-    }
+    Options = ADMMOptions
 
     def __init__(self) -> None:
         super().__init__()
@@ -130,14 +176,6 @@ class ADMMPruning(Retraining):
     def prune(self, ctx: Context) -> SparsityReport:
         opts = self.options(ctx)
         target = target_sparsity(ctx, self.id)
-        check_choice("scope", opts["scope"], SCOPES)
-        for name in ("admm_iterations", "admm_epochs_per_iter"):
-            if opts[name] < 1:
-                raise ConfigError(f"option {name!r} must be >= 1, got {opts[name]}")
-        if not (opts["rho"] > 0 and math.isfinite(opts["rho"])):
-            raise ConfigError(f"option 'rho' must be a finite number > 0, got {opts['rho']!r}")
-        if not (opts["rho_growth"] >= 1 and math.isfinite(opts["rho_growth"])):
-            raise ConfigError(f"option 'rho_growth' must be >= 1, got {opts['rho_growth']!r}")
         model = ctx.model
         nonzero_before = count_nonzero(model)
         sparsity = covered_sparsity(model, target)
@@ -154,7 +192,7 @@ class ADMMPruning(Retraining):
                 self._train(
                     ctx,
                     opts,
-                    epochs=opts["admm_epochs_per_iter"],
+                    epochs=opts["epochs"],
                     lr=opts["lr"],
                     schedule=opts["schedule"],
                     seed=ctx.seed + it,

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -23,12 +24,12 @@ from prunekit.errors import ConfigError
 from prunekit.methods.base import Context, SparsityReport, count_nonzero, register_method
 from prunekit.methods.fine_grained import (
     SCOPES,
-    check_choice,
     covered_sparsity,
     magnitude_prune,
     target_sparsity,
     targets,
 )
+from prunekit.methods.options import SHARED, Options, option
 from prunekit.methods.retraining import Retraining
 
 
@@ -64,11 +65,54 @@ def _effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: m.weight.detach().clone() for n, m in targets(model, "").items()}
 
 
+@dataclass(frozen=True)
+class BIMPOptions(Options):
+    renamed: ClassVar[dict[str, str]] = {"budget_epochs": "epochs"}
+
+    cycles: int = option(
+        3,
+        help="prune-retrain cycles inside the budget",
+        source="prunekit (a few cycles fit the short budget)",
+        low=1,
+    )
+    epochs: int = option(
+        3,
+        help="the whole retraining budget in epochs, split over the cycles",
+        source="prunekit (a budget near the other methods')",
+        low=1,
+    )
+    base_lr: float = option(
+        0.1,
+        help="peak learning rate of the original training (ALLR's upper bound)",
+        source="prunekit (the usual peak rate of CIFAR training; prunekit does not see it)",
+        low=0,
+        low_open=True,
+    )
+    original_epochs: int = option(
+        200,
+        help="length of the original training (ALLR's lower bound is budget / this)",
+        source="prunekit (the usual CIFAR training length; prunekit does not see it)",
+        low=1,
+    )
+    scope: str = option(
+        "global",
+        help=SHARED["scope"],
+        source="paper Sec. 2: global magnitude pruning",
+        choices=SCOPES,
+    )
+    momentum: float = option(
+        0.9, help=SHARED["momentum"], source="prunekit (the usual CIFAR SGD setting)", low=0, high=1
+    )
+    weight_decay: float = option(
+        5e-4, help=SHARED["weight_decay"], source="prunekit (the usual CIFAR SGD setting)", low=0
+    )
+
+
 @register_method("bimp")
 class BudgetedIMP(Retraining):
     """Budgeted IMP with ALLR retraining (Zimmer, Spiegel & Pokutta, ICLR 2023).
 
-    ``cycles`` (J) prune-retrain cycles share one budget of ``budget_epochs`` epochs: cycle ``j``
+    ``cycles`` (J) prune-retrain cycles share one budget of ``epochs`` epochs: cycle ``j``
     masks the smallest-magnitude weights up to the overall sparsity ``1 - (1 - s) ** (j / J)``
     (the IMP geometric schedule, the same fraction of the remaining weights each cycle, the last
     cycle exactly at the target ``s``), then retrains with ALLR: a learning rate decaying linearly
@@ -86,7 +130,7 @@ class BudgetedIMP(Retraining):
     code. ``self.history`` lists, per cycle, ``sparsity``, ``pruned_fraction``,
     ``relative_norm_drop``, ``lr0`` and ``epochs``.
 
-    Defaults: ``cycles`` 3, ``budget_epochs`` 3 (split as evenly as possible, later cycles taking
+    Defaults: ``cycles`` 3, ``epochs`` 3 (split as evenly as possible, later cycles taking
     the remainder), ``base_lr`` 0.1 (the usual peak rate of CIFAR training), ``original_epochs``
     200, momentum 0.9, weight decay 5e-4, ``scope`` ``"global"`` (the paper's global magnitude
     pruning). Deviations: the model arrives trained, so the budget covers only the prune-retrain
@@ -96,15 +140,7 @@ class BudgetedIMP(Retraining):
     are options.
     """
 
-    defaults: ClassVar[dict[str, Any]] = {
-        "cycles": 3,
-        "budget_epochs": 3,
-        "base_lr": 0.1,
-        "original_epochs": 200,
-        "scope": "global",
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-    }
+    Options = BIMPOptions
 
     def __init__(self) -> None:
         super().__init__()
@@ -120,36 +156,25 @@ class BudgetedIMP(Retraining):
     def prune(self, ctx: Context) -> SparsityReport:
         opts = self.options(ctx)
         target = target_sparsity(ctx, self.id)
-        check_choice("scope", opts["scope"], SCOPES)
-        if opts["cycles"] < 1:
-            raise ConfigError(f"option 'cycles' must be >= 1, got {opts['cycles']}")
-        if opts["budget_epochs"] < opts["cycles"]:
+        if opts.epochs < opts.cycles:
             raise ConfigError(
-                f"option 'budget_epochs' must be >= cycles ({opts['cycles']}) so every cycle "
-                f"retrains at least one epoch, got {opts['budget_epochs']}"
-            )
-        if opts["original_epochs"] < 1:
-            raise ConfigError(
-                f"option 'original_epochs' must be >= 1, got {opts['original_epochs']}"
-            )
-        if not (opts["base_lr"] > 0 and math.isfinite(opts["base_lr"])):
-            raise ConfigError(
-                f"option 'base_lr' must be a finite number > 0, got {opts['base_lr']}"
+                f"option 'epochs' of bimp must be >= cycles ({opts.cycles}) so every cycle "
+                f"retrains at least one epoch, got {opts.epochs}"
             )
         model = ctx.model
         nonzero_before = count_nonzero(model)
         covered_sparsity(model, target)  # fail early when the target cannot be met
-        epochs = self.cycle_epochs(opts["budget_epochs"], opts["cycles"])
+        epochs = self.cycle_epochs(opts.epochs, opts.cycles)
         self.history = []
-        for j, (s, e) in enumerate(zip(bimp_schedule(target, opts["cycles"]), epochs, strict=True)):
+        for j, (s, e) in enumerate(zip(bimp_schedule(target, opts.cycles), epochs, strict=True)):
             before = _effective_weights(model)
             kept_before = sum(int(torch.count_nonzero(t)) for t in before.values())
-            magnitude_prune(model, s, opts["scope"])
+            magnitude_prune(model, s, opts.scope)
             after = _effective_weights(model)
             kept_after = sum(int(torch.count_nonzero(t)) for t in after.values())
             fraction = 1.0 - kept_after / kept_before if kept_before else 0.0
             drop = relative_norm_drop(before, after)
-            lr0 = allr_initial_lr(drop, fraction, opts["base_lr"], e / opts["original_epochs"])
+            lr0 = allr_initial_lr(drop, fraction, opts.base_lr, e / opts.original_epochs)
             self._train(ctx, opts, epochs=e, lr=lr0, schedule="linear", seed=ctx.seed + j)
             self.history.append(
                 {

@@ -11,7 +11,7 @@ method's ``skipped`` attribute; the overall sparsity is then below ``1 - n/m``.
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from dataclasses import dataclass
 
 from prunekit import masks
 from prunekit.errors import ConfigError
@@ -20,8 +20,23 @@ from prunekit.methods.fine_grained import (
     target_sparsity,
     targets,
 )
+from prunekit.methods.options import Options, option
 
 log = logging.getLogger(__name__)
+
+
+_AMPERE = "the 2:4 pattern of sparse tensor cores (Mishra et al. 2021, NVIDIA ASP)"
+
+
+@dataclass(frozen=True)
+class NMOptions(Options):
+    n: int = option(2, help="weights kept in every group of m", source=_AMPERE, low=1)
+    m: int = option(
+        4,
+        help="consecutive input weights per group (along the input channels)",
+        source=_AMPERE,
+        low=2,
+    )
 
 
 @register_method("nm_sparsity")
@@ -30,14 +45,14 @@ class NMSparsity(Method):
     weights (options ``n`` 2, ``m`` 4; the target must be ``1 - n/m``); layers whose input size
     is not a multiple of ``m`` stay dense and are listed in ``skipped``."""
 
-    defaults: ClassVar[dict[str, Any]] = {"n": 2, "m": 4}
+    Options = NMOptions
 
     def __init__(self) -> None:
         self.skipped: list[str] = []
 
     def prune(self, ctx: Context) -> SparsityReport:
         opts = self.options(ctx)
-        n, m = opts["n"], opts["m"]
+        n, m = opts.n, opts.m
         if not 1 <= n < m:
             raise ConfigError(f"options n and m must satisfy 1 <= n < m, got n={n}, m={m}")
         s = target_sparsity(ctx, self.id)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -49,12 +49,12 @@ from prunekit.masks.granularity import GRANULARITIES, PatternOptions
 from prunekit.methods.base import Context, Method, SparsityReport, count_nonzero, register_method
 from prunekit.methods.common import eval_modes, restore_modes
 from prunekit.methods.fine_grained import (
-    check_positive_int,
     share_of_targets,
     stored_weight,
     target_sparsity,
     targets,
 )
+from prunekit.methods.options import Options, option
 from prunekit.methods.retraining import model_device
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,16 @@ def rearrangeable(model: nn.Module, example_input: torch.Tensor, names: Iterable
     return {n for n in names if n.rsplit(".", 1)[0] in alone}
 
 
+@dataclass(frozen=True)
+class OneByNOptions(Options):
+    block: int = option(
+        16,
+        help="N: output channels per block sharing one kernel pattern",
+        source="official utils/options.py (--N, default 16)",
+        low=1,
+    )
+
+
 @register_method("one_by_n")
 class OneByN(Method):
     """Lin et al. (TPAMI 2022): 1xN block pruning. Stem and depthwise convs stay dense, every
@@ -118,7 +128,7 @@ class OneByN(Method):
     one kernel pattern per input channel; blocks follow the L1 order of the filters where no
     residual add ties the outputs. See the module docstring."""
 
-    defaults: ClassVar[dict[str, Any]] = {"block": 16}
+    Options = OneByNOptions
 
     def __init__(self) -> None:
         self.dense: list[str] = []
@@ -126,7 +136,6 @@ class OneByN(Method):
 
     def prune(self, ctx: Context) -> SparsityReport:
         opts = self.options(ctx)
-        check_positive_int("block", opts["block"])
         s = target_sparsity(ctx, self.id)
         model = ctx.model
         before = count_nonzero(model)
@@ -144,7 +153,7 @@ class OneByN(Method):
         make = GRANULARITIES.get("1xn")
         new = {}
         for name, module in pruned.items():
-            pattern = PatternOptions(block=opts["block"], rearrange=name in ordered)
+            pattern = PatternOptions(block=opts.block, rearrange=name in ordered)
             scores = stored_weight(module).detach().abs()
             keep, meta = make(scores, share, name, pattern)
             new[name] = masks.Mask(keep, meta=meta)
