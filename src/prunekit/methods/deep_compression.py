@@ -53,6 +53,7 @@ Deviations a reader should know:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -69,6 +70,7 @@ from prunekit.methods.base import (
     register_method,
 )
 from prunekit.methods.fine_grained import covered_sparsity
+from prunekit.methods.options import Options, option
 from prunekit.train import TrainConfig, fit
 
 PRUNING = ("std", "global")
@@ -103,6 +105,72 @@ def _train(
         model.to(device)  # fit may have moved it to the accelerator
 
 
+@dataclass(frozen=True)
+class DeepCompressionOptions(Options):
+    pruning: str = option(
+        "std",
+        help="std: one q over |w| / std(layer), per-layer thresholds q * std (Han et al. 2015); "
+        "global: one threshold over raw |w|",
+        source="paper: network pruning as Han et al. NIPS 2015 (quality x std per layer)",
+        choices=PRUNING,
+    )
+    prune_iterations: int = option(
+        1,
+        help="prune-retrain steps ramping the sparsity linearly to the target",
+        source="prunekit (the paper iterates prune-retrain; one step keeps the budget short)",
+        low=1,
+    )
+    prune_epochs: int = option(
+        1,
+        help="retraining epochs after each pruning step",
+        source="prunekit (the paper retrains as long as the original training)",
+        low=0,
+    )
+    prune_lr: float = option(
+        0.01,
+        help="retraining learning rate",
+        source="prunekit (Han et al. 2015: 1/10 to 1/100 of the original rate)",
+        low=0,
+        low_open=True,
+    )
+    prune_weight_decay: float = option(
+        5e-4, help="retraining weight decay", source="prunekit (the usual CIFAR setting)", low=0
+    )
+    bits_conv: int = option(
+        8,
+        help="bits per shared weight index in conv layers (2**bits clusters)",
+        source="paper, AlexNet / VGG-16 results: 8 bits for conv layers",
+        low=1,
+        high=16,
+    )
+    bits_fc: int = option(
+        5,
+        help="bits per shared weight index in Linear layers",
+        source="paper, AlexNet / VGG-16 results: 5 bits for fully connected layers",
+        low=1,
+        high=16,
+    )
+    quant_epochs: int = option(
+        1,
+        help="epochs of centroid fine-tuning",
+        source="prunekit (the paper gives no separate figure)",
+        low=0,
+    )
+    quant_lr: float = option(
+        0.001,
+        help="centroid fine-tuning learning rate",
+        source="prunekit (the paper gives no separate figure)",
+        low=0,
+        low_open=True,
+    )
+    quant_weight_decay: float = option(
+        0.0,
+        help="weight decay on the centroids",
+        source="prunekit (none: decay would pull shared values toward 0)",
+        low=0,
+    )
+
+
 @register_method("deep_compression")
 class DeepCompression(Method):
     """Deep Compression's pruning and trained quantisation (Han, Mao and Dally, ICLR 2016).
@@ -114,18 +182,7 @@ class DeepCompression(Method):
     the module docstring for the options, defaults and deviations.
     """
 
-    defaults: ClassVar[dict[str, Any]] = {
-        "pruning": "std",
-        "prune_iterations": 1,
-        "prune_epochs": 1,
-        "prune_lr": 0.01,
-        "prune_weight_decay": 5e-4,
-        "bits_conv": 8,
-        "bits_fc": 5,
-        "quant_epochs": 1,
-        "quant_lr": 0.001,
-        "quant_weight_decay": 0.0,
-    }
+    Options = DeepCompressionOptions
     result_file: ClassVar[str] = "model.deepc"  # the paper's result is this file (stage 3)
 
     def write_result(self, model: nn.Module, path: Any, options: dict[str, Any]) -> None:
