@@ -935,10 +935,29 @@ class ChannelShuffle(Net):
         return self.head(self.conv2(x))
 
 
-def test_channel_shuffle_is_pinned() -> None:
+def test_channel_shuffle_prunes_in_shuffle_consistent_units() -> None:
     graph = check_equivalence(ChannelShuffle(), (torch.randn(2, 3, 8, 8),))
-    assert not out_prunable(graph, "conv1.0")
-    assert out_prunable(graph, "conv2.0")
+    assert out_prunable(graph, "conv1.0") and out_prunable(graph, "conv2.0")
+    # one unit is one column of the (2, 4) grid: channels j and 4 + j go together
+    group = graph.group("conv1.0")
+    assert group.size == 4 and [m.per_unit for m in group.members if m.layer == "conv1.0"] == [2]
+
+
+class LiteralShuffle(ChannelShuffle):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        n, _, h, w = x.shape
+        x = x.view(n, 2, 4, h, w).transpose(1, 2).reshape(n, 8, h, w)
+        return self.head(self.conv2(x))
+
+
+def test_channel_shuffle_with_sizes_written_as_numbers_is_pinned_with_reason() -> None:
+    graph = check_equivalence(LiteralShuffle(), (torch.randn(2, 3, 8, 8),))
+    assert not out_prunable(graph, "conv1.0") and out_prunable(graph, "conv2.0")
+    assert any(
+        "shuffle whose group sizes are written as numbers" in r
+        for r in out_reasons(graph, "conv1.0")
+    )
 
 
 def test_protected_classifier_and_ignored_layer_keep_their_outputs() -> None:
@@ -1055,11 +1074,17 @@ class WithGate(Net):
         return self.head(self.conv2(self.block(self.conv1(x))))
 
 
-def test_untraceable_module_is_named_then_ignored() -> None:
+def test_value_dependent_module_is_kept_whole_and_named() -> None:
     model = WithGate()
-    with pytest.raises(UnsupportedError, match=r"'block\.1' \(Gate\) could not be traced") as err:
-        pg.build(model, torch.randn(1, 3, 8, 8))
-    assert "register a handler" in str(err.value) and "ignore=" in str(err.value)
+    # control flow on tensor values: that submodule alone is kept whole, with the reason
+    graph = pg.build(model, torch.randn(1, 3, 8, 8))
+    assert set(graph.opaque) == {"block.1"} and "tensor data" in graph.opaque["block.1"]
+    assert any(
+        "block.1 kept whole" in p.reason for p in pg.explain(model, torch.randn(1, 3, 8, 8)).pinned
+    )
+    graph = check_equivalence(model, (torch.randn(2, 3, 8, 8),))
+    assert not out_prunable(graph, "block.0.0")
+    assert out_prunable(graph, "conv1.0") and out_prunable(graph, "conv2.0")
     graph = check_equivalence(model, (torch.randn(2, 3, 8, 8),), ignore=["block.1"])
     # channels into and out of the opaque module stay; the rest is prunable
     assert not out_prunable(graph, "block.0.0")

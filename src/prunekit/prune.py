@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from torch import nn
 from prunekit import criteria
 from prunekit.errors import ConfigError
 from prunekit.graph import Graph, Group, Plan, build
+from prunekit.graph.explain import PinnedSet, pinned_sets
 from prunekit.measure._inputs import Inputs
 
 TOLERANCE = 0.01  # a FLOPs or params target is met within 1% of the dense figure
@@ -41,6 +43,7 @@ class PruneReport:
     flops_after: int
     groups: list[GroupChange] = field(default_factory=list)
     removed: dict[str, list[int]] = field(default_factory=dict)
+    pinned: list[PinnedSet] = field(default_factory=list)  # channels that had to stay, and why
 
     @property
     def flops_reduction(self) -> float:
@@ -185,7 +188,39 @@ def prune_channels(
         importance=importance,
         round_to=round_to,
     )
-    return remove_selected(graph, picks, dense)
+    report = remove_selected(graph, picks, dense)
+    _warn_if_short(report, ratio, target_flops, target_params)
+    return report
+
+
+_EXPECTED = ("model input", "model output", "protected layer", "ignored layer")
+
+
+def _warn_if_short(
+    report: PruneReport, ratio: float | None, flops: float | None, params: float | None
+) -> None:
+    """Say which channels were pinned, and why, when less was removed than asked."""
+    removed = sum(len(v) for v in report.removed.values())
+    prunable = sum(g.before for g in report.groups)
+    # the model's inputs and outputs and its protected layers are meant to stay
+    notable = [p for p in report.pinned if not p.reason.startswith(_EXPECTED)]
+    pinned = sum(p.units for p in notable)
+    if ratio is not None:
+        asked = math.floor(ratio * (prunable + pinned) + 1e-9)
+        short = removed < asked
+        what = f"removed {removed} of the {asked} channels asked ({ratio:g} of {prunable + pinned})"
+    else:
+        short = removed == 0 and bool(flops or params)
+        what = "removed nothing"
+    if not short or not notable:
+        return
+    reasons = "; ".join(f"{p.units} units: {p.reason}" for p in notable[:5])
+    more = f" (and {len(notable) - 5} more reasons)" if len(notable) > 5 else ""
+    warnings.warn(
+        f"prune_channels {what}: {pinned} channel units are pinned: {reasons}{more}; "
+        "see prunekit.graph.explain(model, inputs) for the full list",
+        stacklevel=3,
+    )
 
 
 def remove_selected(graph: Graph, picks: dict[str, list[int]], dense: Plan) -> PruneReport:
@@ -198,6 +233,7 @@ def remove_selected(graph: Graph, picks: dict[str, list[int]], dense: Plan) -> P
     """
     roots = selection_roots(graph, picks)
     planned = graph.plan(roots)
+    pinned = pinned_sets(graph)
     before = {g.name: g.size for g in graph.groups}
     if roots:
         graph.remove(roots)
@@ -209,6 +245,7 @@ def remove_selected(graph: Graph, picks: dict[str, list[int]], dense: Plan) -> P
         flops_after=planned.flops,
         groups=[GroupChange(n, before[n], after.get(n, 0)) for n in before],
         removed=picks,
+        pinned=pinned,
     )
 
 

@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_leaves
 from prunekit.graph import Graph, build
 from prunekit.graph.core import Site
 from prunekit.graph.handlers import PassThroughHandler
-from prunekit.graph.trace import SHAPE, record_shapes, trace
+from prunekit.graph.trace import SHAPE, trace
 from prunekit.measure import count_flops, count_params
 from prunekit.measure._inputs import Inputs, as_args, inference
 
@@ -349,8 +349,7 @@ def fold_batchnorm(model: nn.Module, example_inputs: Inputs) -> list[tuple[str, 
     Returns the ``(layer, batchnorm)`` names folded.
     """
     args = as_args(example_inputs)
-    traced = trace(model)
-    record_shapes(model, traced.graph, args)
+    traced = trace(model, inputs=args)
     modules = dict(model.named_modules())
     calls: dict[str, int] = {}
     for node in traced.graph.nodes:

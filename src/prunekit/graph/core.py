@@ -20,16 +20,12 @@ import torch.fx as fx
 from torch import nn
 
 from prunekit.errors import ConfigError, UnsupportedError
-from prunekit.graph import ops
+from prunekit.graph import functional, ops
 from prunekit.graph.flow import Flow, Labels
+from prunekit.graph.functional import FUNCTIONAL_LAYERS, ParamFlow
 from prunekit.graph.handlers import Call, Handler, handler_for
-from prunekit.graph.trace import SCOPE, SHAPE, record_shapes, trace
+from prunekit.graph.trace import FLOPS, SCOPE, SHAPE, trace
 from prunekit.measure._inputs import Inputs, as_args
-
-HOW_TO = (
-    "register a handler (prunekit.graph.register_handler / register_op) or leave the layer out "
-    "with ignore=[...]"
-)
 
 
 @dataclass
@@ -108,8 +104,7 @@ class Group:
     def exact(self) -> bool:
         """False if a member normalises across the channels (LayerNorm): removing zeroed
         channels then changes its statistics, so outputs are not preserved exactly."""
-        names = {m.layer for m in self.members}
-        return all(self.graph.sites[n].exact for n in names if n in self.graph.sites)
+        return not np.isin(self.units, self.graph.inexact_roots()).any()
 
     def _roots(self, indices: Iterable[int]) -> list[int]:
         idx = sorted({int(i) for i in indices})
@@ -159,6 +154,10 @@ class Graph:
         self.param_sites: list[ParamSite] = []
         self.groups: list[Group] = []
         self.opaque: dict[str, str] = {}
+        self.inexact: list[np.ndarray] = []  # labels whose removal changes outputs (LayerNorm)
+        # layers applied along another dim than the channels (token-mixing Linear): not pruned,
+        # but their FLOPs scale with the channels that pass through them
+        self.through: list[list[Any]] = []  # [layer name, labels]
         self._per_module_flops: dict[str, int] | None = None
         self._roots_cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._out_index: tuple[tuple[str, ...], dict[str, list[tuple[Site, np.ndarray]]]] | None = (
@@ -202,6 +201,11 @@ class Graph:
                 out.append(Member(site.name, side, int(hit.sum()) // group.size))
         return out
 
+    def inexact_roots(self) -> np.ndarray:
+        if not self.inexact:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(self.labels.roots(np.concatenate(self.inexact)))
+
     # ------------------------------------------------------------------ planning
     def per_module_flops(self) -> dict[str, int]:
         if self._per_module_flops is None:
@@ -236,12 +240,53 @@ class Graph:
             t = getattr(ps.owner, ps.attr)
             n = int((~np.isin(self.labels.roots(ps.labels), removed)).sum())
             params -= t.numel() // t.shape[ps.dim] * (t.shape[ps.dim] - n)
+        for name, labels in self.through:
+            n = int((~np.isin(self.labels.roots(labels), removed)).sum())
+            new_flops += flops.get(name, 0) * n // len(labels) - flops.get(name, 0)
         return Plan(int(params), int(new_flops))
 
     # ------------------------------------------------------------------ surgery
     def remove(self, roots: Sequence[int]) -> None:
-        """Remove every position carrying a label of the units ``roots``, in every layer."""
+        """Remove every position carrying a label of the units ``roots``, in every layer.
+
+        Either every layer is sliced or, if any slicing fails, the model is left exactly as it
+        was: each touched layer's parameters, buffers and attributes are restored."""
         removed = np.asarray(list(roots), dtype=np.int64)
+        flops = self._planned_flops(removed)
+        state = _Snapshot(self)
+        try:
+            self._remove(removed)
+        except BaseException:
+            state.restore()
+            raise
+        self._per_module_flops = flops
+
+    def _planned_flops(self, removed: np.ndarray) -> dict[str, int]:
+        """Per-layer FLOPs after removing ``removed`` (what the plan predicts, and the tests
+        check against the counter), so surgery needs no second forward pass."""
+        flops = dict(self.per_module_flops())
+        kept: dict[str, dict[str, int | None]] = {}
+        for site, side, _, roots in self._unit_sides():
+            kept.setdefault(site.name, {})[side] = int((~np.isin(roots, removed)).sum())
+        total = flops.get("", 0)
+        for name, sides in kept.items():
+            site = self.sites[name]
+            dense = flops.get(name, 0)
+            new = site.handler.flops(
+                site.module, sides.get("in"), sides.get("out"), dense, site.calls
+            )
+            flops[name] = new
+            total += new - dense
+        for entry in self.through:
+            name, labels = entry
+            n = int((~np.isin(self.labels.roots(labels), removed)).sum())
+            dense = flops.get(name, 0)
+            flops[name] = dense * n // len(labels)
+            total += flops[name] - dense
+        flops[""] = total
+        return flops
+
+    def _remove(self, removed: np.ndarray) -> None:
         for site in list(self.sites.values()):
             keeps: dict[str, torch.Tensor | None] = {"in": None, "out": None}
             for side in ("in", "out"):
@@ -265,11 +310,12 @@ class Graph:
                 new = nn.Parameter(t.detach().index_select(ps.dim, keep).clone(), t.requires_grad)
                 setattr(ps.owner, ps.attr, new)
                 ps.labels = ps.labels[mask]
+        for entry in self.through:
+            entry[1] = entry[1][~np.isin(self.labels.roots(entry[1]), removed)]
         gone = set(removed.tolist())
         for g in self.groups:
             g.units = [u for u in g.units if u not in gone]
         self.groups = [g for g in self.groups if g.units]
-        self._per_module_flops = None
         self._out_index = None
         _record_structure(self)
 
@@ -346,6 +392,65 @@ class Graph:
         return scores
 
 
+class _Snapshot:
+    """What surgery may change, kept so a failed removal can put it all back: every touched
+    module's parameter and buffer dicts and plain attributes (``out_channels`` ...), and the
+    graph's own bookkeeping. Tensors are not copied: slicing replaces them, never edits them."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        modules: dict[int, nn.Module] = {}
+        for site in graph.sites.values():
+            if isinstance(site.module, nn.Module):
+                for m in site.module.modules():
+                    modules[id(m)] = m
+            for ref in getattr(site.handler, "refs", ()):
+                modules[id(ref.owner)] = ref.owner
+        for ps in graph.param_sites:
+            modules[id(ps.owner)] = ps.owner
+        self.modules = [
+            (m, dict(m._parameters), dict(m._buffers), {k: v for k, v in vars(m).items()
+             if not k.startswith("_") and not isinstance(v, (nn.Module, torch.Tensor))})
+            for m in modules.values()
+        ]  # fmt: skip
+        self.sites = {
+            n: (s.in_labels, s.out_labels, s.in_kept, s.out_kept, dict(vars(s.handler)))
+            for n, s in graph.sites.items()
+        }
+        self.params = [ps.labels for ps in graph.param_sites]
+        self.through = [list(e) for e in graph.through]
+        self.groups = (list(graph.groups), [list(g.units) for g in graph.groups])
+        self.structure = getattr(graph.model, "_prunekit_structure", None)
+
+    def restore(self) -> None:
+        for m, params, buffers, attrs in self.modules:
+            m._parameters.clear()
+            m._parameters.update(params)
+            m._buffers.clear()
+            m._buffers.update(buffers)
+            for k in [k for k in vars(m) if k not in attrs and not k.startswith("_")]:
+                if not isinstance(vars(m)[k], (nn.Module, torch.Tensor)):
+                    delattr(m, k)
+            for k, v in attrs.items():
+                object.__setattr__(m, k, v)
+        for n, (il, ol, ik, ok, handler) in self.sites.items():
+            site = self.graph.sites[n]
+            site.in_labels, site.out_labels, site.in_kept, site.out_kept = il, ol, ik, ok
+            site.handler.__dict__.update(handler)
+        for ps, labels in zip(self.graph.param_sites, self.params, strict=True):
+            ps.labels = labels
+        self.graph.through = self.through
+        self.graph.groups = self.groups[0]
+        for g, units in zip(*self.groups, strict=True):
+            g.units = units
+        if self.structure is None:
+            self.graph.model.__dict__.pop("_prunekit_structure", None)
+        else:
+            self.graph.model._prunekit_structure = self.structure  # type: ignore[assignment]
+        self.graph._out_index = None
+        self.graph._roots_cache.clear()
+
+
 def _weight_values(site: Site, fn: Any) -> Any:
     w = out_weight(site.module)
     return None if w is None else fn(w.detach())
@@ -406,11 +511,11 @@ def build(
     modules = dict(model.named_modules())
     opaque_ignored = {n for n in ignore_names if handler_for(modules[n]) is None}
 
-    traced = trace(model, leaves=opaque_ignored)
     graph = Graph(model)
     graph.inputs = as_args(example_inputs)
+    traced = trace(model, leaves=opaque_ignored, inputs=graph.inputs)
     graph.opaque = dict(traced.opaque)
-    graph._per_module_flops = record_shapes(model, traced.graph, graph.inputs)
+    graph._per_module_flops = traced.flops
     _Propagation(graph, modules, protect, opaque_ignored | ignore_names).run(traced.graph)
     graph.labels.freeze()
     _make_groups(graph)
@@ -455,6 +560,11 @@ class _Propagation:
         self.protect = protect
         self.ignored = ignored
         self.flows: dict[fx.Node, Any] = {}
+        self.pflows: dict[fx.Node, ParamFlow | None] = {}
+        self.sizes: dict[fx.Node, list[tuple[Flow, int | None]]] = {}
+        self.tensors = {n for n, _ in graph.model.named_parameters()} | {
+            n for n, _ in graph.model.named_buffers()
+        }
 
     def flow_of(self, a: Any) -> Any:
         return self.flows.get(a) if isinstance(a, fx.Node) else None
@@ -475,6 +585,8 @@ class _Propagation:
                 setattr(site, f"{side}_labels", new)
             else:  # a layer called twice: both calls must keep the same channels
                 self.g.labels.union_arrays(old, new)
+            if not exact:
+                self.g.inexact.append(new)
         site.exact = site.exact and exact
 
     def _is_ignored(self, scope: str) -> bool:
@@ -520,6 +632,9 @@ class _Propagation:
         if node.op == "placeholder":
             return self._fresh_fixed(node, "model input")
         if node.op == "get_attr":
+            shape = node.meta.get(SHAPE)
+            if str(node.target) in self.tensors and isinstance(shape, torch.Size):
+                self.pflows[node] = ParamFlow.of(str(node.target), shape)
             return None
         if node.op == "output":
             for f in self._all_flows(node.args):
@@ -552,8 +667,17 @@ class _Propagation:
             ):
                 return self._fresh_fixed(node, f"untracked layer {name}")
             reason = self.g.opaque.get(name)
-            what = f"could not be traced ({reason})" if reason else "has no pruning handler"
-            raise UnsupportedError(f"layer {name!r} ({type(module).__name__}) {what}: {HOW_TO}")
+            if reason is not None:  # kept whole: its channels stay, the rest of the model prunes
+                return self._opaque(node, f"layer {name} kept whole ({reason})")
+            fix = (
+                f"register a handler for {type(module).__name__} "
+                f"(prunekit.graph.register_handler), or pass ignore=[{name!r}] to keep it whole"
+            )
+            err = UnsupportedError(
+                f"layer {name!r} ({type(module).__name__}) has no pruning handler: {fix}"
+            )
+            err.fix = fix  # type: ignore[attr-defined]
+            raise err
         self.g.sites.setdefault(name, Site(name, module, handler))
         call = Call(
             name,
@@ -563,6 +687,8 @@ class _Propagation:
             self.record,
         )
         out = handler.propagate(call, module, inputs)
+        if isinstance(module, nn.Linear) and out is inputs[0] and isinstance(out, Flow):
+            self.g.through.append([name, out.labels])  # token mixing: FLOPs scale with channels
         site = self.g.sites[name]
         site.calls.append(call)
         if name in self.protect and site.out_labels is not None:
@@ -578,53 +704,280 @@ class _Propagation:
         flows = self._all_flows([node.args, node.kwargs])
         rule = ops.rule_for(node)
         scope = node.meta.get(SCOPE, "")
+        handled, out = self._size_deps(node)
+        if handled:
+            return out
+        if (self._has_params(node) or (flows and ops.op_name(node) in FUNCTIONAL_LAYERS)) and not (
+            flows and self._is_ignored(scope)
+        ):
+            return self.visit_param_op(node, flows)
         if rule is None:
             if not flows:
                 return None
             if self._is_ignored(scope):
                 return self._opaque(node, f"ignored layer {scope}")
-            where = (
-                f"in layer {scope!r} ({type(self.modules[scope]).__name__})"
-                if scope
-                else "in the model's forward"
+            op = ops.op_name(node)
+            if scope:
+                where = f"in layer {scope!r} ({type(self.modules[scope]).__name__})"
+                fix = (
+                    f"register a rule for it (prunekit.graph.register_op({op!r})), or pass "
+                    f"ignore=[{scope!r}] to keep that layer whole"
+                )
+            else:  # ignore=[...] takes submodules: it cannot help with the model's own code
+                where = "in the model's own forward"
+                fix = (
+                    f"register a rule for it (prunekit.graph.register_op({op!r})), or move that "
+                    "code into a submodule and pass it in ignore=[...]"
+                )
+            err = UnsupportedError(
+                f"operation {op!r} {where} is not understood by the channel graph: {fix}"
             )
-            raise UnsupportedError(
-                f"operation {ops.op_name(node)!r} {where} is not understood by the channel graph: {HOW_TO}"
-            )
-        if ops.op_name(node) in ops.BROADCAST_OPS:
+            err.fix = fix  # type: ignore[attr-defined]
+            raise err
+        out = rule(self._opcall(node))
+        if isinstance(out, Flow) and node.meta.get(FLOPS):
+            self._through_products(node, out)
+        return out
+
+    def _through_products(self, node: fx.Node, out: Flow) -> None:
+        """A matrix product (or attention) whose output keeps tracked channels: its FLOPs are
+        linear in their count (in the value width alone, for attention's second product)."""
+        flops = node.meta[FLOPS]
+        name = ops.op_name(node)
+        if name == "scaled_dot_product_attention" and out.dim == len(self.shape_of(node)) - 1:
+            e = self.shape_of(node.args[0])[-1]
+            ev = self.shape_of(node.args[2] if len(node.args) > 2 else node.kwargs["value"])[-1]
+            flops = flops * ev // (e + ev)  # the weighting by the values: 2 L S Ev per head
+        elif name not in ("matmul", "bmm", "scaled_dot_product_attention", "__matmul__"):
+            return
+        key = f"op:{node.name}"
+        self.g._per_module_flops[key] = flops  # type: ignore[index]
+        self.g.through.append([key, out.labels])
+
+    # ------------------------------------------------------------ sizes read from tensors
+    def _size_deps(self, node: fx.Node) -> tuple[bool, Any]:
+        """Track Python ints computed from a tensor's channel count (``B, C, H, W = x.shape``).
+
+        Such a number used as a size ties the result to that tensor's channels at run time:
+        ``y.reshape(B, C, -1)`` must keep ``x``'s channels in ``y``'s. Where the graph sees the
+        tie (the size lands on the result's channel dim), the channels are coupled; anywhere
+        else they are pinned. Returns ``(handled, flow)``."""
+        name = ops.op_name(node)
+        args = node.args
+        x = self.flow_of(args[0]) if args else None
+        if name == "getattr" and len(args) > 1 and args[1] == "shape" and isinstance(x, Flow):
+            self.sizes[node] = [(x, None)]
+            return True, None
+        if name == "size" and node.op == "call_method" and isinstance(x, Flow):
+            d = args[1] if len(args) > 1 else node.kwargs.get("dim")
+            if d is None:
+                self.sizes[node] = [(x, None)]
+            elif isinstance(d, int) and d % len(self.shape_of(args[0])) == x.dim:
+                self.sizes[node] = [(x, x.dim)]
+            return True, None
+        if not self.sizes:
+            return False, None
+        deps = [d for a in node.all_input_nodes for d in self.sizes.get(a, ())]
+        if not deps:
+            return False, None
+        where = node.meta.get(SCOPE) or "model"
+        if name == "getitem" and args[0] in self.sizes:  # an element (or a slice) of a shape
+            i = args[1]
+            picked = []
+            for f, d in self.sizes[args[0]]:
+                if d is not None:
+                    picked.append((f, d))
+                elif isinstance(i, int) and (i - f.dim) % len(self.shape_of(args[0])) == 0:
+                    picked.append((f, f.dim))
+                elif isinstance(i, slice):
+                    picked.append((f, None))
+            if picked:
+                self.sizes[node] = picked
+            return True, None
+        channel = [f for f, d in deps if d is not None]
+        if not isinstance(self.shape_of(node), torch.Size):  # arithmetic on sizes
+            if channel:
+                self.sizes[node] = [(f, f.dim) for f in channel]
+            return True, None
+        if not channel:
+            return False, None
+        rule = ops.rule_for(node)
+        node.meta[ops.SIZED] = True
+        out = rule(self._opcall(node)) if rule is not None else None
+        if name == "split":  # a size computed from the split tensor's own channels scales
+            return True, out
+        users = list(node.users)
+        if any(ops.SHUFFLED in n.meta for u in users for n in (u, *u.users, *(
+                w for v in u.users for w in v.users))):  # fmt: skip
+            return True, out  # a channel shuffle: the sizes follow the units it prunes in
+        why = f"channel count read as a size by {name} ({where})"
+        for f in channel:
+            if isinstance(out, Flow) and np.array_equal(np.sort(out.labels), np.sort(f.labels)):
+                continue  # the same channels (maybe reordered): their count follows by itself
+            if isinstance(out, Flow) and len(out) == len(f):
+                self.g.labels.union_arrays(out.labels, f.labels)
+            else:
+                self.g.labels.fix(f.labels, why)
+                for g in self._all_flows([node.args, node.kwargs, out]):
+                    self.g.labels.fix(g.labels, why)
+        return True, out
+
+    # ------------------------------------------------------------ parameters in the code
+    def _param_of(self, a: Any) -> ParamFlow | None:
+        return self.pflows.get(a) if isinstance(a, fx.Node) else None
+
+    def _has_params(self, node: fx.Node) -> bool:
+        return any(a in self.pflows for a in node.all_input_nodes)
+
+    def visit_param_op(self, node: fx.Node, flows: list[Flow]) -> Any:
+        """An op with a parameter (or a tensor computed from one) among its arguments."""
+        name = ops.op_name(node)
+        if name in FUNCTIONAL_LAYERS and flows:
+            return self._functional_layer(node, name)
+        if not flows:  # computing from parameters only: follow which dims are which
+            self.pflows[node] = self._derive(node, name)
+            return None
+        rule = ops.rule_for(node)
+        if rule is not None:  # a parameter along the channels (layer scale, class token)
             self._attach_params(node)
-        return rule(self._opcall(node))
+            return rule(self._opcall(node))
+        return self._opaque(
+            node, f"{name} with a parameter argument ({node.meta.get(SCOPE) or 'model'})"
+        )
+
+    def _derive(self, node: fx.Node, name: str) -> ParamFlow | None:
+        """The :class:`ParamFlow` of a tensor computed from parameters only, or None."""
+        args = node.args
+        src = self._param_of(args[0]) if args else None
+        out_shape = self.shape_of(node)
+        if not isinstance(out_shape, torch.Size):
+            return None
+        if name in ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as",
+                    "reshape_as", "expand", "expand_as"):  # fmt: skip
+            if src is None:
+                return None
+            if name.startswith("expand"):  # size-1 dims repeated: they carry no parameter dim
+                in_shape = tuple(self.shape_of(args[0]))
+                if len(in_shape) != len(out_shape):
+                    return None
+                dims = tuple(
+                    d if i == o else ()
+                    for d, i, o in zip(src.dims, in_shape, out_shape, strict=True)
+                )
+                return ParamFlow(src.path, src.shape, dims, src.mixes, src.extras)
+            return functional.reshape(src, self.shape_of(args[0]), out_shape)
+        if name in ("permute", "transpose", "t", "movedim", "swapaxes"):
+            if src is None:
+                return None
+            op = self._opcall(node)
+            order = ops.permutation(op, len(out_shape))
+            return None if order is None else functional.permute(src, order)
+        if name in ops.UNARY_OPS:
+            return src
+        if name in ops.BROADCAST_OPS:
+            operands = [(self._param_of(a), self.shape_of(a)) for a in [*args, *node.kwargs.values()]
+                        if isinstance(a, fx.Node) and isinstance(self.shape_of(a), torch.Size)]  # fmt: skip
+            return functional.combine(operands, len(out_shape))
+        if name in ("mean", "sum", "std", "var", "norm", "amax", "amin", "var_mean", "std_mean"):
+            dims = node.args[2] if name == "norm" and len(args) > 2 else (
+                node.args[1] if len(args) > 1 else node.kwargs.get("dim"))  # fmt: skip
+            if src is None or dims is None:
+                return None
+            ndim = len(self.shape_of(args[0]))
+            dims = [d % ndim for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
+            return functional.reduce(src, dims, bool(node.kwargs.get("keepdim", False)))
+        if name == "batch_norm" and src is not None:  # standardising a weight per output
+            ndim = len(out_shape)
+            others = [d for d in range(ndim) if d != 1]
+            red = functional.reduce(src, others, keepdim=True)
+            if red is None:
+                return None
+            extras = list(src.extras)
+            channel = src.base_dim(1)
+            for key in ("weight", "bias"):
+                i = 3 if key == "weight" else 4
+                a = args[i] if len(args) > i else node.kwargs.get(key)
+                f = self._param_of(a)
+                if a is None:
+                    continue
+                if f is None or f.base_dim(0) is None or channel is None:
+                    return None
+                extras.extend(f.extras)
+                if f.path != src.path:
+                    extras.append((f.path, f.base_dim(0), channel))  # type: ignore[arg-type]
+            return ParamFlow(src.path, src.shape, src.dims, red.mixes, tuple(dict.fromkeys(extras)))
+        return None
 
     def _attach_params(self, node: fx.Node) -> None:
         """A parameter multiplied into the channels (layer scale) is sliced with them."""
-        ndim = len(node.meta.get(SHAPE) or ())
-        operands = [(a, self.flow_of(a)) for a in node.args]
+        nodes: list[fx.Node] = []
+        fx.node.map_aggregate(node.args, lambda a: nodes.append(a) if isinstance(a, fx.Node) else a)
+        operands = [(a, self.flow_of(a)) for a in nodes]
         carrier = next(((a, f) for a, f in operands if isinstance(f, Flow)), None)
         if carrier is None:
             return
         # operands broadcast from the right: the channel dim in the output's coordinates
         f = carrier[1]
+        ndim = max(len(self.shape_of(a) or ()) for a in nodes)
         out_dim = f.dim + ndim - len(self.shape_of(carrier[0]))
-        for a in node.args:
-            if not (isinstance(a, fx.Node) and a.op == "get_attr"):
+        for a in nodes:
+            pf = self._param_of(a)
+            if pf is None:
                 continue
             shape = self.shape_of(a)
             d = out_dim - (ndim - len(shape))
-            if 0 <= d < len(shape) and shape[d] == len(f) and len(f) > 1:
-                owner_path, _, attr = str(a.target).rpartition(".")
-                owner = self.g.model.get_submodule(owner_path)
-                if not isinstance(getattr(owner, attr), nn.Parameter):
-                    continue
-                # flows are in each tensor's own coordinates, as the op rules read them
-                self.flows[a] = Flow(d, f.labels)
-                known = next((p for p in self.g.param_sites if p.path == str(a.target)), None)
-                if known is None:
-                    self.g.param_sites.append(ParamSite(owner, attr, str(a.target), d, f.labels))
-                elif known.dim == d:  # used again: one parameter, sliced once, same channels
-                    self.g.labels.union_arrays(known.labels, f.labels)
-                else:
-                    self.g.labels.fix(known.labels, f"parameter {a.target} used along two dims")
-                    self.g.labels.fix(f.labels, f"parameter {a.target} used along two dims")
+            if not (0 <= d < len(shape) and shape[d] == len(f) and len(f) > 1):
+                continue
+            pd = pf.base_dim(d)
+            if pd is None or pf.mixes:
+                continue
+            # flows are in each tensor's own coordinates, as the op rules read them
+            self.flows[a] = Flow(d, f.labels)
+            for path, dim in [(pf.path, pd), *((p, dm) for p, dm, b in pf.extras if b == pd)]:
+                self._param_site(path, dim, f.labels)
+
+    def _param_site(self, path: str, dim: int, labels: np.ndarray) -> None:
+        owner_path, _, attr = path.rpartition(".")
+        owner = self.g.model.get_submodule(owner_path)
+        if not isinstance(getattr(owner, attr, None), nn.Parameter):
+            return
+        known = next((p for p in self.g.param_sites if p.path == path), None)
+        if known is None:
+            self.g.param_sites.append(ParamSite(owner, attr, path, dim, labels))
+        elif known.dim == dim:  # used again: one parameter, sliced once, same channels
+            self.g.labels.union_arrays(known.labels, labels)
+        else:
+            self.g.labels.fix(known.labels, f"parameter {path} used along two dims")
+            self.g.labels.fix(labels, f"parameter {path} used along two dims")
+
+    def _functional_layer(self, node: fx.Node, name: str) -> Any:
+        """A conv, linear, norm ... called as a function on parameters: a site of the graph."""
+        sig = FUNCTIONAL_LAYERS[name]
+        args = dict(zip(sig, node.args, strict=False))
+        args.update({k: v for k, v in node.kwargs.items() if k in sig})
+        x_node = args.get("input")
+        x = self.flow_of(x_node)
+        x = x if isinstance(x, Flow) else None
+        x_shape = self.shape_of(x_node)
+        out_shape = self.shape_of(node)
+        where = node.meta.get(SCOPE) or "model"
+        weight = self._param_of(args.get("weight"))
+        why = None
+        if weight is None and (
+            args.get("weight") is not None or name.startswith("conv") or name == "linear"
+        ):
+            why = f"F.{name} whose weight is computed by code the graph does not follow ({where})"
+        if why is None and any(
+            isinstance(args.get(k), fx.Node) and self._param_of(args.get(k)) is None
+            for k in ("bias", "running_mean", "running_var")
+        ):
+            why = f"F.{name} whose bias or statistics are computed by code the graph does not follow ({where})"
+        if why is not None:
+            return self._opaque(node, why)
+        built = functional.layer(self, node, name, args, x, x_shape, out_shape)
+        if isinstance(built, str):
+            return self._opaque(node, f"{built} ({where}: F.{name})")
+        return built
 
 
 def _make_groups(graph: Graph) -> None:

@@ -79,7 +79,7 @@ def _dim(d: int, ndim: int) -> int:
 # --------------------------------------------------------------------------- element-wise
 
 
-@register_op(
+UNARY_OPS = frozenset({
     "relu", "relu_", "relu6", "sigmoid", "sigmoid_", "tanh", "tanh_", "gelu", "silu", "hardswish",
     "hardsigmoid", "leaky_relu", "elu", "selu", "celu", "softplus", "mish", "hardtanh", "dropout",
     "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "abs", "neg",
@@ -90,7 +90,10 @@ def _dim(d: int, ndim: int) -> int:
     "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "interpolate", "upsample",
     "expand", "expand_as", "requires_grad_", "cpu", "cuda", "zeros_like", "ones_like",
     "empty_like", "full_like", "rand_like", "randn_like",
-)  # fmt: skip
+})  # fmt: skip
+
+
+@register_op(*sorted(UNARY_OPS))
 def unary(op: OpCall) -> Flow | None:
     """Element-wise or spatial: the first tensor argument's channels pass through."""
     return op.flow_of(op.node.args[0]) if op.node.args else None
@@ -342,7 +345,8 @@ def reshape_flow(
             continue
         out_dims = [d for d in outs if out_shape[d] != 1] or [outs[0]]
         if len(out_dims) > 1:
-            op.fix(x, "reshape that splits or mixes the channels across dimensions")
+            if not _channel_shuffle(op, x, ins, out_dims, out_shape):
+                op.fix(x, "reshape that splits or mixes the channels across dimensions")
             return None
         inner = math.prod(in_shape[x.dim + 1 : ins.stop])
         outer = math.prod(in_shape[ins.start : x.dim])
@@ -353,12 +357,85 @@ def reshape_flow(
     return None
 
 
+SIZED = "pk_sized"  # node.meta key: the op's sizes are computed from the tensor's own shape
+SHUFFLED = "pk_shuffled"  # node.meta key: (dim, labels) of a channel shuffle's result
+
+
+def _channel_shuffle(
+    op: OpCall, x: Flow, ins: range, out_dims: list[int], out_shape: Sequence[int]
+) -> bool:
+    """ShuffleNet's channel shuffle: ``view(n, g, c // g, h, w)``, ``transpose(1, 2)``, then a
+    reshape back to ``c`` channels. Channel ``i * (c/g) + j`` goes to ``j * g + i``; with the
+    sizes computed from the tensor's shape, removing the ``g`` channels ``i * (c/g) + j`` of one
+    ``j`` (one unit) leaves a shuffle of the same kind, so the channels prune in those units.
+    Sizes written as numbers could not follow: then (and for any other split) this is False."""
+    node = op.node
+    if len(ins) != 1 or len(out_dims) != 2 or out_dims[1] != out_dims[0] + 1:
+        return False
+    if not node.meta.get(SIZED):
+        op.fix(x, "channel shuffle whose group sizes are written as numbers")
+        return True
+    a, b = out_dims
+    user = _only_user(node)
+    while user is not None and op_name(user) in ("contiguous", "clone"):
+        user = _only_user(user)
+    if user is None or op_name(user) not in ("transpose", "permute", "swapaxes"):
+        return False
+    ndim = len(out_shape)
+    order = permutation(OpCall(user, op.labels, op.flow_of, op.shape_of, op.where), ndim)
+    if order is None or order[a] != b or order[b] != a:
+        return False
+    merge = _only_user(user)
+    while merge is not None and op_name(merge) in ("contiguous", "clone"):
+        merge = _only_user(merge)
+    if merge is None or op_name(merge) not in ("view", "reshape", "flatten"):
+        return False
+    merged = op.shape_of(merge)
+    if merged is None or len(merged) != ndim - 1 or merged[a] != len(x):
+        return False
+    grid = x.labels.reshape(out_shape[a], out_shape[b])
+    for column in grid.T:
+        op.labels.union_all(column)
+    merge.meta[SHUFFLED] = (a, grid.T.reshape(-1))
+    return True
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
 @register_op(
     "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"
 )
 def reshape(op: OpCall) -> Flow | None:
+    shuffled = op.node.meta.get(SHUFFLED)
+    if shuffled is not None:
+        return Flow(*shuffled)
     src = op.node.args[0]
     return reshape_flow(op, op.flow_of(src), op.shape_of(src), op.out_shape)
+
+
+def permutation(op: OpCall, ndim: int) -> list[int] | None:
+    """For a permute / transpose / movedim / t: ``order[i]`` is the input dim that becomes
+    output dim ``i``."""
+    name = op_name(op.node)
+    if name == "permute":
+        dims = op.node.args[1:] if len(op.node.args) > 2 else op.arg(1, "dims")
+        dims = dims if isinstance(dims, (list, tuple)) else [dims]
+        return [_dim(d, ndim) for d in dims]
+    if name == "t":
+        return list(range(ndim))[::-1] if ndim == 2 else list(range(ndim))
+    a, b = op.arg(1, "dim0", op.arg(1, "source")), op.arg(2, "dim1", op.arg(2, "destination"))
+    if not isinstance(a, int) or not isinstance(b, int):
+        return None
+    a, b = _dim(a, ndim), _dim(b, ndim)
+    order = list(range(ndim))
+    if name == "movedim":
+        order = [d for d in range(ndim) if d != a]
+        order.insert(b, a)
+        return order
+    order[a], order[b] = order[b], order[a]
+    return order
 
 
 @register_op("permute")
@@ -435,3 +512,86 @@ def along_dim(op: OpCall) -> Flow | None:
 @register_op("size", "dim", "numel", "getattr", "shape")
 def no_channels(op: OpCall) -> None:
     return None
+
+
+# --------------------------------------------------------------------------- library ops
+
+
+@register_op("roll")
+def roll(op: OpCall) -> Flow | None:
+    """A shift along spatial dims (shifted windows) keeps the channels where they are; along the
+    channels, or over the flattened tensor (no ``dims``), it moves them: pinned."""
+    x = op.flow_of(op.node.args[0])
+    if x is None:
+        return None
+    dims = op.arg(2, "dims")
+    ndim = len(op.out_shape)
+    dims = [] if dims is None else (dims if isinstance(dims, (list, tuple)) else [dims])
+    if not dims or any(isinstance(d, int) and _dim(d, ndim) == x.dim for d in dims):
+        op.fix(x, "roll that moves the channels")
+        return None
+    return x
+
+
+def _contract(op: OpCall, a: Any, b: Any, out_ndim: int) -> Flow | None:
+    """``a @ b`` over the last dim of ``a`` and the second-to-last of ``b`` (batch dims
+    broadcast): channels on a contracted dim are pinned, others pass to the output."""
+    result: Flow | None = None
+    for t, keep in ((a, -2), (b, -1)):
+        f = op.flow_of(t)
+        shape = op.shape_of(t)
+        if f is None or shape is None:
+            continue
+        n = len(shape)
+        if n < 2:
+            op.fix(f, "matrix product with a vector")
+            continue
+        if f.dim == n + keep:
+            moved = f.moved(out_ndim + keep)
+        elif f.dim < n - 2:
+            moved = f.moved(f.dim + out_ndim - n)
+        else:
+            op.fix(f, "matrix product over the channels")
+            continue
+        if result is None:
+            result = moved
+        elif result.dim == moved.dim and len(result) == len(moved):
+            op.labels.union_arrays(result.labels, moved.labels)
+        else:
+            op.fix(moved, "matrix product of tensors with channels on different dimensions")
+            op.fix(result, "matrix product of tensors with channels on different dimensions")
+            result = None
+    return result
+
+
+@register_op("matmul", "bmm", "__matmul__")
+def matmul(op: OpCall) -> Flow | None:
+    return _contract(op, op.node.args[0], op.node.args[1], len(op.out_shape))
+
+
+@register_op("scaled_dot_product_attention")
+def sdpa(op: OpCall) -> Flow | None:
+    """``softmax(q k^T) v``: query and key features are contracted (pinned); the value's pass
+    to the output, and batch or head dims shared by all three are coupled."""
+    q, k, v = op.arg(0, "query"), op.arg(1, "key"), op.arg(2, "value")
+    ndim = len(op.out_shape)
+    out: Flow | None = None
+    fv = op.flow_of(v)
+    if fv is not None:
+        n = len(op.shape_of(v))
+        if fv.dim == n - 1:
+            out = fv.moved(ndim - 1)
+        elif fv.dim < n - 2:
+            out = fv.moved(fv.dim + ndim - n)
+        else:
+            op.fix(fv, "attention over the channels")
+    for t in (q, k):
+        f = op.flow_of(t)
+        if f is None:
+            continue
+        d = f.dim + ndim - len(op.shape_of(t))
+        if out is not None and d == out.dim and d < ndim - 2 and len(f) == len(out):
+            op.labels.union_arrays(out.labels, f.labels)
+        else:
+            op.fix(f, "attention over the channels")
+    return out
