@@ -64,7 +64,7 @@ from prunekit.graph.core import Site, out_weight
 from prunekit.methods.base import Context, Method, register_method
 from prunekit.methods.options import SHARED, Options, option
 from prunekit.prune import PruneReport, remove_selected, select_channels
-from prunekit.train import TrainConfig, fit
+from prunekit.train import TrainConfig
 from prunekit.train.schedules import summed_lr
 
 LAMBDA_OPTION = "penalty"
@@ -194,15 +194,21 @@ def sparsity_train(model: nn.Module, ctx: Context, opts: Mapping[str, Any]) -> f
     (``opts``: the method's options); returns the ``lambda`` used."""
     config = phase_config(ctx, opts)
     lam = resolve_lambda(ctx, opts, config)
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
     handles = add_l1_penalty(model, lam)
-    try:
-        fit(model, ctx.train_set, config, progress=False)
+    try:  # checkpointed with the run (Context.train): a killed run resumes the phase
+        ctx.train(
+            model,
+            config.epochs,
+            config.lr,
+            name="slimming_sparsity",
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            schedule=config.schedule,
+            progress=opts["progress"],
+        )
     finally:
         for h in handles:
             h.remove()
-        model.to(device)  # fit may have moved it to the accelerator
     return lam
 
 

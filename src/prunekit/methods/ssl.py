@@ -86,7 +86,7 @@ from prunekit.graph.core import Site, out_weight
 from prunekit.methods.base import Context, Method, register_method
 from prunekit.methods.options import SHARED, Options, option
 from prunekit.prune import PruneReport, remove_selected, select_channels
-from prunekit.train import TrainConfig, fit
+from prunekit.train import TrainConfig
 from prunekit.train.schedules import summed_lr
 
 log = logging.getLogger(__name__)
@@ -277,13 +277,18 @@ def sparsity_train(model: nn.Module, ctx: Context, opts: Mapping[str, Any]) -> t
     config = phase_config(ctx, opts)
     lam_f = resolve_lambda("lambda_filter", ctx, opts, config)
     lam_c = resolve_lambda("lambda_channel", ctx, opts, config)
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
     prox = GroupLassoProx(model, lam_f, lam_c, config.lr, linear=opts["penalize_linear"])
-    try:
-        fit(model, ctx.train_set, config, progress=opts["progress"], callbacks=[prox])
-    finally:
-        model.to(device)
+    ctx.train(  # checkpointed with the run (Context.train): a killed run resumes the phase
+        model,
+        config.epochs,
+        config.lr,
+        name="ssl_group_lasso",
+        callbacks=[prox],
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        schedule=config.schedule,
+        progress=opts["progress"],
+    )
     return lam_f, lam_c
 
 
