@@ -9,11 +9,39 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from nets import ConvBNNet
 from prunekit import measure
 from prunekit.models import load_factory, parse_input_shape
 from test_cli import run
+
+
+class SplitNet(nn.Module):
+    """Hard-coded unequal split sizes: the stem's channels are pinned (with the reason), the
+    branches' own channels prune."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.left = nn.Conv2d(3, 6, 1)
+        self.right = nn.Conv2d(5, 6, 1)
+        self.out = nn.Conv2d(12, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.split(torch.relu(self.stem(x)), [3, 5], dim=1)
+        return self.out(torch.cat([torch.relu(self.left(a)), torch.relu(self.right(b))], 1))
+
+
+class FourierNet(nn.Module):
+    """An FFT over the channels: an op the channel graph has no rule for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.fft(self.conv(x), dim=1).real
 
 
 def test_factory_model_gets_layer_table_totals_and_groups(capsys) -> None:
@@ -28,6 +56,28 @@ def test_factory_model_gets_layer_table_totals_and_groups(capsys) -> None:
     assert "2 channel groups" in out
     groups = out.split("channel groups")[1]
     assert any(line.startswith("| c1 ") and "| 8 " in line for line in groups.splitlines())
+
+
+def test_pinned_channels_are_listed_with_their_reason(capsys) -> None:
+    code, out, _ = run(
+        ["info", "--model", "test_cli_info:SplitNet", "--input-shape", "1,3,8,8"], capsys
+    )
+    assert code == 0
+    assert "2 channel groups" in out  # left's and right's own channels
+    pinned = out.split("pinned channels")[1]
+    assert "by reason" in out
+    row = next(line for line in pinned.splitlines() if "split" in line)
+    assert row.startswith("| 8 ") and "stem" in row  # all eight stem channels, one reason
+
+
+def test_a_refused_model_gets_the_refusal_and_its_fix(capsys) -> None:
+    code, out, _ = run(
+        ["info", "--model", "test_cli_info:FourierNet", "--input-shape", "1,3,8,8"], capsys
+    )
+    assert code == 0  # the layer table is still printed; the refusal is the diagnosis
+    assert "| conv " in out and "| total " in out
+    refusal = out.split("the channel graph refuses this model:")[1]
+    assert "fft" in refusal and "register" in refusal
 
 
 def test_registered_name_with_an_input_shape_needs_no_data_set(capsys) -> None:

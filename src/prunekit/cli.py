@@ -19,7 +19,7 @@ from prunekit import measure, workflow
 from prunekit import models as pk_models
 from prunekit.configs import add_config_args, config_from_args
 from prunekit.errors import ConfigError
-from prunekit.graph import build as build_graph
+from prunekit.graph import explain
 from prunekit.tables import markdown_table
 from prunekit.train import TrainConfig, shutdown
 
@@ -126,15 +126,37 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(what)
     print(markdown_table(["layer", "type", "params", "MACs", "FLOPs"], table))
     print("* protected: never pruned on its output side")
-    if args.groups or args.input_shape is not None:
-        graph = build_graph(model, example)
-        rows = []
-        for g in graph.groups:
-            layers = sorted({m.layer for m in g.members})
-            shown = ", ".join(layers[:4]) + (f" (+{len(layers) - 4})" if len(layers) > 4 else "")
-            rows.append([g.name, g.size, len(layers), shown])
-        print(f"\n{len(graph.groups)} channel groups (channels removed together):")
-        print(markdown_table(["group", "channels", "layers", "members"], rows))
+    print_diagnosis(explain(model, example))
+
+
+def _shown(names: list[str], n: int = 4) -> str:
+    return ", ".join(names[:n]) + (f" (+{len(names) - n})" if len(names) > n else "")
+
+
+def print_diagnosis(report: Any) -> None:
+    """What :func:`prunekit.graph.explain` found: the groups, every pinned set of channels with
+    its reason, the submodules kept whole, or the refusal with its fix."""
+    if report.refusal is not None:
+        print(f"\nthe channel graph refuses this model: {report.refusal}")
+        if report.fix:
+            print(f"fix: {report.fix}")
+        return
+    rows = [
+        [g.name, g.size, len(g.layers), _shown(g.layers) + ("" if g.exact else " (inexact)")]
+        for g in report.groups
+    ]
+    print(f"\n{len(report.groups)} channel groups (channels removed together):")
+    print(markdown_table(["group", "channels", "layers", "members"], rows))
+    if report.pinned:
+        rows = [[p.units, p.reason, _shown(p.layers)] for p in report.pinned]
+        print(
+            f"\n{sum(p.units for p in report.pinned)} pinned channels (never removed), by reason:"
+        )
+        print(markdown_table(["channels", "reason", "layers"], rows))
+    if report.opaque:
+        rows = [[name, why] for name, why in report.opaque.items()]
+        print("\nkept whole (run as one opaque layer; its channels are pinned):")
+        print(markdown_table(["layer", "why"], rows))
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -432,7 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="build the model for this input instead of a data set (needed for "
         "--model package.module:factory)",
     )
-    p.add_argument("--groups", action="store_true", help="also list the coupled channel groups")
+    p.add_argument(
+        "--groups", action="store_true", help="(the channel groups are always listed now)"
+    )
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("list", help="list the registered models and data sets")
