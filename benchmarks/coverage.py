@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from prunekit import graph as pg  # noqa: E402
+from prunekit.graph.explain import pinned_sets  # noqa: E402
 from prunekit.measure import count_flops, count_params  # noqa: E402
 from prunekit.prune import remove_selected, select_channels  # noqa: E402
 from standins import STANDINS  # noqa: E402
@@ -86,15 +87,9 @@ def why(exc: BaseException) -> str:
 
 
 def pinned_channels(graph: pg.Graph) -> int:
-    """Channels (unit label classes) on some layer's output that are pinned for a reason other
-    than being the model's own input or output."""
-    fixed = graph.labels.fixed_roots()
-    roots: set[int] = set()
-    for site in graph.sites.values():
-        if site.out_labels is not None and len(site.out_labels):
-            roots.update(graph.labels.roots(site.out_labels).tolist())
-    reasons = [graph.labels.fixed_reason(r) or "" for r in roots & fixed]
-    return sum(1 for r in reasons if not r.startswith(INHERENT))
+    """Channels (unit label classes) a layer carries that are pinned for a reason other than
+    being the model's own input or output (as :func:`prunekit.graph.explain` lists them)."""
+    return sum(p.units for p in pinned_sets(graph) if not p.reason.startswith(INHERENT))
 
 
 # ------------------------------------------------------------------------------- prunekit
