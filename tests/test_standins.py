@@ -17,48 +17,11 @@ from torch import nn
 from standins import STANDINS
 from test_graph import check_equivalence
 
-BN_F = "F.batch_norm with parameter arguments inside a BatchNorm2d subclass (class 1/2)"
-CONV_F = "F.conv2d with parameter arguments inside a Conv2d subclass (class 1/2)"
 MISSING: dict[str, str] = {
-    "bn_act_subclass": BN_F,
-    "channel_norm_subclasses": "F.layer_norm / F.group_norm inside LayerNorm / GroupNorm subclasses (class 1)",
-    "weight_standardised_convs": CONV_F + " that standardises its weight with F.batch_norm",
-    "functional_params": "F.conv2d / F.batch_norm / F.prelu / F.linear on a module's own parameters (class 2)",
-    "functional_misc": "F.conv1d / F.group_norm / F.conv_transpose1d / F.instance_norm on parameters (class 2)",
-    "functional_embedding": "F.embedding / F.layer_norm / F.linear on a module's own parameters (class 2)",
-    "functional_conv3d": "F.conv3d / F.conv_transpose2d on a module's own parameters (class 2)",
-    "roll_shift": "torch.roll over spatial dims (class 3)",
-    "shape_control_flow": CONV_F + " with padding computed from the input size (class 4)",
-    "value_control_flow": "control flow on tensor values refuses the model instead of pinning that submodule (class 4)",
-    "hand_attention": "hand-written attention reshaped back to the input width: heads removed, reshape(B, N, C) breaks (class 5)",
-    "sdpa_attention": "SDPA attention reshaped back to the input width: heads removed, reshape(B, N, C) breaks (class 5)",
-    "convnext": "F.layer_norm inside a LayerNorm subclass on NCHW maps (class 1)",
-    "poolformer": "F.group_norm inside a one-group GroupNorm subclass (class 1)",
-    "efficientnet": CONV_F + " with 'SAME' padding from the input size (class 1/4)",
-    "mobilenetv3": BN_F,
-    "regnet": BN_F,
-    "nf_resnet": CONV_F + " (scaled weight standardisation with a gain)",
-    "cspnet": BN_F,
-    "dpn": BN_F,
-    "rexnet": BN_F,
-    "res2net": BN_F,
-    "resnest": BN_F,
-    "swin": "torch.roll, window partition with padding, relative position bias per head (class 3)",
-    "maxvit": BN_F,
-    "mlp_mixer": "token-mixing MLP on transposed tokens: planned FLOPs differ from the measured ones",
-    "segformer": "matmul of attention written by hand after a reshape with H, W arguments (class 5)",
-    "fpn": BN_F,
-    "retinanet": BN_F,
-    "yolov8": BN_F,
-    "yolov5": BN_F,
-    "sppf": BN_F,
-    "bifpn": BN_F,
-    "ssd": BN_F,
-    "centernet": BN_F,
-    "unet": BN_F,
-    "deeplabv3": BN_F,
-    "pspnet": BN_F,
-    "hrnet": BN_F,
+    "functional_embedding": "F.layer_norm with normalized_shape read from the input's own shape "
+    "(x.shape[-1],) is pinned as if the size were hard-coded (class 2)",
+    "frozen_bn_fpn": "FrozenBatchNorm2d (buffers folded into scale and shift in forward): surgery "
+    "leaves a later 1x1 conv's input at 1 channel while its input keeps 12 (class 2)",
 }
 
 # attributes a layer's forward reads that mirror the shape of its parameters

@@ -13,8 +13,9 @@ EXPECTS = ("exact", "inexact", "pinned")
 
 * ``exact``: it prunes, and removing zeroed channels leaves every output unchanged;
 * ``inexact``: it prunes, but some groups run through a layer that normalises across the
-  channels (LayerNorm, a one-group GroupNorm), whose removal changes the statistics, so those
-  groups are excused from the output comparison (``group.exact`` is False);
+  channels (LayerNorm, a one-group GroupNorm, a weight-standardised conv whose filters are
+  normalised over their input channels), where removing a zeroed channel changes the statistics,
+  so those groups are excused from the output comparison (``group.exact`` is False);
 * ``pinned``: it builds and what prunes is exact, but part of it is expected to stay pinned with a
   stated reason (a permutation that mixes every channel, control flow on tensor values).
 """
