@@ -26,20 +26,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from prunekit.errors import ConfigError
 from prunekit.graph import Graph, Group
 from prunekit.graph.core import Site, out_weight
 
 __all__ = [
     "Chain",
     "chains",
-    "check_val_batches",
     "eval_modes",
     "prunable_groups",
     "restore_modes",
@@ -149,13 +146,6 @@ def share_importance(
         return rank / group.size / s
 
     return importance
-
-
-def check_val_batches(opts: dict[str, Any]) -> None:
-    if opts["val_batches"] < 0:
-        raise ConfigError(
-            f"val_batches must be >= 0 (0: the whole validation set), got {opts['val_batches']}"
-        )
 
 
 def prunable_groups(graph: Graph, only_chains: bool) -> list[Group]:
