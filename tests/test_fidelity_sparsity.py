@@ -26,6 +26,11 @@ def _model(seed: int = 0) -> ConvBNNet:
         for bn in (model.b1, model.b2):
             bn.weight.uniform_(0.5, 1.5)
             bn.bias.uniform_(-0.2, 0.2)
+        # channels of very different strength, as training leaves them: c1's filter i and the
+        # input channel i of c2 that reads it scaled by one factor
+        f = torch.empty(32).uniform_(0.05, 1.0)
+        model.c1.weight.mul_(f.view(-1, 1, 1, 1))
+        model.c2.weight.mul_(f.view(1, -1, 1, 1))
     return model
 
 

@@ -34,14 +34,11 @@ Defaults and their sources:
   ``100000 * 1e-3 + 60000 * 1e-4 + 20000 * 1e-5 + 20000 * 1e-6 = 106.2``, so each group's norm is
   pulled toward zero by ``0.003 * 106.2 = 0.32`` in all. That phase is about 400 epochs of
   CIFAR-10 (on this CPU, ResNet-20 on digits-32: about an hour). Here it is ``epochs``
-  (default 5) epochs at ``lr`` 0.01 with a step schedule (lr / 10 at 50% and 75%). How far a
-  total pull of 0.32 goes depends on the size of the groups, which depends on the architecture
-  and its initialisation (the Caffe ConvNet's filters are not ResNet-20's), so the default
-  coefficients (None) are set per run: each penalty's total pull ``lambda * summed lr``
-  over the phase equals the median norm of its groups at the start (:func:`median_group_norm`),
-  so about half the groups could reach zero where the loss does not hold them up. This is a
-  prunekit choice, not the paper's; a number given is used as it is (``0.003`` with ``lr``
-  0.001 and 400 epochs is the official example).
+  (default 5) epochs at ``lr`` 0.01 with a step schedule (lr / 10 at 50% and 75%), and the
+  default coefficients (None) are 0.003 scaled by ``106.2 / (summed lr of this phase)``: each
+  penalty pulls each group's norm toward zero by the official example's 0.32 in all, reached in
+  a few minutes (ResNet-20 trained on digits: median group norm about 1.4, so the smaller
+  groups reach zero). A number given is used as it is.
 * ``weight_decay`` 0 (the official example's ``<weight_decay>`` argument).
 * ``epsilon`` (0): the relative threshold at or below which a unit counts as a zero group.
 * ``penalize_linear`` (False): the paper's CIFAR experiments penalise convolutions.
@@ -91,6 +88,9 @@ from prunekit.train.schedules import summed_lr
 
 log = logging.getLogger(__name__)
 
+OFFICIAL_LAMBDA = 0.003  # examples/cifar10/readme.md: train_script.sh 0.001 0.0 0.003 0.003
+# template_group_solver.prototxt: 200k iterations from lr 0.001, x0.1 at 100k, 160k, 180k
+OFFICIAL_LR_SUM = 100_000 * 1e-3 + 60_000 * 1e-4 + 20_000 * 1e-5 + 20_000 * 1e-6
 DEFAULT_EPOCHS = 5  # prunekit: a few minutes on a CPU
 DEFAULT_LR = 0.01  # prunekit: lets the network adapt to the penalty within a short phase
 DEFAULT_WEIGHT_DECAY = 0.0  # official example: <weight_decay> 0.0
@@ -126,16 +126,16 @@ class SSLOptions(Options):
     )
     lambda_filter: float | None = option(
         None,
-        help="group-Lasso coefficient on filters (rows); None: total pull over the phase = the "
-        "median filter norm at the start",
-        source="prunekit (official example: 0.003 with lr 0.001 over ~400 epochs)",
+        help="group-Lasso coefficient on filters (rows); None: the official 0.003 scaled so the "
+        "phase pulls each group as far as the official ~400 epochs (0.32 in norm)",
+        source="official examples/cifar10/readme.md: train_script.sh 0.001 0.0 0.003 0.003",
         low=0,
     )
     lambda_channel: float | None = option(
         None,
-        help="group-Lasso coefficient on input channels (columns); None: total pull over the "
-        "phase = the median column norm at the start",
-        source="prunekit (official example: 0.003 with lr 0.001 over ~400 epochs)",
+        help="group-Lasso coefficient on input channels (columns); None: the official 0.003 "
+        "scaled so the phase pulls each group as far as the official ~400 epochs (0.32 in norm)",
+        source="official examples/cifar10/readme.md: train_script.sh 0.001 0.0 0.003 0.003",
         low=0,
     )
     epsilon: float = option(
@@ -242,32 +242,14 @@ def phase_config(ctx: Context, opts: Mapping[str, Any]) -> TrainConfig:
     )
 
 
-def median_group_norm(model: nn.Module, *, channels: bool, linear: bool = False) -> float:
-    """The median L2 norm of the penalty's filter groups (``channels=False``) or channel groups
-    (``channels=True``) over every penalised layer of ``model``."""
-    norms = []
-    for m, channel_wise in penalized_weights(model, linear=linear):
-        if channels and not channel_wise:
-            continue
-        w = m.weight.detach().double()
-        out_dim = 1 if isinstance(m, nn.modules.conv._ConvTransposeNd) else 0
-        dim = 1 - out_dim if channels else out_dim
-        norms.append(w.movedim(dim, 0).flatten(1).norm(dim=1).cpu())
-    return float(torch.cat(norms).median()) if norms else 0.0
-
-
 def resolve_lambda(key: str, ctx: Context, opts: Mapping[str, Any], config: TrainConfig) -> float:
-    """The coefficient ``opts[key]``, or when it is None the one whose total pull ``lambda *
-    summed lr`` over the phase equals the median norm of its groups at the start (see the
-    module docstring)."""
+    """The coefficient ``opts[key]``, or when it is None the official 0.003 scaled so that its
+    total pull ``lambda * summed lr`` over the phase is the official example's (0.32)."""
     if opts[key] is not None:
         return float(opts[key])
     steps = math.ceil(len(ctx.train_set) / ctx.batch_size)  # type: ignore[arg-type]
     ours = summed_lr(config, steps)
-    median = median_group_norm(
-        ctx.model, channels=key == "lambda_channel", linear=opts["penalize_linear"]
-    )
-    return median / ours if ours else 0.0
+    return OFFICIAL_LAMBDA * OFFICIAL_LR_SUM / ours if ours else 0.0
 
 
 def sparsity_train(model: nn.Module, ctx: Context, opts: Mapping[str, Any]) -> tuple[float, float]:
@@ -360,8 +342,7 @@ def zero_units(norms: dict[str, torch.Tensor], epsilon: float) -> dict[str, list
 class SSL(Method):
     """Structured Sparsity Learning (Wen et al., NIPS 2016): training with filter-wise and
     channel-wise group-Lasso penalties applied by proximal steps (``lambda_filter``,
-    ``lambda_channel``: None, a total pull over the phase equal to the median group norm, or
-    numbers; ``epochs`` 5 at ``lr`` 0.01), then removal of the groups that reached zero first and the
+    ``lambda_channel``: None, the official 0.003 scaled to this phase, or numbers; ``epochs`` 5 at ``lr`` 0.01), then removal of the groups that reached zero first and the
     smallest L2 norms over all their weights across layers next, to meet the target. See the
     module docstring for the details and deviations.
 
