@@ -163,10 +163,6 @@ KNOWN: dict[tuple[str, str], str] = {
         "depthwise convs (1 input per group) and the 3-channel stem cannot carry 2:4 and stay "
         "dense: 38% sparsity instead of 50%"
     ),
-    ("one_by_n", "mnist1d_cnn"): (
-        "the per-layer rounding of (block, input channel) groups misses the overall target on "
-        "small layers: 43% instead of 50%"
-    ),
 }
 # (method, net) pairs the method cannot apply to by its definition: a clear error is expected.
 REFUSED: dict[tuple[str, str], str] = {
