@@ -151,14 +151,7 @@ FAST: dict[str, dict[str, Any]] = {
 SHARED_FAST = {"epochs": 1, "soft_epochs": 1}
 
 # (method, net) pairs that fail today, with why; strict, so a fixed method must drop its mark.
-CHAINS_ONLY = (
-    "only chains are pruned: in the inverted-residual net the expanded channels feed a "
-    "depthwise conv, so the chains hold 13% of the FLOPs, less than the 30% target"
-)
 KNOWN: dict[tuple[str, str], str] = {
-    ("l1_filter", "depthwise"): CHAINS_ONLY,
-    ("thinet", "depthwise"): CHAINS_ONLY,
-    ("lasso_channel", "depthwise"): CHAINS_ONLY,
     ("nm_sparsity", "depthwise"): (
         "depthwise convs (1 input per group) and the 3-channel stem cannot carry 2:4 and stay "
         "dense: 38% sparsity instead of 50%"
