@@ -23,7 +23,7 @@ Here:
 * Channels are the graph's units (:class:`prunekit.graph.Group`): a residual stream is one
   group. The mask is applied where the channel leaves its producer: at the output of the
   BatchNorm that reads the filter's output, or at the filter layer's output when no BatchNorm
-  follows (a forward hook multiplies the output by the mask, :class:`StraightThroughMask`:
+  follows (a forward hook multiplies the output by the mask, :func:`prunekit.masks.straight_through`:
   masked channels output zero; the gradient passes to the unmasked output unchanged). Without
   BatchNorm this is exactly ``L(W * m)`` with the straight-through update (``W x * m`` =
   ``(W * m) x``). Masking the weights in front of a BatchNorm instead (as ``W * m`` literally
@@ -80,6 +80,7 @@ from torch.utils.hooks import RemovableHandle
 from prunekit.errors import ConfigError
 from prunekit.graph import Graph, build
 from prunekit.graph.core import out_weight
+from prunekit.masks import straight_through
 from prunekit.measure._inputs import Inputs
 from prunekit.methods.base import Context, Method, register_method
 from prunekit.methods.options import SHARED, Options, option
@@ -119,19 +120,6 @@ class GDPOptions(Options):
         source="prunekit: the paper updates the mask every few iterations (no number given)",
         low=1,
     )
-
-
-class StraightThroughMask(torch.autograd.Function):
-    """``forward(y, m) = y * m``; ``backward`` hands the gradient wrt ``y * m`` to ``y``
-    unchanged (the straight-through update of masked channels), and none to ``m``."""
-
-    @staticmethod
-    def forward(ctx: Any, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return y * m
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad, None
 
 
 def output_saliency(y: torch.Tensor, grad: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -301,7 +289,7 @@ class GlobalDynamicPruner:
             shape = [1] * y.dim()
             shape[point.channel_dim] = -1
             m = point.mask.to(device=y.device, dtype=y.dtype).view(shape)
-            return StraightThroughMask.apply(y, m)
+            return straight_through(y, m)
 
         return hook
 
@@ -475,6 +463,5 @@ __all__ = [
     "GDP",
     "GDPOptions",
     "GlobalDynamicPruner",
-    "StraightThroughMask",
     "output_saliency",
 ]
