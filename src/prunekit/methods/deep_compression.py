@@ -71,7 +71,6 @@ from prunekit.methods.base import (
 )
 from prunekit.methods.fine_grained import covered_sparsity
 from prunekit.methods.options import Options, option
-from prunekit.train import TrainConfig, fit
 
 PRUNING = ("std", "global")
 
@@ -82,27 +81,6 @@ def std_scores(weight: torch.Tensor) -> torch.Tensor:
     w = weight.detach().float()
     std = w.std() if w.numel() > 1 else w.new_tensor(0.0)
     return w.abs() / std if float(std) > 0 else w.abs()
-
-
-def _train(
-    model: nn.Module, ctx: Context, epochs: int, lr: float, wd: float, progress: bool
-) -> None:
-    if epochs <= 0:
-        return
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=ctx.batch_size,
-        lr=lr,
-        weight_decay=wd,
-        schedule="constant",
-        seed=ctx.seed,
-    )
-    try:
-        fit(model, ctx.train_set, config, progress=progress)
-    finally:
-        model.to(device)  # fit may have moved it to the accelerator
 
 
 @dataclass(frozen=True)
@@ -228,21 +206,23 @@ class DeepCompression(Method):
             if chosen:  # the layers' share of the overall count (the fine-grained accounting)
                 local = covered_sparsity(model, overall)
                 masks.prune(model, local, scope="global", importance=importance)
-            _train(
+            ctx.train(
                 model,
-                ctx,
                 opts["prune_epochs"],
                 opts["prune_lr"],
-                opts["prune_weight_decay"],
-                opts["progress"],
+                name=f"prune{step}",
+                weight_decay=opts["prune_weight_decay"],
+                schedule="constant",
+                progress=opts["progress"],
             )
         quantize_model(model, bits_conv=opts["bits_conv"], bits_fc=opts["bits_fc"], seed=ctx.seed)
-        _train(
+        ctx.train(
             model,
-            ctx,
             opts["quant_epochs"],
             opts["quant_lr"],
-            opts["quant_weight_decay"],
-            opts["progress"],
+            name="quantized",
+            weight_decay=opts["quant_weight_decay"],
+            schedule="constant",
+            progress=opts["progress"],
         )
         return SparsityReport.measure(model, before)
