@@ -936,11 +936,11 @@ class ChannelShuffle(Net):
 
 
 def test_channel_shuffle_prunes_in_shuffle_consistent_units() -> None:
+    # one unit is one column of the (2, 4) grid: channels j and 4 + j go together
+    group = pg.build(ChannelShuffle(), torch.randn(2, 3, 8, 8)).group("conv1.0")
+    assert group.size == 4 and [m.per_unit for m in group.members if m.layer == "conv1.0"] == [2]
     graph = check_equivalence(ChannelShuffle(), (torch.randn(2, 3, 8, 8),))
     assert out_prunable(graph, "conv1.0") and out_prunable(graph, "conv2.0")
-    # one unit is one column of the (2, 4) grid: channels j and 4 + j go together
-    group = graph.group("conv1.0")
-    assert group.size == 4 and [m.per_unit for m in group.members if m.layer == "conv1.0"] == [2]
 
 
 class LiteralShuffle(ChannelShuffle):
@@ -1164,7 +1164,7 @@ def test_unknown_layer_is_refused_by_name() -> None:
 
 class ScaledConv(nn.Conv2d):
     """A conv with a learnt per-output-channel scale: the conv handler alone would not slice
-    ``scale``, so until it has its own handler the core must refuse it."""
+    ``scale``, so the core traces into its forward (or uses a handler registered for it)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -1207,9 +1207,13 @@ class UserLayers(Net):
 
 def test_user_registered_handlers() -> None:
     x = torch.randn(2, 3, 8, 8)
-    # before registration: the subclass that overrides forward is traced into and refused
-    with pytest.raises(UnsupportedError, match=r"conv2d.*'conv1' \(ScaledConv\)"):
-        pg.build(UserLayers(), x)
+    # without registering anything: both are traced into, and what their code computes (an
+    # F.conv2d on the layer's weight times a scale, a per-channel affine) prunes exactly
+    model = UserLayers()
+    graph = check_equivalence(model, x)
+    assert {"conv1", "conv2"} <= group_layers(graph)
+    assert model.conv1.scale.shape == (model.conv1.out_channels,) == model.affine.weight.shape
+    assert model.conv1.out_channels < 8
 
     @pg.register_handler(ScaledConv)
     class ScaledConvHandler(pg.handlers.ConvHandler):

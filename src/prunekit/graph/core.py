@@ -23,7 +23,7 @@ from prunekit.errors import ConfigError, UnsupportedError
 from prunekit.graph import functional, ops
 from prunekit.graph.flow import Flow, Labels
 from prunekit.graph.functional import FUNCTIONAL_LAYERS, ParamFlow
-from prunekit.graph.handlers import Call, Handler, handler_for
+from prunekit.graph.handlers import Call, Handler, _slice, handler_for
 from prunekit.graph.trace import FLOPS, SCOPE, SHAPE, trace
 from prunekit.measure._inputs import Inputs, as_args
 
@@ -164,6 +164,7 @@ class Graph:
             None
         )
         self.inputs: tuple[Any, ...] = ()
+        self._last_plan: tuple[bytes, dict[str, int]] | None = None
 
     # ------------------------------------------------------------------ reading
     def group(self, name: str) -> Group:
@@ -218,32 +219,32 @@ class Graph:
         """Params and FLOPs the model would have without the units whose roots are ``removed``."""
         removed = np.fromiter(removed, dtype=np.int64)
         flops = self.per_module_flops()
-        total_flops = flops.get("", sum(flops.values()))
+        planned = dict(flops)  # per layer, kept for a removal of exactly these units
         params = sum(p.numel() for p in self.model.parameters())
         kept: dict[str, dict[str, int | None]] = {}
         for site, side, _, roots in self._unit_sides():
             kept.setdefault(site.name, {})[side] = int((~np.isin(roots, removed)).sum())
-        new_flops = total_flops
         for name, sides in kept.items():
             site = self.sites[name]
             dense_params, _ = site.handler.count(site.module, None, None)
             p, _ = site.handler.count(site.module, sides.get("in"), sides.get("out"))
             params += p - dense_params
-            dense_flops = flops.get(name, 0)
-            new_flops += (
-                site.handler.flops(
-                    site.module, sides.get("in"), sides.get("out"), dense_flops, site.calls
-                )
-                - dense_flops
+            planned[name] = site.handler.flops(
+                site.module, sides.get("in"), sides.get("out"), flops.get(name, 0), site.calls
             )
         for ps in self.param_sites:
             t = getattr(ps.owner, ps.attr)
+            if not isinstance(t, nn.Parameter):
+                continue  # a buffer (frozen statistics): sliced, but no parameter
             n = int((~np.isin(self.labels.roots(ps.labels), removed)).sum())
             params -= t.numel() // t.shape[ps.dim] * (t.shape[ps.dim] - n)
         for name, labels in self.through:
             n = int((~np.isin(self.labels.roots(labels), removed)).sum())
-            new_flops += flops.get(name, 0) * n // len(labels) - flops.get(name, 0)
-        return Plan(int(params), int(new_flops))
+            planned[name] = flops.get(name, 0) * n // len(labels)
+        total = flops.get("", sum(flops.values()))
+        planned[""] = total + sum(v - flops.get(k, 0) for k, v in planned.items() if k)
+        self._last_plan = (removed.tobytes(), planned)
+        return Plan(int(params), int(planned[""]))
 
     # ------------------------------------------------------------------ surgery
     def remove(self, roots: Sequence[int]) -> None:
@@ -252,7 +253,12 @@ class Graph:
         Either every layer is sliced or, if any slicing fails, the model is left exactly as it
         was: each touched layer's parameters, buffers and attributes are restored."""
         removed = np.asarray(list(roots), dtype=np.int64)
-        flops = self._planned_flops(removed)
+        # per-layer FLOPs afterwards: what the plan predicts (and the tests check against the
+        # counter), so surgery needs no second forward pass
+        cached = self._last_plan
+        if cached is None or cached[0] != removed.tobytes():
+            self.plan(removed.tolist())
+        flops = self._last_plan[1]  # type: ignore[index]
         state = _Snapshot(self)
         try:
             self._remove(removed)
@@ -260,31 +266,7 @@ class Graph:
             state.restore()
             raise
         self._per_module_flops = flops
-
-    def _planned_flops(self, removed: np.ndarray) -> dict[str, int]:
-        """Per-layer FLOPs after removing ``removed`` (what the plan predicts, and the tests
-        check against the counter), so surgery needs no second forward pass."""
-        flops = dict(self.per_module_flops())
-        kept: dict[str, dict[str, int | None]] = {}
-        for site, side, _, roots in self._unit_sides():
-            kept.setdefault(site.name, {})[side] = int((~np.isin(roots, removed)).sum())
-        total = flops.get("", 0)
-        for name, sides in kept.items():
-            site = self.sites[name]
-            dense = flops.get(name, 0)
-            new = site.handler.flops(
-                site.module, sides.get("in"), sides.get("out"), dense, site.calls
-            )
-            flops[name] = new
-            total += new - dense
-        for entry in self.through:
-            name, labels = entry
-            n = int((~np.isin(self.labels.roots(labels), removed)).sum())
-            dense = flops.get(name, 0)
-            flops[name] = dense * n // len(labels)
-            total += flops[name] - dense
-        flops[""] = total
-        return flops
+        self._last_plan = None
 
     def _remove(self, removed: np.ndarray) -> None:
         for site in list(self.sites.values()):
@@ -305,10 +287,8 @@ class Graph:
         for ps in self.param_sites:
             mask = ~np.isin(self.labels.roots(ps.labels), removed)
             if not mask.all():
-                t = getattr(ps.owner, ps.attr)
-                keep = torch.from_numpy(np.nonzero(mask)[0]).to(t.device)
-                new = nn.Parameter(t.detach().index_select(ps.dim, keep).clone(), t.requires_grad)
-                setattr(ps.owner, ps.attr, new)
+                keep = torch.from_numpy(np.nonzero(mask)[0])
+                _slice(ps.owner, ps.attr, ps.dim, keep)
                 ps.labels = ps.labels[mask]
         for entry in self.through:
             entry[1] = entry[1][~np.isin(self.labels.roots(entry[1]), removed)]
@@ -562,6 +542,7 @@ class _Propagation:
         self.flows: dict[fx.Node, Any] = {}
         self.pflows: dict[fx.Node, ParamFlow | None] = {}
         self.sizes: dict[fx.Node, list[tuple[Flow, int | None]]] = {}
+        self.ndims: dict[fx.Node, int] = {}  # the rank of the tensor a whole shape was read from
         self.tensors = {n for n, _ in graph.model.named_parameters()} | {
             n for n, _ in graph.model.named_buffers()
         }
@@ -695,6 +676,31 @@ class _Propagation:
             self.g.labels.fix(site.out_labels, f"protected layer {name}")
         return out
 
+    def _refuse(self, node: fx.Node) -> Any:
+        """An op the graph does not understand, with channels on its inputs: refused, with the
+        fix that applies where it is."""
+        scope = node.meta.get(SCOPE, "")
+        if self._is_ignored(scope):
+            return self._opaque(node, f"ignored layer {scope}")
+        op = ops.op_name(node)
+        if scope:
+            where = f"in layer {scope!r} ({type(self.modules[scope]).__name__})"
+            fix = (
+                f"register a rule for it (prunekit.graph.register_op({op!r})), or pass "
+                f"ignore=[{scope!r}] to keep that layer whole"
+            )
+        else:  # ignore=[...] takes submodules: it cannot help with the model's own code
+            where = "in the model's own forward"
+            fix = (
+                f"register a rule for it (prunekit.graph.register_op({op!r})), or move that "
+                "code into a submodule and pass it in ignore=[...]"
+            )
+        err = UnsupportedError(
+            f"operation {op!r} {where} is not understood by the channel graph: {fix}"
+        )
+        err.fix = fix  # type: ignore[attr-defined]
+        raise err
+
     def _opcall(self, node: fx.Node) -> ops.OpCall:
         return ops.OpCall(
             node, self.g.labels, self.flow_of, self.shape_of, node.meta.get(SCOPE, "")
@@ -716,24 +722,7 @@ class _Propagation:
                 return None
             if self._is_ignored(scope):
                 return self._opaque(node, f"ignored layer {scope}")
-            op = ops.op_name(node)
-            if scope:
-                where = f"in layer {scope!r} ({type(self.modules[scope]).__name__})"
-                fix = (
-                    f"register a rule for it (prunekit.graph.register_op({op!r})), or pass "
-                    f"ignore=[{scope!r}] to keep that layer whole"
-                )
-            else:  # ignore=[...] takes submodules: it cannot help with the model's own code
-                where = "in the model's own forward"
-                fix = (
-                    f"register a rule for it (prunekit.graph.register_op({op!r})), or move that "
-                    "code into a submodule and pass it in ignore=[...]"
-                )
-            err = UnsupportedError(
-                f"operation {op!r} {where} is not understood by the channel graph: {fix}"
-            )
-            err.fix = fix  # type: ignore[attr-defined]
-            raise err
+            return self._refuse(node)
         out = rule(self._opcall(node))
         if isinstance(out, Flow) and node.meta.get(FLOPS):
             self._through_products(node, out)
@@ -767,11 +756,13 @@ class _Propagation:
         x = self.flow_of(args[0]) if args else None
         if name == "getattr" and len(args) > 1 and args[1] == "shape" and isinstance(x, Flow):
             self.sizes[node] = [(x, None)]
+            self.ndims[node] = len(self.shape_of(args[0]))
             return True, None
         if name == "size" and node.op == "call_method" and isinstance(x, Flow):
             d = args[1] if len(args) > 1 else node.kwargs.get("dim")
             if d is None:
                 self.sizes[node] = [(x, None)]
+                self.ndims[node] = len(self.shape_of(args[0]))
             elif isinstance(d, int) and d % len(self.shape_of(args[0])) == x.dim:
                 self.sizes[node] = [(x, x.dim)]
             return True, None
@@ -787,7 +778,7 @@ class _Propagation:
             for f, d in self.sizes[args[0]]:
                 if d is not None:
                     picked.append((f, d))
-                elif isinstance(i, int) and (i - f.dim) % len(self.shape_of(args[0])) == 0:
+                elif isinstance(i, int) and (i - f.dim) % self.ndims.get(args[0], 1 << 30) == 0:
                     picked.append((f, f.dim))
                 elif isinstance(i, slice):
                     picked.append((f, None))
@@ -795,7 +786,7 @@ class _Propagation:
                 self.sizes[node] = picked
             return True, None
         channel = [f for f, d in deps if d is not None]
-        if not isinstance(self.shape_of(node), torch.Size):  # arithmetic on sizes
+        if not _holds_tensors(self.shape_of(node)):  # arithmetic on sizes
             if channel:
                 self.sizes[node] = [(f, f.dim) for f in channel]
             return True, None
@@ -841,9 +832,7 @@ class _Propagation:
         if rule is not None:  # a parameter along the channels (layer scale, class token)
             self._attach_params(node)
             return rule(self._opcall(node))
-        return self._opaque(
-            node, f"{name} with a parameter argument ({node.meta.get(SCOPE) or 'model'})"
-        )
+        return self._refuse(node)
 
     def _derive(self, node: fx.Node, name: str) -> ParamFlow | None:
         """The :class:`ParamFlow` of a tensor computed from parameters only, or None."""
@@ -874,6 +863,21 @@ class _Propagation:
             return None if order is None else functional.permute(src, order)
         if name in ops.UNARY_OPS:
             return src
+        if name == "getitem" and src is not None:  # w[:, None, None]: new size-1 dims only
+            idx = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if any(i is Ellipsis for i in idx):
+                k = idx.index(Ellipsis)
+                idx = idx[:k] + (slice(None),) * (len(src.dims) - len(idx) + 1) + idx[k + 1 :]
+            dims: list[Any] = []
+            rest = list(src.dims)
+            for i in idx:
+                if i is None:
+                    dims.append(())
+                elif i == slice(None) and rest:
+                    dims.append(rest.pop(0))
+                else:
+                    return None
+            return ParamFlow(src.path, src.shape, (*dims, *rest), src.mixes, src.extras)
         if name in ops.BROADCAST_OPS:
             operands = [(self._param_of(a), self.shape_of(a)) for a in [*args, *node.kwargs.values()]
                         if isinstance(a, fx.Node) and isinstance(self.shape_of(a), torch.Size)]  # fmt: skip
@@ -939,7 +943,7 @@ class _Propagation:
     def _param_site(self, path: str, dim: int, labels: np.ndarray) -> None:
         owner_path, _, attr = path.rpartition(".")
         owner = self.g.model.get_submodule(owner_path)
-        if not isinstance(getattr(owner, attr, None), nn.Parameter):
+        if not isinstance(getattr(owner, attr, None), torch.Tensor):
             return
         known = next((p for p in self.g.param_sites if p.path == path), None)
         if known is None:
@@ -978,6 +982,13 @@ class _Propagation:
         if isinstance(built, str):
             return self._opaque(node, f"{built} ({where}: F.{name})")
         return built
+
+
+def _holds_tensors(shape: Any) -> bool:
+    """True for the recorded shape of a tensor or of a tuple/list holding one."""
+    if isinstance(shape, torch.Size):
+        return True
+    return isinstance(shape, (tuple, list)) and any(_holds_tensors(s) for s in shape)
 
 
 def _make_groups(graph: Graph) -> None:

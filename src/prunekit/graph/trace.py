@@ -127,6 +127,21 @@ def _value(a: Any) -> Any:
     return a.value if isinstance(a, _Concrete) else a
 
 
+def _shapes(value: Any) -> Any:
+    """The shape of a tensor, or the same structure of shapes for a tuple/list/dict of them."""
+    if isinstance(value, torch.Tensor):
+        return value.shape
+    if isinstance(value, (tuple, list)) and not isinstance(value, torch.Size):
+        return (
+            type(value)(map(_shapes, value))
+            if not hasattr(value, "_fields")
+            else tree_map(lambda v: v.shape if isinstance(v, torch.Tensor) else None, value)
+        )
+    if isinstance(value, dict):
+        return tree_map(lambda v: v.shape if isinstance(v, torch.Tensor) else None, value)
+    return None
+
+
 def _run(fn: Any, args: Any, kwargs: Any) -> Any:
     return fn(*map_aggregate(args, _value), **map_aggregate(kwargs, _value))
 
@@ -241,9 +256,7 @@ class _Tracer(fx.Tracer):
             self.flops[""] += flops
             if kind == "call_module":
                 self.flops[str(target)] = self.flops.get(str(target), 0) + flops
-        node.meta[SHAPE] = tree_map(
-            lambda v: v.shape if isinstance(v, torch.Tensor) else None, value
-        )
+        node.meta[SHAPE] = _shapes(value)
         return _Proxy(node, self, value, data)
 
     def _reads_data(self, node: fx.Node) -> bool:
