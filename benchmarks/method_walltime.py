@@ -112,6 +112,9 @@ def main() -> None:
     p.add_argument("--budget-s", type=int, default=300, help="runs over this are flagged")
     p.add_argument("--work", default="/tmp/method_walltime")
     p.add_argument("--out", default=None, help="Markdown table to write")
+    p.add_argument(
+        "--report-only", action="store_true", help="tabulate the finished runs, start none"
+    )
     p.add_argument("--one", nargs=3, metavar=("SETUP", "METHOD", "WEIGHTS"), help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -128,11 +131,13 @@ def main() -> None:
     work = Path(args.work)
     rows = []
     for setup in args.setups:
-        weights = baseline(setup, work, args.epochs)
+        weights = None if args.report_only else baseline(setup, work, args.epochs)
         for method_id in ids:
             done = work / setup.replace("/", "_") / f"{method_id}.json"
             if done.exists():
                 result = json.loads(done.read_text())
+            elif args.report_only:
+                result = {"error": "not run"}
             else:
                 cmd = [sys.executable, __file__, "--one", setup, method_id, str(weights)]
                 t0 = time.perf_counter()
