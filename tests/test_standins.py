@@ -20,8 +20,6 @@ from test_graph import check_equivalence
 MISSING: dict[str, str] = {
     "functional_embedding": "F.layer_norm with normalized_shape read from the input's own shape "
     "(x.shape[-1],) is pinned as if the size were hard-coded (class 2)",
-    "frozen_bn_fpn": "FrozenBatchNorm2d (buffers folded into scale and shift in forward): surgery "
-    "leaves a later 1x1 conv's input at 1 channel while its input keeps 12 (class 2)",
 }
 
 # attributes a layer's forward reads that mirror the shape of its parameters
