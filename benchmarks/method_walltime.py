@@ -185,9 +185,7 @@ def main() -> None:
             "user waits; CPU time (the run's process time) is what the run costs when the "
             "machine is shared (the two differ by the load).\n\n"
         )
-        cmd = "python benchmarks/method_walltime.py " + " ".join(
-            a for a in sys.argv[1:] if not a.startswith("--work")
-        )
+        cmd = "python benchmarks/method_walltime.py " + " ".join(sys.argv[1:])
         with atomic_open(Path(args.out), "w") as f:
             f.write(head + table + f"\n\nCommand: `{cmd}`\n")
 
