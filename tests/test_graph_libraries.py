@@ -211,6 +211,44 @@ def test_group_count_written_as_a_number_is_pinned_with_reason() -> None:
     assert any("group count 4" in r for r in out_reasons(graph, "conv"))
 
 
+class SizedLayerNorm(Net):
+    """F.layer_norm on channels-last maps, its width read from the map itself or written."""
+
+    def __init__(self, size: str, affine: bool = True) -> None:
+        super().__init__()
+        self.size = size
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.ln_w = nn.Parameter(torch.ones(8)) if affine else None
+        self.ln_b = nn.Parameter(torch.zeros(8)) if affine else None
+        self.mix = nn.Conv2d(8, 6, 1)
+        self.head = Head(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).permute(0, 2, 3, 1)
+        shape = {"shape": (x.shape[-1],), "size": [x.size(3)], "literal": (8,)}[self.size]
+        x = F.layer_norm(x, shape, self.ln_w, self.ln_b)
+        return self.head(F.relu(self.mix(x.permute(0, 3, 1, 2))))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("size", ["shape", "size"])
+def test_layer_norm_width_read_from_its_input_follows_the_pruning(size: str, affine: bool) -> None:
+    model = SizedLayerNorm(size, affine)
+    graph = check_equivalence(model, img(), max_groups=None)
+    assert out_prunable(graph, "conv") and not graph.group("conv").exact
+    if affine:
+        assert {m.layer for m in graph.group("conv").members} >= {"ln_w", "mix"}
+        assert model.ln_w.shape == model.ln_b.shape == (model.conv.out_channels,)
+    assert model.conv.out_channels < 8 and model.mix.in_channels == model.conv.out_channels
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_width_written_as_a_number_is_pinned_with_reason(affine: bool) -> None:
+    graph = check_equivalence(SizedLayerNorm("literal", affine), img(), min_groups=0)
+    assert not out_prunable(graph, "conv")
+    assert any("normalized_shape (8,)" in r for r in out_reasons(graph, "conv"))
+
+
 class Embed(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -17,10 +17,7 @@ from torch import nn
 from standins import STANDINS
 from test_graph import check_equivalence
 
-MISSING: dict[str, str] = {
-    "functional_embedding": "F.layer_norm with normalized_shape read from the input's own shape "
-    "(x.shape[-1],) is pinned as if the size were hard-coded (class 2)",
-}
+MISSING: dict[str, str] = {}
 
 # attributes a layer's forward reads that mirror the shape of its parameters
 MIRRORS = {

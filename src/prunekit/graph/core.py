@@ -792,6 +792,12 @@ class _Propagation:
             return True, None
         if not channel:
             return False, None
+        if (
+            name == "layer_norm"
+            and not self._is_ignored(node.meta.get(SCOPE, ""))
+            and self._normalises_own_count(node)
+        ):
+            return True, self.visit_param_op(node, self._all_flows([node.args, node.kwargs]))
         rule = ops.rule_for(node)
         node.meta[ops.SIZED] = True
         out = rule(self._opcall(node)) if rule is not None else None
@@ -812,6 +818,35 @@ class _Propagation:
                 for g in self._all_flows([node.args, node.kwargs, out]):
                     self.g.labels.fix(g.labels, why)
         return True, out
+
+    def _normalises_own_count(self, node: fx.Node) -> bool:
+        """``F.layer_norm(x, (x.shape[-1],), w, b)``: every channel count among the sizes is
+        read directly (``shape[i]``, ``size(i)``) from the channels the op normalises, at the
+        position of ``normalized_shape`` that lies on them, so it follows their pruned width."""
+        sig = FUNCTIONAL_LAYERS["layer_norm"]
+        args = dict(zip(sig, node.args, strict=False))
+        args.update({k: v for k, v in node.kwargs.items() if k in sig})
+        x = self.flow_of(args.get("input"))
+        shape = args.get("normalized_shape")
+        if not isinstance(x, Flow) or not isinstance(shape, (tuple, list)):
+            return False
+        ndim = len(self.shape_of(args["input"]))
+        covered = set()
+        for k, s in enumerate(shape):
+            deps = self.sizes.get(s, []) if isinstance(s, fx.Node) else []
+            channel = [f for f, d in deps if d is not None]
+            if not channel:
+                continue
+            if ops.op_name(s) not in ("getitem", "size") or ndim - len(shape) + k != x.dim:
+                return False
+            for f in channel:
+                if not np.array_equal(np.sort(f.labels), np.sort(x.labels)):
+                    return False
+            covered.add(s)
+        others = [a for a in node.all_input_nodes if a not in covered]
+        return bool(covered) and not any(
+            d is not None for a in others for _, d in self.sizes.get(a, ())
+        )
 
     # ------------------------------------------------------------ parameters in the code
     def _param_of(self, a: Any) -> ParamFlow | None:

@@ -374,6 +374,8 @@ def layer(
             if x.dim >= ndim - len(shape):
                 if len(shape) != 1:
                     return "LayerNorm over the channels and other dimensions"
+                if isinstance(shape[0], int):
+                    return f"LayerNorm whose normalized_shape {shape} is written as a number"
                 g.inexact.append(x.labels)
         if x is not None and name == "group_norm":
             groups = int(args.get("num_groups") or 1)
@@ -457,6 +459,9 @@ def layer(
                 return x  # normalises other dims; its parameters are not along the channels
             if len(shape) != 1 or x.dim != channel_last:
                 return "LayerNorm over the channels and other dimensions"
+            if isinstance(shape[0], int) and getattr(owner, "normalized_shape", None) != shape:
+                # the width could follow, but it is written into the code as a number
+                return f"LayerNorm whose normalized_shape {shape} is written as a number"
             exact = False  # statistics over the channels: removing one changes the others
         elif x.dim != 1:
             if name == "prelu" and math.prod(w.shape) == 1:
