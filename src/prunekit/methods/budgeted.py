@@ -3,11 +3,9 @@ Training Under Resource Constraints", ICLR 2020: one-shot magnitude pruning, the
 within a fixed epoch budget under the budget-aware linear learning-rate decay. The class
 docstring gives the computation, the defaults and the deviations.
 
-Retraining goes through :class:`~prunekit.methods.retraining.Retraining` (SGD through
-:func:`prunekit.train.fit` with the masks attached, so pruned weights stay exactly zero) and
-pruning through :func:`~prunekit.methods.fine_grained.magnitude_prune`. ``target_sparsity`` is
-the fraction of *all* conv / Linear weights to zero; protected layers stay dense, so the other
-layers are pruned a little further to meet the overall target.
+Training goes through :class:`~prunekit.methods.retraining.Retraining` and pruning through
+:func:`~prunekit.methods.fine_grained.magnitude_prune`; :mod:`prunekit.methods.fine_grained` says
+how ``target_sparsity`` counts weights and why protected layers stay dense.
 """
 
 from __future__ import annotations
