@@ -117,6 +117,7 @@ class Context:
         name: str,
         callbacks: Sequence[Callback] = (),
         momentum: float = 0.9,
+        nesterov: bool = False,
         weight_decay: float = 5e-4,
         schedule: str = "cosine",
         seed: int | None = None,
@@ -127,7 +128,7 @@ class Context:
         :func:`prunekit.train.fit` with SGD (``momentum``, ``weight_decay``), the learning-rate
         ``schedule`` peaking at ``lr``, the run's batch size and ``seed`` (default: the run's);
         the masks on the model stay attached, so pruned weights stay zero. ``callbacks`` are
-        fit's (``cb(event, state)``); a callback with ``state_dict`` / ``load_state_dict`` (an
+        fit's (``cb(event, state)``); ``nesterov`` as :class:`~prunekit.train.TrainConfig`'s; a callback with ``state_dict`` / ``load_state_dict`` (an
         in-training pruner, :class:`prunekit.masks.Pruner`) has its state saved with every
         epoch.
 
@@ -147,6 +148,7 @@ class Context:
             batch_size=self.batch_size,
             lr=lr,
             momentum=momentum,
+            nesterov=nesterov,
             weight_decay=weight_decay,
             schedule=schedule,
             seed=self.seed if seed is None else seed,

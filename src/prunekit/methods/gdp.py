@@ -358,8 +358,11 @@ class GlobalDynamicPruner:
 
     def set_mask(self, picks: dict[str, list[int]]) -> None:
         """Mask exactly the units ``picks`` (``{group name: indices}``); unmask the rest."""
-        self.picks = {k: sorted(v) for k, v in picks.items() if v}
+        self._apply({k: sorted(v) for k, v in picks.items() if v})
         self.history.append(self.picks)
+
+    def _apply(self, picks: dict[str, list[int]]) -> None:
+        self.picks = picks
         off = {name: set(idx) for name, idx in self.picks.items()}
         for point in self.points:
             mask = torch.ones(point.size)
@@ -388,6 +391,11 @@ class GlobalDynamicPruner:
             self.model.zero_grad(set_to_none=True)
         return self.update_mask()
 
+    def __call__(self, event: str, state: dict[str, Any]) -> None:
+        """The pruner itself is the fit callback (:meth:`callback`), so that
+        :meth:`prunekit.methods.Context.train` saves its state with every epoch."""
+        self.callback(event, state)
+
     def callback(self, event: str, state: dict[str, Any]) -> None:
         """A :func:`prunekit.train.fit` callback: closes each step's saliency and updates the
         mask every ``mask_interval`` steps."""
@@ -400,6 +408,27 @@ class GlobalDynamicPruner:
     def train(self, train_set: Dataset[Any], config: TrainConfig, *, progress: bool = True) -> None:
         """Train the masked model in place by ``config``, updating the mask as it goes."""
         fit(self.model, train_set, config, progress=progress, callbacks=[self.callback])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The masks chosen so far and the saliency gathered since the last update (saved with
+        every epoch of a checkpointed phase)."""
+        return {
+            "history": [dict(p) for p in self.history],
+            "picks": dict(self.picks),
+            "sum": {k: v.detach().cpu().clone() for k, v in self._sum.items()},
+            "count": self._count,
+            "last_saliency": self.last_saliency,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved :meth:`state_dict`: the same mask on the model, the same
+        saliency sums toward the next update."""
+        self.history = [{k: list(v) for k, v in p.items()} for p in state["history"]]
+        self._apply({k: list(v) for k, v in state["picks"].items()})
+        device = next(self.model.parameters()).device
+        self._sum = {k: v.to(device) for k, v in state["sum"].items()}
+        self._count = int(state["count"])
+        self.last_saliency = state["last_saliency"]
 
     def finish(self) -> PruneReport:
         """Remove the hooks, zero the final mask's units whole (BatchNorm terms included) and
@@ -432,11 +461,6 @@ class GDP(Method):
         opts = self.options(ctx)
         epochs = opts["epochs"]
         target = ctx.target.require("flops", "params", method=self.id)
-        config = None
-        if epochs > 0:
-            config = TrainConfig(
-                epochs=epochs, lr=opts["lr"], batch_size=ctx.batch_size, seed=ctx.seed
-            )
         model = ctx.model
         first = next(model.parameters(), None)
         home = first.device if first is not None else torch.device("cpu")
@@ -445,12 +469,20 @@ class GDP(Method):
             ctx.example_input,
             target,
             mask_interval=opts["mask_interval"],
-            device=None if config is None else resolve_device(config.device),
+            device=resolve_device("auto") if epochs > 0 else None,  # where ctx.train trains
         )
         try:
             pruner.calibrate(ctx.calibration())
-            if config is not None:
-                pruner.train(ctx.train_set, config, progress=opts["progress"])
+            # TrainConfig's SGD defaults (momentum 0.9, weight decay 5e-4, cosine) as before;
+            # the masks resume with the phase
+            ctx.train(
+                model,
+                epochs,
+                opts["lr"],
+                name="gdp",
+                callbacks=[pruner],
+                progress=opts["progress"],
+            )
             report = pruner.finish()
         finally:
             pruner.detach()

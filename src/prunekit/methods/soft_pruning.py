@@ -246,6 +246,11 @@ class SoftPruner:
             self._attach()
         return self.step()
 
+    def __call__(self, event: str, state: dict[str, Any]) -> None:
+        """The pruner itself is the fit callback (:meth:`callback`), so that
+        :meth:`prunekit.methods.Context.train` saves its state with every epoch."""
+        self.callback(event, state)
+
     def callback(self, event: str, state: dict[str, Any]) -> None:
         """A :func:`prunekit.train.fit` callback: :meth:`step` after every epoch; with
         ``mask_gradients``, the zeroed filters are also set back to zero after every step."""
@@ -264,6 +269,19 @@ class SoftPruner:
             return fit(self.model, train_set, config, progress=progress, callbacks=[self.callback])
         finally:
             self.detach()
+
+    # ------------------------------------------------------------------ resuming
+    def state_dict(self) -> dict[str, Any]:
+        """The selections made so far (saved with every epoch of a checkpointed phase)."""
+        return {"history": [dict(p) for p in self.history], "picks": dict(self.picks)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved :meth:`state_dict`: the current selection (and, with
+        ``mask_gradients``, which filters get no gradient) is the saved one."""
+        self.history = [{k: list(v) for k, v in p.items()} for p in state["history"]]
+        self.picks = {k: list(v) for k, v in state["picks"].items()}
+        if self.mask_gradients:
+            self._rows = self._selected_rows(self.picks)
 
     def finish(self) -> PruneReport:
         """Zero the last selection whole (BatchNorm terms included) and remove it physically
@@ -307,16 +325,21 @@ class SoftPruningMethod(Method):
             mask_gradients=opts["mask_gradients"],
         )
         if opts["epochs"] > 0:
-            config = TrainConfig(
-                epochs=opts["epochs"],
-                lr=opts["lr"],
-                batch_size=ctx.batch_size,
-                seed=ctx.seed,
-                schedule="constant",
-                nesterov=NESTEROV,
-                weight_decay=WEIGHT_DECAY,
-            )
-            pruner.train(ctx.train_set, config, progress=opts["progress"])
+            pruner.begin()
+            try:
+                ctx.train(
+                    ctx.model,
+                    opts["epochs"],
+                    opts["lr"],
+                    name="soft",
+                    callbacks=[pruner],  # its selections resume with the phase
+                    schedule="constant",
+                    nesterov=NESTEROV,
+                    weight_decay=WEIGHT_DECAY,
+                    progress=opts["progress"],
+                )
+            finally:
+                pruner.detach()
         report = pruner.finish()
         self.history = pruner.history
         return report
