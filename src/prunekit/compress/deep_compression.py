@@ -62,7 +62,7 @@ import math
 import struct
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -108,6 +108,8 @@ __all__ = [
     "quantize_model",
     "read_deep_compressed",
     "save_deep_compressed",
+    "share_layer",
+    "share_values",
     "shared_weights",
 ]
 
@@ -188,19 +190,82 @@ def shared_weights(model: nn.Module) -> dict[str, SharedWeights]:
     return out
 
 
+def share_layer(
+    module: nn.Module,
+    centroids: torch.Tensor,
+    index: torch.Tensor,
+    keep: torch.Tensor,
+    meta: dict[str, Any] | None = None,
+) -> SharedWeights:
+    """Put ``module.weight`` under a :class:`SharedWeights` parametrization (in place):
+    ``weight = where(keep, centroids[index], 0)``, ``centroids`` the only trainable tensor.
+
+    Any parametrization already on the weight is removed first (its current values kept as the
+    stored weight, which then shows the shared values). A method that chose its own codebook and
+    bit width per layer (a fixed-point grid, interval means, ADMM levels) installs it with this,
+    so the layer trains, finalizes and is stored exactly as a Deep Compression layer is."""
+    weight = module.weight
+    if parametrize.is_parametrized(module, "weight"):
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    shared = SharedWeights(
+        centroids.detach().to(weight.device, weight.dtype),
+        index.detach().to(weight.device),
+        Mask(keep.detach().bool().to(weight.device), meta=dict(meta or {})),
+    )
+    with torch.no_grad():
+        module.weight.copy_(shared(module.weight))  # the stored weight shows the shared values
+    parametrize.register_parametrization(module, "weight", shared)
+    module.parametrizations.weight.original.requires_grad_(False)
+    return shared
+
+
+def share_values(
+    module: nn.Module, values: torch.Tensor, keep: torch.Tensor, meta: dict[str, Any] | None = None
+) -> SharedWeights:
+    """:func:`share_layer` with the distinct values of ``values[keep]`` as the codebook: for a
+    layer already quantised to a small set of values (at most :data:`MAX_CODEBOOK`)."""
+    keep = keep.detach().bool()
+    kept = values.detach()[keep].cpu()
+    codebook, labels = torch.unique(kept, sorted=True, return_inverse=True)
+    if codebook.numel() == 0:
+        codebook = torch.zeros(1, dtype=values.dtype)
+    if codebook.numel() > MAX_CODEBOOK:
+        raise ConfigError(
+            f"a layer has {codebook.numel()} distinct values, more than a codebook holds "
+            f"({MAX_CODEBOOK}): expected a quantised layer"
+        )
+    index = torch.zeros(values.shape, dtype=torch.long)
+    index[keep.cpu()] = labels
+    return share_layer(module, codebook, index, keep, meta)
+
+
 def quantize_model(
-    model: nn.Module, *, bits_conv: int = 8, bits_fc: int = 5, seed: int = 0
+    model: nn.Module,
+    *,
+    bits_conv: int = 8,
+    bits_fc: int = 5,
+    seed: int = 0,
+    layer_bits: Mapping[str, int] | None = None,
 ) -> dict[str, SharedWeights]:
     """Share the weights of every conv / Linear layer of ``model`` (in place).
 
     The kept weights are those under the layer's prunekit mask, or the non-zero ones of an
     unmasked layer; they are clustered into ``2**bits_conv`` (conv) or ``2**bits_fc`` (Linear)
-    centroids, and the layer's weight becomes a :class:`SharedWeights` parametrization (which
+    centroids, or ``2**layer_bits[name]`` for a weight named there (``"layer.weight"``: per-layer
+    bit widths), and the layer's weight becomes a :class:`SharedWeights` parametrization (which
     carries the mask). Layers that are already shared are left alone. Returns all shared layers.
     """
     _check_bits("bits_conv", bits_conv)
     _check_bits("bits_fc", bits_fc)
-    for module in prunable_layers(model).values():
+    layer_bits = dict(layer_bits or {})
+    layers = prunable_layers(model)
+    unknown = set(layer_bits) - {weight_name(n) for n in layers}
+    if unknown:
+        raise ConfigError(
+            f"layer_bits names {', '.join(sorted(unknown))}, which are not conv / Linear weights "
+            "of the model; expected names such as 'layer.weight'"
+        )
+    for name, module in layers.items():
         current = mask_parametrization(module, "weight")
         if isinstance(current, SharedWeights):
             continue
@@ -212,19 +277,12 @@ def quantize_model(
         else:
             keep = weight != 0
             meta = {}
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-        k = 2 ** _bits_for(module, bits_conv, bits_fc)
+        bits = layer_bits.get(weight_name(name), _bits_for(module, bits_conv, bits_fc))
+        k = 2 ** _check_bits(f"layer_bits[{weight_name(name)!r}]", bits)
         centroids, labels = kmeans_codebook(weight[keep], k, seed=seed)
         index = torch.zeros(weight.shape, dtype=torch.long)
         index[keep.cpu()] = labels
-        shared = SharedWeights(
-            centroids.to(weight.device), index.to(weight.device), Mask(keep, meta=meta)
-        )
-        with torch.no_grad():
-            module.weight.copy_(shared(weight))  # the stored weight shows the shared values
-        parametrize.register_parametrization(module, "weight", shared)
-        module.parametrizations.weight.original.requires_grad_(False)
+        share_layer(module, centroids, index, keep, meta)
     return shared_weights(model)
 
 
@@ -461,10 +519,12 @@ def compress_model(
     value_dtype: ValueDtype = "fp32",
     seed: int = 0,
     extra: Any = None,
+    layer_bits: Mapping[str, int] | None = None,
 ) -> DeepCompressionReport:
-    """Quantise ``model`` in place (:func:`quantize_model`; layers already shared, or with few
-    enough distinct values, are kept exactly) and write it with :func:`save_deep_compressed`."""
-    quantize_model(model, bits_conv=bits_conv, bits_fc=bits_fc, seed=seed)
+    """Quantise ``model`` in place (:func:`quantize_model`, ``layer_bits`` per weight name over
+    ``bits_conv`` / ``bits_fc``; layers already shared, or with few enough distinct values, are
+    kept exactly) and write it with :func:`save_deep_compressed`."""
+    quantize_model(model, bits_conv=bits_conv, bits_fc=bits_fc, seed=seed, layer_bits=layer_bits)
     return save_deep_compressed(
         model,
         path,

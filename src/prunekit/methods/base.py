@@ -83,6 +83,7 @@ from prunekit.targets import Target
 from prunekit.train import Callback, TrainConfig, TrainResult, fit
 from prunekit.train import distributed as dist_
 from prunekit.train.checkpoint import load_checkpoint
+from prunekit.train.loop import LossFn
 
 
 @dataclass
@@ -122,12 +123,15 @@ class Context:
         schedule: str = "cosine",
         seed: int | None = None,
         progress: bool = False,
+        loss: LossFn | None = None,
     ) -> TrainResult:
         """Train ``model`` in place on the training set: the one way a method trains.
 
         :func:`prunekit.train.fit` with SGD (``momentum``, ``weight_decay``), the learning-rate
         ``schedule`` peaking at ``lr``, the run's batch size and ``seed`` (default: the run's);
-        the masks on the model stay attached, so pruned weights stay zero. ``callbacks`` are
+        the masks on the model stay attached, so pruned weights stay zero. ``loss(x, logits,
+        labels)``, when given, is the per-sample loss in place of cross-entropy (fit's).
+        ``callbacks`` are
         fit's (``cb(event, state)``); ``nesterov`` as :class:`~prunekit.train.TrainConfig`'s; a callback with ``state_dict`` / ``load_state_dict`` (an
         in-training pruner, :class:`prunekit.masks.Pruner`) has its state saved with every
         epoch.
@@ -172,6 +176,7 @@ class Context:
                 checkpoint=checkpoint,
                 progress=progress,
                 callbacks=callbacks,
+                loss=loss,
             )
         finally:
             model.to(device)
