@@ -145,6 +145,7 @@ FAST: dict[str, dict[str, Any]] = {
     "magnitude": {"rounds": 1},
     "random_channel": {"candidates": 2, "candidate_steps": 2},
     "slimming": {"sparsity_epochs": 1},
+    "sfw": {"init_draws": 2},
     "ssl": {"ssl_epochs": 1},
     "taylor": {"maps_per_step": 32, "finetune_steps": 1},
 }
