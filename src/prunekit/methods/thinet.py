@@ -88,6 +88,9 @@ class ThiNet(ReconstructionMethod):
     rate over the chains meets the target. See the module docstring for the details and
     deviations."""
 
+    # the greedy removal ``(contributions, n_remove) -> removed``; a variant may swap it
+    greedy = staticmethod(thinet_greedy)
+
     def refit_chains(
         self,
         model: nn.Module,
@@ -105,7 +108,7 @@ class ThiNet(ReconstructionMethod):
             contrib, target = all_ranks(
                 *self._samples(model, chain, batches, g, opts["samples_per_image"])
             )
-            removed = thinet_greedy(contrib, n_remove)
+            removed = self.greedy(contrib, n_remove)
             new_weight = None
             if opts["rescale"]:
                 kept = [u for u in range(chain.group.size) if u not in set(removed)]
