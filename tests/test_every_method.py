@@ -143,6 +143,7 @@ FAST: dict[str, dict[str, Any]] = {
     "l1_filter": {"sensitivity_ratios": "0.25,0.5,0.75"},
     "lth": {"round_epochs": 1, "rate_per_round": 0.5, "rewind_steps": 0},
     "magnitude": {"rounds": 1},
+    "one_cycle": {"epochs": 1},
     "random_channel": {"candidates": 2, "candidate_steps": 2},
     "slimming": {"sparsity_epochs": 1},
     "sfw": {"init_draws": 2},
