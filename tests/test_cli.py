@@ -221,6 +221,14 @@ def test_bench_run_report_and_export_of_a_run(tmp_path, capsys) -> None:
     onnx_file = tmp_path / "pruned.onnx"
     code, out, _ = run(["export", str(pruned), str(onnx_file)], capsys)
     assert code == 0 and onnx_file.exists() and "max |onnxruntime - torch|" in out
+    # --input-shape is batch first, as `prunekit info` reads it
+    onnx_file.unlink()
+    code, out, _ = run(
+        ["export", str(pruned), str(onnx_file), "--input-shape", "2,1,28,28"], capsys
+    )
+    assert code == 0 and onnx_file.exists()
+    code, _, err = run(["export", str(pruned), str(onnx_file), "--input-shape", "1,a"], capsys)
+    assert code == 1 and "input shape '1,a'" in err and "e.g. 1,3,32,32" in err
 
 
 def test_bench_errors_name_the_spec_key(tmp_path, capsys) -> None:

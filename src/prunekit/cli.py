@@ -286,22 +286,21 @@ def cmd_bench_report(args: argparse.Namespace) -> None:
 
 
 def _example_from_file(model: Any, shape: str | None) -> Any:
-    """An input for ``model``: ``--input-shape C,H,W`` (or ``L`` / ``C,L``), else the input the
-    file's architecture record names."""
+    """An input for ``model``: ``--input-shape B,C,H,W`` (batch first, as ``prunekit info``
+    reads it), else one sample of the input the file's architecture record names."""
     import torch
 
     if shape is not None:
-        try:
-            dims = [int(v) for v in shape.split(",")]
-        except ValueError as e:
-            raise ValueError(f"--input-shape must be integers like 3,32,32, got {shape!r}") from e
-        return torch.randn(1, *dims)
+        return torch.randn(*pk_models.parse_input_shape(shape))
     kwargs = (getattr(model, "prunekit_arch", None) or {}).get("kwargs", {})
     size, channels = kwargs.get("input_size"), kwargs.get("in_channels")
     if size is None or channels is None:
         from prunekit.errors import ConfigError
 
-        raise ConfigError("the model file does not record its input size; give --input-shape C,H,W")
+        raise ConfigError(
+            "the model file does not record its input size; give --input-shape B,C,H,W "
+            "(batch first), e.g. 1,3,32,32"
+        )
     return torch.randn(1, channels, *([size] if isinstance(size, int) else size))
 
 
@@ -373,8 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--input-shape",
         default=None,
-        metavar="C,H,W",
-        help="input shape without the batch (default: the one the file records)",
+        metavar="B,C,H,W",
+        help="input shape with the batch first, e.g. 1,3,32,32, as prunekit info reads it "
+        "(default: one sample of the size the file records)",
     )
     p.add_argument("--latency", action="store_true", help="time it under onnxruntime")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="N")
