@@ -141,6 +141,7 @@ FAST: dict[str, dict[str, Any]] = {
     "dlth": {"train_epochs": 1},
     "gdp": {"gdp_epochs": 1},
     "gmp": {"gmp_epochs": 1, "gmp_frequency": 1},
+    "hap": {"n_v": 2},
     "l1_filter": {"sensitivity_ratios": "0.25,0.5,0.75"},
     "lth": {"round_epochs": 1, "rate_per_round": 0.5, "rewind_steps": 0},
     "magnitude": {"rounds": 1},
