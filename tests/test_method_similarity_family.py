@@ -160,7 +160,7 @@ FAST = {"msvfp": {"epochs": 0}}
 
 
 @pytest.mark.parametrize("net", sorted(NETS))
-@pytest.mark.parametrize("method_id", ["similarity", "fpfs"])
+@pytest.mark.parametrize("method_id", ["similarity", "fpfs", "fmi", "ezcrop"])
 def test_meets_flops_target_within_one_percent(method_id: str, net: str, tmp_path) -> None:
     torch.manual_seed(0)
     model = NETS[net]()
@@ -170,3 +170,90 @@ def test_meets_flops_target_within_one_percent(method_id: str, net: str, tmp_pat
     after = prunekit.measure.count_flops(model, ctx.example_input).flops
     assert abs(report.flops_reduction - 0.5) <= 0.01
     assert abs(1 - after / dense - 0.5) <= 0.01
+
+
+# ----------------------------------------------------------------------------- fmi, ezcrop
+class Scale(nn.Module):
+    """A 1x1 conv ``a`` (3 -> 3) scaling input channel c by ``SCALES[c]`` -> ReLU -> conv ``b``
+    reads the maps -> flatten -> protected fc. Filter L1 norms are the scales: a magnitude rule
+    removes channel 2 first."""
+
+    SCALES = (3.0, 1.0, 0.5)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 3, 1, bias=False)
+        self.b = nn.Conv2d(3, 2, 1, bias=False)
+        self.fc = nn.Linear(2 * 16, 4)
+        self.protected_layers = ("fc",)
+        with torch.no_grad():
+            self.a.weight.copy_(torch.diag(torch.tensor(self.SCALES)).view(3, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.b(torch.relu(self.a(x))), 1))
+
+
+def _images(*maps: torch.Tensor, n: int = 2) -> torch.Tensor:
+    return torch.stack(maps).unsqueeze(0).repeat(n, 1, 1, 1)
+
+
+def test_fmi_entropies_by_hand() -> None:
+    """4x4 maps, 4 bins. Channel 0: a constant (the largest filter) -> 0 bits. Channel 1: the
+    values 0..15, four per bin over [0, 15] -> 2 bits. Channel 2: half 0, half 1 -> 1 bit.
+    Normalised by the largest: 0, 1, 0.5; FMI removes channel 0, a magnitude rule channel 2."""
+    from prunekit.criteria.feature_information import FeatureEntropy
+
+    ramp = torch.arange(16.0).view(4, 4)
+    half = torch.tensor([0.0, 1.0]).repeat(8).view(4, 4)
+    x = _images(torch.full((4, 4), 7.0), ramp, half)
+    model = Scale()
+    group = prunekit.graph.build(model, x[:1]).group("a")
+    raw = FeatureEntropy([x], bins=4, normalize=False)(group)
+    assert raw.tolist() == pytest.approx([0.0, 2.0, 1.0], abs=1e-12)
+    assert FeatureEntropy([x], bins=4)(group).tolist() == pytest.approx([0.0, 1.0, 0.5])
+    assert int(torch.argmin(criteria.l1_norm(group))) == 2
+
+    crit = FeatureEntropy([(x, torch.zeros(2, dtype=torch.long))], bins=4)
+    report = prunekit.prune_channels(model, x[:1], ratio=1 / 3, importance=crit)
+    assert report.removed["a"] == [0]
+
+
+def test_entropy_of_single_values_is_taken_over_the_batch() -> None:
+    from prunekit.criteria.feature_information import map_entropy
+
+    maps = torch.tensor([[0.0, 5.0], [1.0, 5.0], [2.0, 5.0], [3.0, 5.0]])  # (N=4, U=2)
+    assert map_entropy(maps, bins=4).tolist() == [[2.0, 0.0]] * 4
+
+
+def test_ezcrop_energy_ratios_by_hand() -> None:
+    """4x4 maps, alpha 1/4: the zone is rows and columns 1..3 of the shifted spectrum
+    (centre 2, step ceil(1 x 1/4) = 1). Channel 0: a constant -> only the zero frequency -> 0.
+    Channel 1: a 0/1 checkerboard -> |F| = 8 at (0, 0) and (2, 2), which the shift moves to
+    (2, 2) (in the zone) and (0, 0) (outside): 1 - log 9 / (2 log 9) = 0.5. Channel 2: the top
+    row 1 -> |F(k, 0)| equal for k = 0..3 (scaled by 0.5 in the layer), shifted to rows 2, 3, 0,
+    1 of column 2; row 0 is outside: 1 - 3/4 = 0.25."""
+    from prunekit.criteria.feature_information import EnergyZone, energy_zone_ratio
+
+    checker = (torch.arange(4).view(4, 1) + torch.arange(4).view(1, 4)).remainder(2).double()
+    top = torch.zeros(4, 4)
+    top[0] = 1.0
+    x = _images(torch.full((4, 4), 2.0), checker.float(), top)
+    assert energy_zone_ratio(x.double()).tolist()[0] == pytest.approx([0.0, 0.5, 0.25], abs=1e-12)
+
+    model = Scale()
+    group = prunekit.graph.build(model, x[:1]).group("a")
+    scores = EnergyZone([x])(group)
+    assert scores.tolist() == pytest.approx([0.0, 0.5, 0.25], abs=1e-6)
+    assert int(torch.argmin(criteria.l1_norm(group))) == 2  # magnitude: channel 2
+    report = prunekit.prune_channels(model, x[:1], ratio=2 / 3, importance=EnergyZone([x]))
+    assert report.removed["a"] == [0, 2]
+
+
+def test_ezcrop_zone_step_follows_the_official_rule() -> None:
+    from prunekit.criteria.feature_information import zone_step
+
+    assert zone_step((4, 4), 0.25) == 1
+    assert zone_step((3, 3), 0.25) == 0  # centre 1: the zero frequency alone
+    assert zone_step((2, 8), 0.25) == 0
+    assert zone_step((32, 32), 0.25) == 4  # ceil(15 / 4)
+    assert zone_step((1, 40), 0.25) == 5  # a 1-D map: ceil(19 / 4)
