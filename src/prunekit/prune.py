@@ -1,8 +1,11 @@
-"""``prune_channels``: shrink a model's channels in place to a ratio, a FLOPs or a params target.
+"""``prune_channels``: shrink a model's channels in place to a ratio, a FLOPs, a params or a
+measured-latency target.
 
 Scoring (a criterion), selection (how many units each group loses) and surgery (the graph) stay
 separate: this module only decides *which* units go, evaluating candidate selections with the
-graph's plan (predicted params and FLOPs, no surgery) until the target is met, then removes them.
+graph's plan (predicted params and FLOPs, no surgery) or the latency table's prediction
+(:mod:`prunekit.measure.latency_table`) until the target is met, then removes them. A latency
+target is then checked on a pruned copy of the model, timed for real.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from prunekit.errors import ConfigError
 from prunekit.graph import Graph, Group, Plan, build
 from prunekit.graph.explain import PinnedSet, pinned_sets
 from prunekit.measure._inputs import Inputs
+from prunekit.targets import LatencySetting
 
 TOLERANCE = 0.01  # a FLOPs or params target is met within 1% of the dense figure
 
@@ -44,6 +48,7 @@ class PruneReport:
     groups: list[GroupChange] = field(default_factory=list)
     removed: dict[str, list[int]] = field(default_factory=dict)
     pinned: list[PinnedSet] = field(default_factory=list)  # channels that had to stay, and why
+    latency: Any = None  # a latency target's LatencyCheck: dense, predicted and measured ms
 
     @property
     def flops_reduction(self) -> float:
@@ -60,6 +65,7 @@ class PruneReport:
             "flops_before": self.flops_before,
             "flops_after": self.flops_after,
             "groups": [(g.name, g.before, g.after) for g in self.groups],
+            **(self.latency.as_dict() if self.latency is not None else {}),
         }
 
 
@@ -72,9 +78,11 @@ class _Selector:
         scores: dict[str, torch.Tensor],
         round_to: int | None,
         normalize: bool = True,
+        snap: Any = None,
     ) -> None:
         self.graph = graph
         self.round_to = round_to
+        self.snap = snap  # (group, kept width) -> the width kept instead (a latency knee)
         self.scores = scores
         self.normalize = normalize
         self.order = {
@@ -111,6 +119,8 @@ class _Selector:
             keep = g.size - n_remove
             keep = min(g.size, math.ceil(keep / self.round_to) * self.round_to)
             n_remove = g.size - keep
+        if self.snap is not None and n_remove:
+            n_remove = g.size - self.snap(g, g.size - n_remove)
         return n_remove
 
     def by_ratio(self, ratio: float) -> dict[str, int]:
@@ -161,6 +171,8 @@ def prune_channels(
     ratio: float | None = None,
     target_flops: float | None = None,
     target_params: float | None = None,
+    target_latency: float | None = None,
+    latency: Any = None,
     scope: str = "layer",
     importance: str | criteria.Criterion = "l1",
     ignore: Iterable[str | nn.Module] = (),
@@ -171,7 +183,10 @@ def prune_channels(
     Exactly one of: ``ratio`` (fraction of channels removed: of every group with
     ``scope="layer"``, of all prunable channels with ``scope="global"``), ``target_flops`` or
     ``target_params`` (fraction of the model's FLOPs or parameters removed, met within 1% of the
-    dense figure). ``importance`` names a criterion (``prunekit.criteria.list_criteria()``) or is
+    dense figure), ``target_latency`` (fraction of the dense model's measured latency removed, on
+    the ``latency`` setting: a :class:`~prunekit.targets.LatencySetting`, default torch, batch 1,
+    one thread, or a :class:`~prunekit.measure.latency_table.LatencyMeter`; the report's
+    ``latency`` holds the predicted and the measured figures). ``importance`` names a criterion (``prunekit.criteria.list_criteria()``) or is
     a callable ``group -> scores``; lowest scores go first. With ``scope="global"`` scores are
     divided by their group's mean so groups compare. ``round_to`` keeps every group's width a
     multiple of it. Protected layers (the model's ``protected_layers``) and ``ignore`` layers keep
@@ -179,17 +194,25 @@ def prune_channels(
     """
     graph = build(model, example_inputs, ignore=ignore)
     dense = graph.plan([])
+    if target_latency is not None:
+        from prunekit.measure.latency_table import LatencyMeter
+
+        latency = LatencyMeter.of(latency).predictor(graph, example_inputs)
     picks = select_channels(
         graph,
         ratio=ratio,
         target_flops=target_flops,
         target_params=target_params,
+        target_latency=target_latency,
+        latency=latency,
         scope=scope,
         importance=importance,
         round_to=round_to,
     )
     report = remove_selected(graph, picks, dense)
-    _warn_if_short(report, ratio, target_flops, target_params)
+    if target_latency is not None:
+        report.latency = latency.last
+    _warn_if_short(report, ratio, target_flops, target_params or target_latency)
     return report
 
 
@@ -255,6 +278,8 @@ def select_channels(
     ratio: float | None = None,
     target_flops: float | None = None,
     target_params: float | None = None,
+    target_latency: float | None = None,
+    latency: Any = None,
     scope: str = "layer",
     importance: str | criteria.Criterion = "l1",
     round_to: int | None = None,
@@ -267,20 +292,29 @@ def select_channels(
     in global scope (one threshold on one quantity, as network slimming's |gamma|).
     ``tolerance``: how close to a FLOPs or params target the selection must land, as a fraction
     of this graph's dense figure (a method pruning in steps passes the original model's
-    tolerance rescaled to the current one)."""
+    tolerance rescaled to the current one). ``target_latency`` with ``latency`` (a
+    :class:`~prunekit.targets.LatencySetting`, a
+    :class:`~prunekit.measure.latency_table.LatencyMeter` or a ready
+    :class:`~prunekit.measure.latency_table.LatencyPredictor` of this graph): widths snap to the
+    latency table's knees, and the selection is verified on a pruned copy (see
+    :func:`_meet_latency`)."""
     given = [
         k
         for k, v in (
             ("ratio", ratio),
             ("target_flops", target_flops),
             ("target_params", target_params),
+            ("target_latency", target_latency),
         )
         if v is not None
     ]
     if len(given) != 1:
         raise ConfigError(
-            f"give exactly one of ratio, target_flops, target_params (got {given or 'none'})"
+            "give exactly one of ratio, target_flops, target_params, target_latency "
+            f"(got {given or 'none'})"
         )
+    if latency is not None and target_latency is None:
+        raise ConfigError("latency (a latency setting) goes with target_latency")
     if scope not in ("layer", "global"):
         raise ConfigError(f"scope must be 'layer' or 'global', got {scope!r}")
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
@@ -292,6 +326,17 @@ def select_channels(
             raise ConfigError(
                 f"importance returned shape {tuple(scores[g.name].shape)} for group {g.name!r} of {g.size} channels"
             )
+    if target_latency is not None:
+        from prunekit.measure.latency_table import LatencyPredictor
+
+        target = _check_fraction("target_latency", target_latency, allow_zero=False)
+        predictor = latency
+        if not (isinstance(predictor, LatencyPredictor) and predictor.graph is graph):
+            from prunekit.measure.latency_table import LatencyMeter
+
+            predictor = LatencyMeter.of(latency).predictor(graph)
+        sel = _Selector(graph, scores, round_to, normalize, snap=predictor.snap)
+        return _meet_latency(graph, sel, scope, target, tolerance, predictor)
     sel = _Selector(graph, scores, round_to, normalize)
     total_units = sum(g.size for g in graph.groups)
     if ratio is not None:
@@ -312,6 +357,46 @@ def select_channels(
     return sel.roots(counts)
 
 
+def _meet_latency(
+    graph: Graph, sel: _Selector, scope: str, target: float, tolerance: float, predictor: Any
+) -> dict[str, list[int]]:
+    """A selection removing ``target`` of the measured latency: predicted from the table, then
+    verified on a pruned copy; a measured miss larger than the meter's tolerance corrects the
+    predicted goal by the miss and selects again (at most ``rounds`` selections). The closest
+    measured selection is returned and its figures kept in ``predictor.last``."""
+    from prunekit.measure.latency_table import LatencyCheck
+
+    meter = predictor.meter
+    goal, best, best_miss = target, None, math.inf
+    for r in range(1, (meter.rounds if meter.verify else 1) + 1):
+        try:
+            counts = _search(graph, sel, scope, "latency", goal, None, tolerance, predictor.predict)
+        except ConfigError:
+            if best is None:
+                raise
+            break  # the corrected goal is out of reach: keep the closest selection so far
+        picks = sel.roots(counts)
+        check = LatencyCheck(
+            meter.setting,
+            predictor.dense_ms,
+            predictor.predict(selection_roots(graph, picks)),
+            rounds=r,
+        )
+        if not meter.verify:
+            best = (picks, check)
+            break
+        check.measured_ms = predictor.measure(picks)
+        miss = target - check.measured_reduction
+        if abs(miss) < abs(best_miss):
+            best, best_miss = (picks, check), miss
+        if abs(miss) <= meter.tolerance:
+            break
+        goal = min(0.999, max(1e-3, goal + miss))
+    assert best is not None
+    predictor.last = best[1]
+    return best[0]
+
+
 def _search(
     graph: Graph,
     sel: _Selector,
@@ -320,21 +405,25 @@ def _search(
     target: float,
     dense: Any,
     tolerance: float,
+    predict: Any = None,
 ) -> dict[str, int]:
     """A selection whose predicted ``metric`` lies within the tolerance of ``(1 - target)``
     times the dense figure.
 
     ``scope="layer"``: bisection over one ratio for every group, then single units in global
     score order close the remaining gap. ``scope="global"``: single units in global score order
-    from the start.
+    from the start. ``predict(roots)`` (a latency prediction) replaces the graph's plan.
     """
-    dense_value = getattr(dense, metric)
+    dense_value = predict(()) if predict is not None else getattr(dense, metric)
     goal = (1.0 - target) * dense_value
     tol = tolerance * dense_value
     groups = {g.name: g for g in graph.groups}
 
-    def value(counts: dict[str, int]) -> int:
-        return getattr(graph.plan(selection_roots(graph, sel.roots(counts))), metric)
+    def value(counts: dict[str, int]) -> float:
+        roots = selection_roots(graph, sel.roots(counts))
+        if predict is not None:
+            return predict(roots)
+        return getattr(graph.plan(roots), metric)
 
     start = dict.fromkeys(groups, 0)
     if scope == "layer":
@@ -409,6 +498,7 @@ def _walk(
 
 __all__ = [
     "GroupChange",
+    "LatencySetting",
     "PruneReport",
     "prune_channels",
     "remove_selected",

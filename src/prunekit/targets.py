@@ -2,12 +2,17 @@
 
 * ``flops``: the fraction of the dense model's FLOPs removed (structured methods);
 * ``params``: the fraction of the dense model's parameters removed (structured methods);
-* ``sparsity``: the fraction of all conv / Linear weights set to zero (unstructured methods).
+* ``sparsity``: the fraction of all conv / Linear weights set to zero (unstructured methods);
+* ``latency``: the fraction of the dense model's *measured* latency removed, on a runtime, batch
+  size and thread count (a :class:`LatencySetting`; structured methods). It is met by the same
+  channel selection as a FLOPs target, predicted from a per-layer latency table
+  (:mod:`prunekit.measure.latency_table`) and verified on the pruned model, so every method that
+  takes a FLOPs target takes a latency one.
 
-A new kind (measured latency, say) is one more entry in :data:`KINDS`; the runner, the bench and
-the methods all read the target through this class. The flat form ``{"target_flops": 0.5}``
-(:meth:`Target.as_dict`) is what configs, result rows and :func:`prunekit.prune.select_channels`
-use.
+The runner, the bench and the methods all read the target through this class. The flat form
+``{"target_flops": 0.5}`` (:meth:`Target.as_dict`) is what configs, result rows and
+:func:`prunekit.prune.select_channels` use; a latency target adds its setting
+(``{"target_latency": 0.3, "latency": LatencySetting(...)}``).
 """
 
 from __future__ import annotations
@@ -19,24 +24,56 @@ from typing import Any
 
 from prunekit.errors import ConfigError
 
-__all__ = ["KINDS", "STRUCTURED", "Target"]
+__all__ = ["KINDS", "RUNTIMES", "STRUCTURED", "LatencySetting", "Target"]
 
 KINDS: dict[str, str] = {
     "flops": "fraction of the FLOPs removed",
     "params": "fraction of the parameters removed",
     "sparsity": "fraction of the conv / Linear weights zeroed",
+    "latency": "fraction of the measured latency removed",
 }
-STRUCTURED = ("flops", "params")  # the kinds met by removing channels
+STRUCTURED = ("flops", "params", "latency")  # the kinds met by removing channels
+RUNTIMES = ("torch", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class LatencySetting:
+    """Where a latency is measured: ``runtime`` (``"torch"`` or ``"onnxruntime"``, CPU), the
+    ``batch`` size of the input and the number of ``threads``. The default (batch 1, one thread,
+    torch) is the setting of ``benchmarks/graph_speed.py``."""
+
+    runtime: str = "torch"
+    batch: int = 1
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(
+                f"latency runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}"
+            )
+        for name in ("batch", "threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"latency {name} must be a positive int, got {v!r}")
+
+    def __str__(self) -> str:
+        return f"{self.runtime}, batch {self.batch}, {self.threads} thread(s)"
 
 
 @dataclass(frozen=True)
 class Target:
-    """One pruning target: ``kind`` (a key of :data:`KINDS`) and ``fraction`` in (0, 1)."""
+    """One pruning target: ``kind`` (a key of :data:`KINDS`) and ``fraction`` in (0, 1); a
+    latency target also has its ``setting`` (default :class:`LatencySetting`)."""
 
     kind: str
     fraction: float
+    setting: LatencySetting | None = None
 
     def __post_init__(self) -> None:
+        if self.setting is not None and self.kind != "latency":
+            raise ConfigError(f"a latency setting belongs to a latency target, not {self.kind!r}")
+        if self.kind == "latency" and self.setting is None:
+            object.__setattr__(self, "setting", LatencySetting())
         if self.kind not in KINDS:
             raise ConfigError(
                 f"unknown target kind {self.kind!r}; expected one of {', '.join(KINDS)}"
@@ -64,9 +101,12 @@ class Target:
         """Met by removing channels (FLOPs, params), rather than by zeroing weights."""
         return self.kind in STRUCTURED
 
-    def as_dict(self) -> dict[str, float]:
-        """``{"target_<kind>": fraction}``: the keyword :func:`prunekit.prune.select_channels`
-        takes, and the form configs and result rows store."""
+    def as_dict(self) -> dict[str, Any]:
+        """``{"target_<kind>": fraction}``: the keywords :func:`prunekit.prune.select_channels`
+        takes, and the form configs and result rows store; a latency target adds
+        ``"latency": setting``."""
+        if self.kind == "latency":
+            return {self.key: self.fraction, "latency": self.setting}
         return {self.key: self.fraction}
 
     def __str__(self) -> str:
@@ -82,7 +122,10 @@ class Target:
             )
         if set(mapping) == {"kind", "fraction"}:
             return cls(str(mapping["kind"]), mapping["fraction"])
-        given = {k: v for k, v in mapping.items() if v is not None}
+        setting = mapping.get("latency")
+        if setting is not None and not isinstance(setting, LatencySetting):
+            raise ConfigError(f"latency must be a LatencySetting, got {setting!r}")
+        given = {k: v for k, v in mapping.items() if v is not None and k != "latency"}
         if len(given) != 1:
             raise ConfigError(
                 "a target has exactly one of "
@@ -95,7 +138,8 @@ class Target:
                 f"unknown target {key!r}; expected one of "
                 + ", ".join(f"target_{k}" for k in KINDS)
             )
-        return cls(str(key).removeprefix("target_"), value)
+        kind = str(key).removeprefix("target_")
+        return cls(kind, value, setting if kind == "latency" else None)
 
     @classmethod
     def parse(cls, text: str) -> Target:
@@ -128,8 +172,9 @@ class Target:
     # ------------------------------------------------------------------ checks
     def require(self, *kinds: str, method: str = "") -> Target:
         """``self`` when its kind is one of ``kinds``, else a ConfigError naming the method and
-        the kinds it takes."""
-        if self.kind not in kinds:
+        the kinds it takes. A method that takes a FLOPs target takes a latency one: both are
+        met by :func:`prunekit.prune.select_channels`."""
+        if self.kind not in kinds and not (self.kind == "latency" and "flops" in kinds):
             who = f"method {method!r}" if method else "this method"
             wanted = " or ".join(f"target_{k}" for k in kinds)
             extra = " (it is unstructured)" if kinds == ("sparsity",) else ""

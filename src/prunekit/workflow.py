@@ -497,6 +497,22 @@ class PruneConfig:
             "overrides --target-flops)"
         },
     )
+    target_latency: float | None = field(
+        default=None,
+        metadata={
+            "help": "fraction of the dense model's measured latency to remove (structured "
+            "methods; overrides --target-flops and --target-params)"
+        },
+    )
+    latency_runtime: str = field(
+        default="torch",
+        metadata={
+            "help": "runtime --target-latency is measured on",
+            "choices": ("torch", "onnxruntime"),
+        },
+    )
+    latency_batch: int = field(default=1, metadata={"help": "batch size of --target-latency"})
+    latency_threads: int = field(default=1, metadata={"help": "threads of --target-latency"})
     calib_batches: int = field(default=4, metadata={"help": "batches for data-driven criteria"})
     finetune_epochs: int = field(default=3, metadata={"help": "fine-tuning epochs after pruning"})
     finetune_lr: float = field(default=0.01, metadata={"help": "fine-tuning learning rate"})
@@ -544,11 +560,24 @@ class PruneConfig:
                 "--target-sparsity is for unstructured methods (prunekit methods --type U); "
                 "structured pruning takes --target-flops or --target-params"
             )
+        if self.target_latency is not None:
+            return {"target_latency": self.target_latency}
         if self.target_params is not None:
             return {"target_params": self.target_params}
         if self.target_flops is None:
             raise ConfigError("give --target-flops or --target-params")
         return {"target_flops": self.target_flops}
+
+    def target_object(self) -> Any:
+        """:meth:`target` as a :class:`~prunekit.targets.Target` (a latency target with its
+        runtime, batch size and threads)."""
+        from prunekit.targets import LatencySetting, Target
+
+        target = self.target()
+        if "target_latency" in target:
+            setting = LatencySetting(self.latency_runtime, self.latency_batch, self.latency_threads)
+            return Target.from_mapping({**target, "latency": setting})
+        return Target.from_mapping(target)
 
     def options(self) -> dict[str, str]:
         """``--option KEY=VALUE ...`` as a dict (values stay strings: the method converts them)."""
@@ -570,8 +599,6 @@ class PruneConfig:
         data set and its folder, input size, counts (``calib_batches >= 1``,
         ``finetune_epochs >= 0``), the training and fine-tuning knobs, the target (its kind
         and its range), the criterion and scope, or the method and its options."""
-        from prunekit.targets import Target
-
         baseline_config(self)[0].validate()
         for name, minimum in (("calib_batches", 1), ("finetune_epochs", 0)):
             value = getattr(self, name)
@@ -581,7 +608,7 @@ class PruneConfig:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
             raise ConfigError(f"finetune_lr must be a number > 0, got {lr!r}")
         finetune_config(self)  # TrainConfig checks epochs, batch size, lr and seed
-        Target.from_mapping(self.target())
+        self.target_object()
         options = self.options()
         if self.method is None:
             from prunekit import criteria
@@ -697,10 +724,8 @@ def _prune(config: PruneConfig, setup: Setup, progress: bool, work_dir: Path | N
             importance=config.importance,
             scope=config.scope,
             round_to=config.round_to,
-            **config.target(),
+            **config.target_object().as_dict(),
         )
-    from prunekit.targets import Target
-
     if config.round_to is not None:
         raise ConfigError(
             f"round_to applies to criterion runs; method {config.method!r} chooses its own widths"
@@ -711,7 +736,7 @@ def _prune(config: PruneConfig, setup: Setup, progress: bool, work_dir: Path | N
         example,
         setup.train_set,
         setup.val_set,
-        Target.from_mapping(config.target()),
+        config.target_object(),
         calib_batches=config.calib_batches,
         batch_size=config.batch_size,
         seed=config.seed,
@@ -850,6 +875,8 @@ def run_pruning(
         metrics["nonzero_params"] = final["nonzero"]
     else:
         metrics["groups_pruned"] = sum(g.after < g.before for g in report.groups)
+        if getattr(report, "latency", None) is not None:  # a latency target's figures
+            metrics.update(report.latency.as_dict())
         warnings += shortfall_warnings(config, model, example, report)
     result_file = _result_file(config, model, out_dir)
     if result_file is not None:  # the run's result is that file: measure the model it holds
@@ -969,6 +996,8 @@ def demo_table(metrics: dict[str, Any]) -> str:
         if "target_flops" in metrics
         else f"{metrics['target_params']:.0%} fewer params"
         if "target_params" in metrics
+        else f"{metrics['target_latency']:.0%} less measured latency"
+        if "target_latency" in metrics
         else f"{metrics['target_sparsity']:.0%} of its weights zero"
     )
     title = (

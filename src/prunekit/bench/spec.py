@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from prunekit.errors import ConfigError, PrunekitError
+from prunekit.targets import LatencySetting
 
 __all__ = [
     "BaselineSpec",
@@ -34,8 +35,8 @@ __all__ = [
     "parse_spec",
 ]
 
-TARGET_KINDS = ("flops", "params", "sparsity")
-KINDS_OF_TYPE = {"S": ("flops", "params"), "U": ("sparsity",)}
+TARGET_KINDS = ("flops", "params", "sparsity", "latency")
+KINDS_OF_TYPE = {"S": ("flops", "params", "latency"), "U": ("sparsity",)}
 
 T = TypeVar("T")
 
@@ -63,12 +64,13 @@ class MethodSpec:
 
 @dataclass(frozen=True)
 class Targets:
-    """Fractions removed: FLOPs and params for structured methods, weights zeroed (sparsity)
-    for unstructured ones."""
+    """Fractions removed: FLOPs, params and measured latency (on the spec's ``latency``
+    setting) for structured methods, weights zeroed (sparsity) for unstructured ones."""
 
     flops: tuple[float, ...] = ()
     params: tuple[float, ...] = ()
     sparsity: tuple[float, ...] = ()
+    latency: tuple[float, ...] = ()
 
     def of_type(self, method_type: str) -> list[tuple[str, float]]:
         """``(kind, fraction)`` pairs for a method of catalogue type ``"S"`` or ``"U"``."""
@@ -129,6 +131,7 @@ class Spec:
     measure: MeasureSpec = field(default_factory=MeasureSpec)
     baselines_per_seed: int = 1  # several baselines per seed: results averaged over scratches
     round_to: int | None = None  # pruned widths a multiple of this (criteria, peers, references)
+    latency: LatencySetting = field(default_factory=LatencySetting)  # of the latency targets
     source: str = field(default="<spec>", compare=False)
 
 
@@ -142,7 +145,7 @@ class RunConfig:
     root: str | None
     seed: int
     method: str
-    target_kind: str  # "flops" | "params" | "sparsity"
+    target_kind: str  # "flops" | "params" | "sparsity" | "latency"
     target: float
     epochs: int
     batch_size: int
@@ -156,6 +159,9 @@ class RunConfig:
     distill_temperature: float = 4.0
     distill_alpha: float = 0.9
     round_to: int | None = None
+    latency_runtime: str = "torch"  # where a latency target is measured
+    latency_batch: int = 1
+    latency_threads: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -218,6 +224,10 @@ class RunConfig:
             target_flops=self.target if self.target_kind == "flops" else None,
             target_params=self.target if self.target_kind == "params" else None,
             target_sparsity=self.target if self.target_kind == "sparsity" else None,
+            target_latency=self.target if self.target_kind == "latency" else None,
+            latency_runtime=self.latency_runtime,
+            latency_batch=self.latency_batch,
+            latency_threads=self.latency_threads,
             calib_batches=self.calib_batches,
             finetune_epochs=self.finetune_epochs,
             finetune_lr=self.finetune_lr,
@@ -246,6 +256,9 @@ _LATER_DEFAULTS: dict[str, Any] = {
     "distill_temperature": 4.0,
     "distill_alpha": 0.9,
     "round_to": None,
+    "latency_runtime": "torch",
+    "latency_batch": 1,
+    "latency_threads": 1,
 }
 
 
@@ -270,12 +283,15 @@ def expand(spec: Spec) -> list[RunConfig]:
     unstructured one (``U``) the ``sparsity`` targets; a method with no target of its type is a
     :class:`ConfigError` naming it.
     """
+    from prunekit.bench.peers import is_baseline
     from prunekit.bench.peers import method_type as type_of
 
     kinds: dict[str, list[tuple[str, float]]] = {}
     for m in spec.methods:
         method_type = type_of(m.id)
         pairs = spec.targets.of_type(method_type)
+        if is_baseline(m.id):  # peer and reference baselines prune to FLOPs or params only
+            pairs = [(k, t) for k, t in pairs if k != "latency"]
         if not pairs:
             wanted = " or ".join(f"targets.{k}" for k in KINDS_OF_TYPE[method_type])
             kind = "structured" if method_type == "S" else "unstructured"
@@ -306,6 +322,15 @@ def expand(spec: Spec) -> list[RunConfig]:
             distill_temperature=spec.finetune.temperature,
             distill_alpha=spec.finetune.alpha,
             round_to=spec.round_to,
+            **(
+                {
+                    "latency_runtime": spec.latency.runtime,
+                    "latency_batch": spec.latency.batch,
+                    "latency_threads": spec.latency.threads,
+                }
+                if kind == "latency"
+                else {}
+            ),
         )
         for model in spec.models
         for ds in spec.datasets
@@ -363,6 +388,8 @@ def parse_spec(mapping: Any, source: str = "<spec>") -> Spec:
         kwargs["baselines_per_seed"] = v.integer(top["baselines_per_seed"], "baselines_per_seed", 1)
     if top.get("round_to") is not None:
         kwargs["round_to"] = v.integer(top["round_to"], "round_to", 1)
+    if "latency" in top:
+        kwargs["latency"] = v.section(top["latency"], "latency", LatencySetting, LATENCY_CHECKS)
     spec = Spec(name, models, datasets, methods_, source=source, **kwargs)
     expand(spec)  # a method without a target of its type fails here, at load time
     if spec.round_to is not None:
@@ -391,6 +418,7 @@ SPEC_KEYS = (
     "measure",
     "baselines_per_seed",
     "round_to",
+    "latency",
 )
 
 
@@ -615,6 +643,21 @@ MEASURE_CHECKS: dict[str, Callable[[_Validator, Any, str], Any]] = {
     "latency": lambda v, x, p: v.boolean(x, p),
     "batch_sizes": _positive_ints,
     "onnx": lambda v, x, p: v.boolean(x, p),
+    "threads": lambda v, x, p: v.integer(x, p, 1),
+}
+
+
+def _runtime(v: _Validator, value: Any, path: str) -> str:
+    from prunekit.targets import RUNTIMES
+
+    if value not in RUNTIMES:
+        raise v.error(path, f"expected one of {', '.join(RUNTIMES)}, got {_shown(value)}")
+    return str(value)
+
+
+LATENCY_CHECKS: dict[str, Callable[[_Validator, Any, str], Any]] = {
+    "runtime": _runtime,
+    "batch": lambda v, x, p: v.integer(x, p, 1),
     "threads": lambda v, x, p: v.integer(x, p, 1),
 }
 
