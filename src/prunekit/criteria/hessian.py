@@ -40,6 +40,7 @@ __all__ = [
     "gauss_newton_product",
     "hessian_vector_product",
     "hutchinson_diagonal",
+    "loss_gradient",
     "output_rows",
     "unit_parameter_mask",
     "unit_sums",
@@ -124,6 +125,29 @@ def gauss_newton_product(
         for t, g in zip(total, gv, strict=True):
             if g is not None:
                 t += g.detach()
+        count += x.shape[0]
+    return _reduce(total, count)
+
+
+def loss_gradient(
+    model: nn.Module,
+    params: Sequence[torch.Tensor],
+    batches: Iterable[Any],
+    loss_fn: LossFn = F.cross_entropy,
+) -> list[torch.Tensor]:
+    """The gradient of the loss (a batch mean) averaged over ``batches`` (weighted by their
+    sizes, summed over DDP ranks): one tensor per parameter."""
+    device = _device(model)
+    total = [torch.zeros_like(p) for p in params]
+    count = 0.0
+    for batch in batches:
+        x, y = split_batch(batch)
+        x, y = x.to(device), y.to(device)
+        with torch.enable_grad():
+            grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
+        for t, g in zip(total, grads, strict=True):
+            if g is not None:
+                t += x.shape[0] * g.detach()
         count += x.shape[0]
     return _reduce(total, count)
 
