@@ -19,6 +19,9 @@ widths chosen by a share per group.
   lowest-scored first inside each group. One FLOPs or params target then fixes the overall
   amount, and the shares fix how it spreads: random shares (random channel pruning) or shares
   from a sensitivity analysis (L1-filter).
+* :func:`tune_knob` / :func:`removed_fraction`: for methods whose paper derives every layer's
+  width from one setting (affinity propagation's preference, a pruning-error threshold), that
+  setting bisected until the widths it gives come nearest a FLOPs or params target.
 """
 
 from __future__ import annotations
@@ -33,14 +36,17 @@ from torch import nn
 
 from prunekit.graph import Graph, Group
 from prunekit.graph.core import Site, out_weight
+from prunekit.prune import selection_roots
 
 __all__ = [
     "Chain",
     "chains",
     "eval_modes",
     "prunable_groups",
+    "removed_fraction",
     "restore_modes",
     "share_importance",
+    "tune_knob",
 ]
 
 
@@ -146,6 +152,41 @@ def share_importance(
         return rank / group.size / s
 
     return importance
+
+
+def removed_fraction(graph: Graph, counts: Mapping[str, int], kind: str) -> float:
+    """The fraction of ``graph``'s FLOPs or params (``kind``) that removing ``counts[name]``
+    units of each group would remove (the plan's prediction; which units does not change it)."""
+    dense = getattr(graph.plan([]), kind)
+    picks = {name: list(range(c)) for name, c in counts.items() if c}
+    after = getattr(graph.plan(selection_roots(graph, picks)), kind)
+    return 1.0 - after / dense if dense else 0.0
+
+
+def tune_knob(
+    graph: Graph,
+    counts_at: Callable[[float], dict[str, int]],
+    kind: str,
+    fraction: float,
+    lo: float,
+    hi: float,
+    steps: int = 24,
+) -> tuple[float, dict[str, int]]:
+    """The knob in ``[lo, hi]`` (both > 0) whose per-group removal counts ``counts_at(knob)``
+    remove the fraction of ``kind`` nearest ``fraction``, by geometric bisection (the counts
+    must grow with the knob): ``(knob, counts)``. Methods whose paper decides every layer's
+    width from one setting (a preference, a threshold) tune that setting to a target with it;
+    :func:`share_importance` then closes the last gap at the same proportions."""
+    best: tuple[float, float, dict[str, int]] | None = None
+    for _ in range(steps):
+        mid = math.sqrt(lo * hi)
+        counts = counts_at(mid)
+        got = removed_fraction(graph, counts, kind)
+        if best is None or abs(got - fraction) < best[0]:
+            best = (abs(got - fraction), mid, counts)
+        lo, hi = (mid, hi) if got < fraction else (lo, mid)
+    assert best is not None
+    return best[1], best[2]
 
 
 def prunable_groups(graph: Graph, only_chains: bool) -> list[Group]:
