@@ -136,6 +136,8 @@ FAST: dict[str, dict[str, Any]] = {
     "admm": {"admm_iterations": 1, "admm_epochs_per_iter": 1},
     "bimp": {"cycles": 1, "budget_epochs": 1},
     "bayesian": {"epochs": 1},
+    "clip_q": {"epochs": 1, "bo_init": 2, "bo_iterations": 1, "calib_batches": 1},
+    "bo_rates": {"search_budget": "3", "initial": 2, "candidates": 50},
     "budgeted": {"budget_epochs": 1},
     "deep_compression": {"prune_epochs": 1, "quant_epochs": 1},
     "dns": {"dns_epochs": 1},
@@ -154,6 +156,7 @@ FAST: dict[str, dict[str, Any]] = {
     "sfw": {"init_draws": 2},
     "ssl": {"ssl_epochs": 1},
     "taylor": {"maps_per_step": 32, "finetune_steps": 1},
+    "zero_shot": {"warmup_epochs": 0, "epochs": 1},
 }
 SHARED_FAST = {"epochs": 1, "soft_epochs": 1}
 

@@ -117,7 +117,7 @@ def test_trains_from_the_architecture_initialisation_not_the_given_weights() -> 
     assert (kept[kept != 0] >= 0).all()  # the given weights, pruned by magnitude
 
 
-def test_a_rerun_in_the_same_folder_restores_the_finished_cycle(tmp_path) -> None:
+def test_a_rerun_in_the_same_folder_restores_the_finished_cycle(tmp_path, monkeypatch) -> None:
     torch.manual_seed(0)
     first = MLP()
     ctx = _ctx(first, epochs=1)
@@ -129,7 +129,13 @@ def test_a_rerun_in_the_same_folder_restores_the_finished_cycle(tmp_path) -> Non
     second = MLP()
     ctx = _ctx(second, epochs=1)
     ctx.work_dir = tmp_path
+    calls: list[int] = []
+    original = masks.ScheduledMagnitudePruner.step
+    monkeypatch.setattr(
+        masks.ScheduledMagnitudePruner, "step", lambda self, t: calls.append(t) or original(self, t)
+    )
     methods.get("one_cycle").prune(ctx)
+    assert calls == []  # the cycle and its masks restored from the checkpoint, not rerun
     a, b = masks.finalize(first), masks.finalize(second)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
