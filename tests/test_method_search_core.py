@@ -110,3 +110,52 @@ def test_parallel_evaluation_equals_serial() -> None:
         parallel = s.evaluate(cands)
     assert [t.key for t in parallel] == [t.key for t in serial]
     assert [t.flops_reduction for t in parallel] == [t.flops_reduction for t in serial]
+
+
+def check_resume(method_cls, options, tmp_path, monkeypatch, kill_after: int = 3):  # type: ignore[no-untyped-def]
+    """Run ``method_cls`` cleanly, then killed after ``kill_after`` evaluations and resumed in
+    the same run folder; assert the resumed run evaluates only what was left and prunes the
+    same channels. Returns the clean and the resumed method."""
+    import copy
+
+    import prunekit.methods.search as search_mod
+
+    torch.manual_seed(0)
+    base = ConvBNNet(widths=(8, 12, 16)).eval()
+    data = random_data(32)
+
+    def ctx(model, folder):  # type: ignore[no-untyped-def]
+        return Context(
+            model,
+            data.tensors[0][:2],
+            data,
+            data,
+            {"target_flops": 0.4},
+            batch_size=8,
+            options={"progress": False, **options},
+            work_dir=folder,
+        )
+
+    real = search_mod.score_picks
+    calls = {"n": 0, "die_after": 10**9}
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if calls["n"] >= calls["die_after"]:
+            raise KeyboardInterrupt  # the process is killed here
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search_mod, "score_picks", counting)
+    clean = method_cls()
+    clean_report = clean.prune(ctx(copy.deepcopy(base), tmp_path / "clean"))
+    total = calls["n"]
+    assert total > kill_after
+    calls.update(n=0, die_after=kill_after)
+    with pytest.raises(KeyboardInterrupt):
+        method_cls().prune(ctx(copy.deepcopy(base), tmp_path / "killed"))
+    calls.update(n=0, die_after=10**9)
+    resumed = method_cls()
+    report = resumed.prune(ctx(copy.deepcopy(base), tmp_path / "killed"))
+    assert calls["n"] == total - kill_after  # only the evaluations left were run
+    assert report.removed == clean_report.removed
+    return clean, resumed
