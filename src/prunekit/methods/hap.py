@@ -65,9 +65,9 @@ class HAPOptions(Options):
         source="official pruner/hessian_pruner.py: make_pruned_model(n_v=300)",
         low=1,
     )
-    calib_batches: int = option(
+    calib_batches: int | None = option(
         1,
-        help=SHARED["calib_batches"] + " (the Hessian's)",
+        help=SHARED["calib_batches"] + " (the Hessian's; None: the run's)",
         source="official CIFAR runs: one batch (get_trace_hut loader=False, batch size 64)",
         low=1,
     )
@@ -124,7 +124,9 @@ class HAP(Method):
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
         target = ctx.target.require("flops", "params", method=self.id)
-        batches = dataclasses.replace(ctx, calib_batches=opts.calib_batches).calibration()
+        if opts.calib_batches is not None:
+            ctx = dataclasses.replace(ctx, calib_batches=opts.calib_batches)
+        batches = ctx.calibration()
         if not batches:
             raise ConfigError("method 'hap' needs calibration data: the training set gave none")
         modes = eval_modes(ctx.model)
