@@ -134,6 +134,7 @@ NETS: dict[str, tuple[Any, tuple[int, ...], int]] = {
 # The shortest settings of each method (only the keys a method has are passed).
 FAST: dict[str, dict[str, Any]] = {
     "admm": {"admm_iterations": 1, "admm_epochs_per_iter": 1},
+    "amc": {"search_budget": "3", "warmup": 1, "hidden": 16},
     "bimp": {"cycles": 1, "budget_epochs": 1},
     "bayesian": {"epochs": 1},
     "clip_q": {"epochs": 1, "bo_init": 2, "bo_iterations": 1, "calib_batches": 1},
