@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from prunekit.graph.flow import Flow
-from prunekit.graph.handlers import Call, Handler, _slice, register_handler
+from prunekit.graph.handlers import Call, Handler, register_handler, slice_tensor
 
 _QUERY, _KEY, _VALUE, _ATTN_MASK = 0, 1, 2, 5  # positions in MultiheadAttention.forward
 
@@ -95,14 +95,14 @@ class MultiheadAttentionHandler(Handler):
         if not whole or (keep_in is not None and not torch.equal(keep_in, keep)):
             raise RuntimeError(f"MultiheadAttention can only lose whole heads, got {keep.tolist()}")
         rows = torch.cat([keep, keep + e, keep + 2 * e])  # the head's q, k and v rows
-        _slice(m, "in_proj_weight", 0, rows)
-        _slice(m, "in_proj_weight", 1, keep)
-        _slice(m, "in_proj_bias", 0, rows)
-        _slice(m.out_proj, "weight", 0, keep)
-        _slice(m.out_proj, "weight", 1, keep)
-        _slice(m.out_proj, "bias", 0, keep)
-        _slice(m, "bias_k", 2, keep)
-        _slice(m, "bias_v", 2, keep)
+        slice_tensor(m, "in_proj_weight", 0, rows)
+        slice_tensor(m, "in_proj_weight", 1, keep)
+        slice_tensor(m, "in_proj_bias", 0, rows)
+        slice_tensor(m.out_proj, "weight", 0, keep)
+        slice_tensor(m.out_proj, "weight", 1, keep)
+        slice_tensor(m.out_proj, "bias", 0, keep)
+        slice_tensor(m, "bias_k", 2, keep)
+        slice_tensor(m, "bias_v", 2, keep)
         m.embed_dim = m.kdim = m.vdim = len(keep)
         m.num_heads = len(keep) // d
         m.out_proj.in_features = m.out_proj.out_features = len(keep)

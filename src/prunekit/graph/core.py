@@ -23,7 +23,7 @@ from prunekit.errors import ConfigError, UnsupportedError
 from prunekit.graph import functional, ops
 from prunekit.graph.flow import Flow, Labels
 from prunekit.graph.functional import FUNCTIONAL_LAYERS, ParamFlow
-from prunekit.graph.handlers import Call, Handler, _slice, handler_for
+from prunekit.graph.handlers import Call, Handler, handler_for, slice_tensor
 from prunekit.graph.trace import FLOPS, SCOPE, SHAPE, trace
 from prunekit.measure._inputs import Inputs, as_args
 
@@ -288,7 +288,7 @@ class Graph:
             mask = ~np.isin(self.labels.roots(ps.labels), removed)
             if not mask.all():
                 keep = torch.from_numpy(np.nonzero(mask)[0])
-                _slice(ps.owner, ps.attr, ps.dim, keep)
+                slice_tensor(ps.owner, ps.attr, ps.dim, keep)
                 ps.labels = ps.labels[mask]
         for entry in self.through:
             entry[1] = entry[1][~np.isin(self.labels.roots(entry[1]), removed)]

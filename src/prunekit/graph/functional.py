@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.graph.handlers import Call, Handler, _slice
+from prunekit.graph.handlers import Call, Handler, slice_tensor
 
 Atoms = tuple[int, ...] | None  # the parameter dims a tensor dim is made of, row-major
 
@@ -64,10 +64,10 @@ class ParamFlow:
 def reshape(p: ParamFlow, in_shape: Sequence[int], out_shape: Sequence[int]) -> ParamFlow:
     """Follow a row-major reshape: each run of input dims with the product of a run of output
     dims hands its atoms to those output dims when their sizes line up."""
-    from prunekit.graph.ops import _groups
+    from prunekit.graph.ops import reshape_groups
 
     dims: list[Atoms] = [None] * len(out_shape)
-    for ins, outs in _groups(list(in_shape), list(out_shape)) or ():
+    for ins, outs in reshape_groups(list(in_shape), list(out_shape)) or ():
         atoms: list[int] = []
         for d in ins:
             if p.dims[d] is None:
@@ -205,7 +205,7 @@ class FunctionalHandler(Handler):
                 key = (id(r.owner), r.attr, axis)
                 if key not in done:
                     done.add(key)
-                    _slice(r.owner, r.attr, axis, keep)
+                    slice_tensor(r.owner, r.attr, axis, keep)
         self._mirror(old_in, old_out, keep_in, keep_out)
 
     def _mirror(

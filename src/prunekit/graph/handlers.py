@@ -164,7 +164,7 @@ def zero_out(module: nn.Module, pos: torch.Tensor) -> None:
         bias[pos] = 0
 
 
-def _slice(module: nn.Module, name: str, dim: int, keep: torch.Tensor) -> None:
+def slice_tensor(module: nn.Module, name: str, dim: int, keep: torch.Tensor) -> None:
     """Replace parameter or buffer ``name`` by its slice along ``dim`` (a new, smaller tensor)."""
     t = getattr(module, name, None)
     if t is None:
@@ -241,21 +241,21 @@ class ConvHandler(Handler):
         kind = self._kind(m)
         if kind == "dense":
             if keep_out is not None:
-                _slice(m, "weight", out_axis, keep_out)
+                slice_tensor(m, "weight", out_axis, keep_out)
                 m.out_channels = len(keep_out)
             if keep_in is not None:
-                _slice(m, "weight", in_axis, keep_in)
+                slice_tensor(m, "weight", in_axis, keep_in)
                 m.in_channels = len(keep_in)
         else:  # groups are removed whole: slice the axis that indexes groups, keep per-group width
             ipg, opg = m.in_channels // m.groups, m.out_channels // m.groups
             n_in = len(keep_in) if keep_in is not None else m.in_channels
             n_out = len(keep_out) if keep_out is not None else m.out_channels
             if transposed:
-                _slice(
+                slice_tensor(
                     m, "weight", 0, keep_in if keep_in is not None else torch.arange(m.in_channels)
                 )
             else:
-                _slice(
+                slice_tensor(
                     m,
                     "weight",
                     0,
@@ -264,7 +264,7 @@ class ConvHandler(Handler):
             m.groups = n_in // ipg if kind == "grouped" else n_in
             m.in_channels, m.out_channels = n_in, (n_out if kind == "grouped" else m.groups * opg)
         if keep_out is not None and m.bias is not None:
-            _slice(m, "bias", 0, keep_out)
+            slice_tensor(m, "bias", 0, keep_out)
 
     def count(self, m: nn.Module, n_in: int | None, n_out: int | None) -> tuple[int, float]:
         n_in = m.in_channels if n_in is None else n_in
@@ -299,11 +299,11 @@ class LinearHandler(Handler):
         self, m: nn.Linear, keep_in: torch.Tensor | None, keep_out: torch.Tensor | None
     ) -> None:
         if keep_out is not None:
-            _slice(m, "weight", 0, keep_out)
-            _slice(m, "bias", 0, keep_out)
+            slice_tensor(m, "weight", 0, keep_out)
+            slice_tensor(m, "bias", 0, keep_out)
             m.out_features = len(keep_out)
         if keep_in is not None:
-            _slice(m, "weight", 1, keep_in)
+            slice_tensor(m, "weight", 1, keep_in)
             m.in_features = len(keep_in)
 
     def count(self, m: nn.Linear, n_in: int | None, n_out: int | None) -> tuple[int, float]:
@@ -324,7 +324,7 @@ class EmbeddingHandler(Handler):
         self, m: nn.Embedding, keep_in: torch.Tensor | None, keep_out: torch.Tensor | None
     ) -> None:
         if keep_out is not None:
-            _slice(m, "weight", 1, keep_out)
+            slice_tensor(m, "weight", 1, keep_out)
             m.embedding_dim = len(keep_out)
 
     def count(self, m: nn.Embedding, n_in: int | None, n_out: int | None) -> tuple[int, float]:
@@ -352,7 +352,7 @@ class ChannelNormHandler(Handler):
         if keep_out is None:
             return
         for name in ("weight", "bias", "running_mean", "running_var"):
-            _slice(m, name, 0, keep_out)
+            slice_tensor(m, name, 0, keep_out)
         m.num_features = len(keep_out)
 
     def count(self, m: nn.Module, n_in: int | None, n_out: int | None) -> tuple[int, float]:
@@ -382,8 +382,8 @@ class GroupNormHandler(Handler):
         if keep_out is None:
             return
         size = m.num_channels // m.num_groups
-        _slice(m, "weight", 0, keep_out)
-        _slice(m, "bias", 0, keep_out)
+        slice_tensor(m, "weight", 0, keep_out)
+        slice_tensor(m, "bias", 0, keep_out)
         m.num_channels = len(keep_out)
         m.num_groups = len(keep_out) // size
 
@@ -415,8 +415,8 @@ class LayerNormHandler(Handler):
     ) -> None:
         if keep_out is None:
             return
-        _slice(m, "weight", 0, keep_out)
-        _slice(m, "bias", 0, keep_out)
+        slice_tensor(m, "weight", 0, keep_out)
+        slice_tensor(m, "bias", 0, keep_out)
         m.normalized_shape = (len(keep_out),)
 
     def count(self, m: nn.LayerNorm, n_in: int | None, n_out: int | None) -> tuple[int, float]:
@@ -442,7 +442,7 @@ class PReLUHandler(Handler):
         self, m: nn.PReLU, keep_in: torch.Tensor | None, keep_out: torch.Tensor | None
     ) -> None:
         if keep_out is not None and m.num_parameters > 1:
-            _slice(m, "weight", 0, keep_out)
+            slice_tensor(m, "weight", 0, keep_out)
             m.num_parameters = len(keep_out)
 
     def count(self, m: nn.PReLU, n_in: int | None, n_out: int | None) -> tuple[int, float]:

@@ -305,7 +305,9 @@ def _index(op: OpCall, x: Flow, idx: Any) -> Flow | None:
 # --------------------------------------------------------------------------- shapes
 
 
-def _groups(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[tuple[range, range]] | None:
+def reshape_groups(
+    in_shape: Sequence[int], out_shape: Sequence[int]
+) -> list[tuple[range, range]] | None:
     """Minimal runs of input and output dimensions with equal products (row-major reshape)."""
     groups = []
     i = j = 0
@@ -339,7 +341,7 @@ def reshape_flow(
     """
     if x is None:
         return None
-    groups = _groups(in_shape, out_shape)
+    groups = reshape_groups(in_shape, out_shape)
     for ins, outs in groups or ():
         if x.dim not in ins:
             continue
