@@ -134,6 +134,7 @@ NETS: dict[str, tuple[Any, tuple[int, ...], int]] = {
 # The shortest settings of each method (only the keys a method has are passed).
 FAST: dict[str, dict[str, Any]] = {
     "admm": {"admm_iterations": 1, "admm_epochs_per_iter": 1},
+    "admm_nn": {"admm_iterations": 1, "quant_iterations": 1},
     "amc": {"search_budget": "3", "warmup": 1, "hidden": 16},
     "bimp": {"cycles": 1, "budget_epochs": 1},
     "bayesian": {"epochs": 1},
