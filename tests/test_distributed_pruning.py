@@ -29,10 +29,14 @@ METHODS = {
     "taylor+sgd": {"finetune_steps": 2, "maps_per_step": 2},
     "thinet": {"samples_per_image": 4},
     "lasso_channel": {"samples_per_image": 4},
+    "fsm": {},
+    # global ranking moves in steps of one channel, too coarse for this net: one rate per layer
+    "hap": {"n_v": 2, "calib_batches": None, "scope": "layer"},
+    "sosp": {"scope": "layer"},
 }
 # the ranks' samples are drawn per rank, so these are compared across ranks, not to one process
 PER_RANK_SAMPLING = ("taylor+sgd", "thinet", "lasso_channel")
-SENSITIVE = ("taylor", "thinet", "lasso_channel")
+SENSITIVE = ("taylor", "thinet", "lasso_channel", "hap", "sosp")
 PER_RANK = 16  # two batches of 8 per rank: every sample is calibration data
 TARGET = {"target_flops": 0.4}
 

@@ -30,6 +30,9 @@ Defaults and their sources:
   (``get_trace_hut(..., loader=False)``, batch size 64 in ``configs/exp_for_cifar/
   hessian_trace.json``); the batch size here is the run's.
 * ``max_layer_ratio = 0.95``: ``prune_ratio_limit`` in the same config.
+* ``scope = "global"``: one threshold over all layers (official ``_do_prune``); ``"layer"``
+  removes one rate from every group instead (for nets too small for a one-channel-step
+  global ranking to land within 1% of the target).
 
 Deviations: the optional Optimal Neural Implant (replacing moderately sensitive channels by a
 low-rank implant, the official ``use_decompose`` / ``_do_prune_ni`` path) is not implemented:
@@ -59,6 +62,12 @@ from prunekit.prune import PruneReport, remove_selected, select_channels
 
 @dataclass(frozen=True)
 class HAPOptions(Options):
+    scope: str = option(
+        "global",
+        help=SHARED["scope"] + " (raw scores in both)",
+        source="official pruner/hessian_pruner.py _do_prune: one threshold over all layers",
+        choices=("global", "layer"),
+    )
     n_v: int = option(
         300,
         help="Rademacher vectors of the Hutchinson trace estimate",
@@ -142,7 +151,7 @@ class HAP(Method):
                 return capped(scores[group.name], opts.max_layer_ratio)
 
             picks = select_channels(
-                graph, scope="global", normalize=False, importance=importance, **target.as_dict()
+                graph, scope=opts.scope, normalize=False, importance=importance, **target.as_dict()
             )
             return remove_selected(graph, picks, dense)
         finally:

@@ -28,6 +28,8 @@ Defaults and their sources:
 * ``first_order = True``: the gradient term of the Taylor expansion is kept (it vanishes at a
   minimum; ``False`` leaves ``|½ θ_sᵀ H θ|``).
 * ``calib_batches = None``: the run's calibration batches (``ctx.calib_batches``).
+* ``scope = "global"``: SOSP ranks all structures of the network together; ``"layer"``
+  removes one rate from every group instead (raw saliencies fill the remainder).
 
 Deviations a reader should know: the structures are prunekit's channel groups (the channels of
 a residual stage are one structure spanning several layers). Only the paper's abstract and
@@ -63,6 +65,12 @@ from prunekit.prune import PruneReport, remove_selected, select_channels
 
 @dataclass(frozen=True)
 class SOSPOptions(Options):
+    scope: str = option(
+        "global",
+        help=SHARED["scope"] + " (raw scores in both)",
+        source="paper: global pruning over all structures of the network",
+        choices=("global", "layer"),
+    )
     first_order: bool = option(
         True,
         help="include the gradient term -gᵀθ_s of the Taylor expansion in the saliency",
@@ -129,7 +137,7 @@ class SOSP(Method):
                 return scores[group.name]
 
             picks = select_channels(
-                graph, scope="global", normalize=False, importance=importance, **target.as_dict()
+                graph, scope=opts.scope, normalize=False, importance=importance, **target.as_dict()
             )
             return remove_selected(graph, picks, dense)
         finally:
