@@ -22,6 +22,16 @@ from prunekit.criteria.filter_similarity import (
 from test_every_method import TinyMobileNet, TinyResNet
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions run an order of magnitude faster on one thread than on a loaded
+    machine's default thread pool (MSVFP runs hundreds of trial forwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TwoD(nn.Module):
     """A 1x1 conv ``a`` over 2 input channels (each filter a point of the plane) -> ReLU -> a
     1x1 conv ``b`` -> flatten -> protected fc."""
@@ -160,7 +170,7 @@ FAST = {"msvfp": {"epochs": 0}}
 
 
 @pytest.mark.parametrize("net", sorted(NETS))
-@pytest.mark.parametrize("method_id", ["similarity", "fpfs", "fmi", "ezcrop"])
+@pytest.mark.parametrize("method_id", ["similarity", "fpfs", "fmi", "ezcrop", "msvfp"])
 def test_meets_flops_target_within_one_percent(method_id: str, net: str, tmp_path) -> None:
     torch.manual_seed(0)
     model = NETS[net]()
@@ -257,3 +267,121 @@ def test_ezcrop_zone_step_follows_the_official_rule() -> None:
     assert zone_step((2, 8), 0.25) == 0
     assert zone_step((32, 32), 0.25) == 4  # ceil(15 / 4)
     assert zone_step((1, 40), 0.25) == 5  # a 1-D map: ceil(19 / 4)
+
+
+# ----------------------------------------------------------------------------- msvfp
+class Chain(nn.Module):
+    """c1 (3 -> 10) -> BN -> ReLU -> c2 (10 -> 10) -> BN -> ReLU -> mean -> protected fc, set up
+    so the loss is known by hand: c2's weights are zero and its BatchNorm shift is 1, so every
+    c2 channel outputs the constant 1 whatever c1 does; the fc gives class 0 the sum of the c2
+    channels and the other classes 0. Every label is 0: the dense loss is log(1 + 3 e^-10);
+    without one c2 channel it is log(1 + 3 e^-9); without c1 channels it does not change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 10, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(10)
+        self.c2 = nn.Conv2d(10, 10, 3, padding=1, bias=False)
+        self.b2 = nn.BatchNorm2d(10)
+        self.fc = nn.Linear(10, 4)
+        self.protected_layers = ("fc",)
+        with torch.no_grad():
+            self.c2.weight.zero_()
+            self.b2.bias.fill_(1.0)
+            self.fc.weight.zero_()
+            self.fc.weight[0] = 1.0
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _chain_ctx(target: float, options: dict, tmp_path) -> tuple[nn.Module, methods.Context]:
+    torch.manual_seed(0)
+    model = Chain().eval()
+    g = torch.Generator().manual_seed(5)
+    data = TensorDataset(torch.randn(32, 3, 6, 6, generator=g), torch.zeros(32, dtype=torch.long))
+    ctx = methods.Context(
+        model,
+        data.tensors[0][:2],
+        data,
+        data,
+        {"target_flops": target},
+        calib_batches=2,
+        batch_size=16,
+        options={"progress": False, "epochs": 0, **options},
+        work_dir=tmp_path / "work",
+    )
+    return model, ctx
+
+
+def test_msvfp_step_goes_to_the_group_whose_pruning_hurts_least(tmp_path) -> None:
+    """One c1 channel is 10% of the FLOPs, one c2 channel 7.7% (the graph's plan). At a 10%
+    target both groups are candidates of the first (L2) step: c1 would lose round(0.1 x 10) = 1
+    filter, the smallest, at no cost in loss; c2 would lose one channel and raise the loss to
+    log(1 + 3 e^-9). MSVFP prunes c1 alone; a uniform magnitude rule would cut both layers."""
+    model, ctx = _chain_ctx(0.1, {}, tmp_path)
+    method = methods.get("msvfp")
+    report = method.prune(ctx)
+    assert len(method.history) == 1
+    first = method.history[0]
+    assert first.group == "c1" and first.count == 1 and first.criterion == "l2"
+    assert first.losses["c1"] == pytest.approx(math.log1p(3 * math.exp(-10)), rel=1e-3)
+    assert first.losses["c2"] == pytest.approx(math.log1p(3 * math.exp(-9)), rel=1e-3)
+    assert model.c2.out_channels == 10 and model.c1.out_channels == 9
+    torch.manual_seed(0)
+    norms = Chain().c1.weight.detach().flatten(1).norm(dim=1)  # the same initial weights
+    assert report.removed["c1"] == [int(torch.argmin(norms))]
+    assert abs(report.flops_reduction - 0.1) <= 0.01
+
+
+def test_msvfp_trial_loss_equals_the_loss_of_the_pruned_model(tmp_path) -> None:
+    import copy
+
+    from prunekit.methods.msvfp import MSVFP
+    from prunekit.train import evaluate
+
+    model, ctx = _chain_ctx(0.3, {}, tmp_path)
+    data = MSVFP._loss_subset(ctx, None)
+    graph = prunekit.graph.build(model, ctx.example_input)
+    before = copy.deepcopy(model.state_dict())
+    trial = MSVFP._trial_loss(ctx, graph.group("c2"), [2, 5], data)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])  # weights put back
+    graph.group("c2").prune([2, 5])
+    assert trial == pytest.approx(float(evaluate(model, data, batch_size=16)["loss"]), rel=1e-6)
+
+
+def test_msvfp_switches_from_magnitude_to_similarity_halfway(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = TinyResNet()
+    ctx = _ctx(model, 0.5, {"epochs": 0}, tmp_path)
+    method = methods.get("msvfp")
+    report = method.prune(ctx)
+    kinds = [s.criterion for s in method.history]
+    switch = kinds.index("distance")
+    assert set(kinds[:switch]) == {"l2"} and set(kinds[switch:]) == {"distance"}
+    # the criterion of a step is decided by the reduction before it: half of the 50% target
+    assert method.history[switch - 1].reduction >= 0.25
+    assert all(s.reduction < 0.25 for s in method.history[: switch - 1])
+    assert abs(report.flops_reduction - 0.5) <= 0.01
+    sizes = {g.name: (g.before, g.after) for g in report.groups}
+    rates = {n: 1 - a / b for n, (b, a) in sizes.items()}
+    assert len({round(r, 3) for r in rates.values()}) > 1  # variable per-layer rates
+
+
+def test_msvfp_recovers_every_three_percent(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = TinyResNet()
+    ctx = _ctx(model, 0.3, {"epochs": 1}, tmp_path)
+    method = methods.get("msvfp")
+    method.prune(ctx)
+    assert method.recoveries
+    assert all(
+        b - a > 0.03 for a, b in zip([0.0, *method.recoveries], method.recoveries, strict=False)
+    )
+    assert sorted(p.name for p in (tmp_path / "work").glob("recover*.pt")) == [
+        f"recover{i}.pt" for i in range(1, len(method.recoveries) + 1)
+    ]
