@@ -143,6 +143,7 @@ FAST: dict[str, dict[str, Any]] = {
     "budgeted": {"budget_epochs": 1},
     "deep_compression": {"prune_epochs": 1, "quant_epochs": 1},
     "dns": {"dns_epochs": 1},
+    "energy": {"epochs": 1, "mask_epochs": 1},
     "dlth": {"train_epochs": 1},
     "gdp": {"gdp_epochs": 1},
     "gmp": {"gmp_epochs": 1, "gmp_frequency": 1},
