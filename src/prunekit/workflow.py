@@ -869,8 +869,8 @@ def run_pruning(
     from prunekit.methods import SparsityReport
 
     if isinstance(report, SparsityReport):
+        final = masks.report(model)["overall"]  # first: kernels in a basis count coefficients
         masks.finalize(model)  # bake the masks in: a plain model, zeros where pruned
-        final = masks.report(model)["overall"]
         metrics["sparsity"] = final["sparsity"]
         metrics["nonzero_params"] = final["nonzero"]
     else:

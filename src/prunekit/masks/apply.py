@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.errors import ConfigError
+from prunekit.masks.basis import basis_layers
 from prunekit.masks.mask import Mask, MaskParametrization
 
 
@@ -106,7 +107,9 @@ def _own_class(module: nn.Module) -> None:
 
 
 def finalize(model: nn.Module) -> nn.Module:
-    """Bake every prunekit mask into its weight and drop the parametrizations (in place).
+    """Bake every prunekit mask into its weight and drop the parametrizations (in place);
+    kernels stored in a basis (:mod:`prunekit.masks.basis`) become plain kernels rebuilt from
+    their kept coefficients.
 
     The result is a plain model: no per-step multiply, state_dict keys back to ``weight``, pruned
     entries exactly zero. Tensors carrying other parametrizations besides a mask are baked too,
@@ -114,13 +117,19 @@ def finalize(model: nn.Module) -> nn.Module:
     """
     for name, mask in get_masks(model).items():
         module, tensor_name = split_name(model, name)
-        _own_class(module)
-        parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+        _bake(module, tensor_name)
         weight = getattr(module, tensor_name)
         with torch.no_grad():  # +0.0 at pruned entries (w * 0 is -0.0 for negative w)
             weight.masked_fill_(~mask.data.to(weight.device), 0.0)
-        # torch re-registers the tensor last; put it back first, as the layer was built, so the
-        # state_dict and parameters() keep their original order
-        params = module._parameters
-        module._parameters = {tensor_name: params[tensor_name], **params}
+    for module in basis_layers(model).values():  # kernels rebuilt from their kept coefficients
+        _bake(module, "weight")
     return model
+
+
+def _bake(module: nn.Module, tensor_name: str) -> None:
+    _own_class(module)
+    parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+    # torch re-registers the tensor last; put it back first, as the layer was built, so the
+    # state_dict and parameters() keep their original order
+    params = module._parameters
+    module._parameters = {tensor_name: params[tensor_name], **params}

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.masks.basis import counted_weight
 from prunekit.masks.engine import prunable_layers, weight_name
 
 
@@ -18,12 +19,14 @@ def report(model: nn.Module) -> dict[str, Any]:
     """``{"layers": {param name: {params, nonzero, sparsity}}, "overall": {...}}``.
 
     Layers are the conv and linear weights (protected ones included); ``overall`` sums them.
+    A layer whose kernels are stored in a basis counts its kept coefficients
+    (:mod:`prunekit.masks.basis`).
     """
     layers: dict[str, dict[str, float | int]] = {}
     total = kept = 0
     for name, module in prunable_layers(model).items():
         with torch.no_grad():
-            weight = module.weight
+            weight = counted_weight(module)  # the kept coefficients of a basis layer
             params, nonzero = weight.numel(), int(torch.count_nonzero(weight))
         layers[weight_name(name)] = _row(params, nonzero)
         total, kept = total + params, kept + nonzero
