@@ -210,8 +210,6 @@ def prune_channels(
         round_to=round_to,
     )
     report = remove_selected(graph, picks, dense)
-    if target_latency is not None:
-        report.latency = latency.last
     _warn_if_short(report, ratio, target_flops, target_params or target_latency)
     return report
 
@@ -269,6 +267,7 @@ def remove_selected(graph: Graph, picks: dict[str, list[int]], dense: Plan) -> P
         groups=[GroupChange(n, before[n], after.get(n, 0)) for n in before],
         removed=picks,
         pinned=pinned,
+        latency=getattr(graph, "latency_check", None),  # a latency target's figures
     )
 
 
@@ -297,7 +296,8 @@ def select_channels(
     :class:`~prunekit.measure.latency_table.LatencyMeter` or a ready
     :class:`~prunekit.measure.latency_table.LatencyPredictor` of this graph): widths snap to the
     latency table's knees, and the selection is verified on a pruned copy (see
-    :func:`_meet_latency`)."""
+    :func:`_meet_latency`); where no selection lands within the tolerance (knees are coarse),
+    the closest one removing more than asked is taken."""
     given = [
         k
         for k, v in (
@@ -393,7 +393,7 @@ def _meet_latency(
             break
         goal = min(0.999, max(1e-3, goal + miss))
     assert best is not None
-    predictor.last = best[1]
+    predictor.last = graph.latency_check = best[1]  # remove_selected reports it
     return best[0]
 
 
@@ -437,9 +437,10 @@ def _search(
     # "one more unit of group g", in global score order, for the units not yet taken
     rank = {name: {u: r for r, u in enumerate(order)} for name, order in sel.order.items()}
     steps = [name for name, i in sel.global_order if rank[name][i] >= start[name]]
-    best = _walk(start, steps, groups, sel, value, goal, tol)
+    best = _walk(start, steps, groups, sel, value, goal, tol, over_ok=predict is not None)
     achieved = value(best)
-    if abs(achieved - goal) > tol:
+    # a latency target moves in knee-sized steps: removing more than asked is accepted there
+    if abs(achieved - goal) > tol and not (predict is not None and achieved <= goal):
         rounding = f", widths rounded to {sel.round_to}" if sel.round_to else ""
         raise ConfigError(
             f"cannot reach target_{metric}={target:g}: the closest selection removes "
@@ -457,6 +458,7 @@ def _walk(
     value: Any,
     goal: float,
     tol: float,
+    over_ok: bool = False,
 ) -> dict[str, int]:
     """Take units in ``steps`` order until within ``tol`` of ``goal``.
 
@@ -493,6 +495,8 @@ def _walk(
         raw = trial
         if abs(v - goal) <= tol:
             break
+    if over_ok and value(rounded(raw)) > goal + tol and lo <= len(steps):
+        return rounded(after(steps[:lo], start))  # the first prefix past the goal
     return rounded(raw)
 
 

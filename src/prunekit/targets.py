@@ -172,9 +172,10 @@ class Target:
     # ------------------------------------------------------------------ checks
     def require(self, *kinds: str, method: str = "") -> Target:
         """``self`` when its kind is one of ``kinds``, else a ConfigError naming the method and
-        the kinds it takes. A method that takes a FLOPs target takes a latency one: both are
-        met by :func:`prunekit.prune.select_channels`."""
-        if self.kind not in kinds and not (self.kind == "latency" and "flops" in kinds):
+        the kinds it takes. A method whose widths are chosen by
+        :func:`prunekit.prune.select_channels` (or :func:`~prunekit.prune.prune_channels`) with
+        :meth:`as_dict` takes ``"latency"`` as well as ``"flops"``."""
+        if self.kind not in kinds:
             who = f"method {method!r}" if method else "this method"
             wanted = " or ".join(f"target_{k}" for k in kinds)
             extra = " (it is unstructured)" if kinds == ("sparsity",) else ""

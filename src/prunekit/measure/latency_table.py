@@ -274,7 +274,7 @@ def _layer(graph: Any, name: str, batch: int) -> _Layer | None:
             return layer, torch.randn(shape[0], i, *shape[2:])
 
         with torch.no_grad():
-            probe = m(torch.zeros(1, *shape[1:]))
+            probe = m(torch.zeros(1, *shape[1:], dtype=m.weight.dtype, device=m.weight.device))
         out_elems = math.prod(probe.shape[2:])
         spec = (
             f"{kind.__name__.lower()}:{cin}x{cout}:{'dw' if depthwise else 'g1'}:k{m.kernel_size}"
@@ -596,7 +596,13 @@ class LatencyPredictor:
         """Measured latency (ms) of a copy of the model (and its graph) with ``picks`` removed."""
         from prunekit.prune import selection_roots
 
-        trial = copy.deepcopy(self.graph)
+        memo: dict[int, Any] = {}
+        for site in self.graph.sites.values():  # the tracer behind each call: shared, not copied
+            for call in site.calls:
+                owner = getattr(call.record_fn, "__self__", None)
+                if owner is not None:
+                    memo[id(owner)] = owner
+        trial = copy.deepcopy(self.graph, memo)
         roots = selection_roots(trial, picks)
         if roots:
             trial.remove(roots)

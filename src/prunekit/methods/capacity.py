@@ -116,7 +116,7 @@ class CapacityMethod(Method):
 
     def prune(self, ctx: Context) -> PruneReport:
         self.options(ctx)
-        target = ctx.target.require("flops", "params", method=self.id)
+        target = ctx.target.require("flops", "params", "latency", method=self.id)
         modes = eval_modes(ctx.model)
         try:
             graph = build(ctx.model, ctx.example_input)

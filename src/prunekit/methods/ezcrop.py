@@ -87,7 +87,7 @@ class EZCrop(Method):
             ctx.example_input,
             importance=criterion,
             scope="layer",
-            **ctx.target.require("flops", "params", method=self.id).as_dict(),
+            **ctx.target.require("flops", "params", "latency", method=self.id).as_dict(),
         )
 
 

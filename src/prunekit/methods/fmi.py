@@ -73,7 +73,7 @@ class FMI(Method):
         opts = self.options(ctx)
         if opts.calib_batches is not None:
             ctx = dataclasses.replace(ctx, calib_batches=opts.calib_batches)
-        target = ctx.target.require("flops", "params", method=self.id)
+        target = ctx.target.require("flops", "params", "latency", method=self.id)
         criterion = FeatureEntropy(ctx.calibration(), bins=opts.bins)
         modes = eval_modes(ctx.model)
         try:

@@ -63,7 +63,7 @@ class FPFS(Method):
             ctx.example_input,
             importance=distance_weighted_redundancy,
             scope=opts.scope,
-            **ctx.target.require("flops", "params", method=self.id).as_dict(),
+            **ctx.target.require("flops", "params", "latency", method=self.id).as_dict(),
         )
 
 

@@ -289,7 +289,7 @@ class FSM(Method):
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
-        target = ctx.target.require("flops", "params", method=self.id)
+        target = ctx.target.require("flops", "params", "latency", method=self.id)
         batches = ctx.calibration()
         if not batches:
             raise ConfigError("method 'fsm' needs calibration data: the training set gave none")

@@ -210,7 +210,7 @@ class GlobalDynamicPruner:
                 f"mask_interval must be a number of steps >= 1, got {mask_interval!r}"
             )
         self.model = model
-        self.target = Target.of(target).require("flops", "params")
+        self.target = Target.of(target).require("flops", "params", "latency")
         self.mask_interval = mask_interval
         was_training = model.training
         model.eval()  # tracing must not update BatchNorm running statistics
@@ -460,7 +460,7 @@ class GDP(Method):
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
         epochs = opts["epochs"]
-        target = ctx.target.require("flops", "params", method=self.id)
+        target = ctx.target.require("flops", "params", "latency", method=self.id)
         model = ctx.model
         first = next(model.parameters(), None)
         home = first.device if first is not None else torch.device("cpu")

@@ -48,5 +48,5 @@ class HRankMethod(Method):
             ctx.example_input,
             importance=criterion,
             scope="layer",
-            **ctx.target.require("flops", "params", method=self.id).as_dict(),
+            **ctx.target.require("flops", "params", "latency", method=self.id).as_dict(),
         )

@@ -195,7 +195,7 @@ class L1Filter(Method):
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
         ratios = parse_ratios(opts.sensitivity_ratios)
-        target = ctx.target.require("flops", "params", method=self.id)
+        target = ctx.target.require("flops", "params", "latency", method=self.id)
         l1 = criteria.get("l1")
         modes = eval_modes(ctx.model)
         try:

@@ -191,7 +191,10 @@ class RandomChannel(Method):
                 shares = next(stream)
                 try:
                     picks, widths = widths_for(
-                        graph, shares, ctx.target.require("flops", "params", method=self.id), within
+                        graph,
+                        shares,
+                        ctx.target.require("flops", "params", "latency", method=self.id),
+                        within,
                     )
                 except ConfigError:
                     # too coarse to meet the budget within the tolerance: draw again

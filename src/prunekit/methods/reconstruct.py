@@ -279,7 +279,9 @@ class ReconstructionMethod(Method):
                 f"method {self.id!r} prunes channels passed from one layer to one conv or Linear "
                 "layer (a chain); this model has none"
             )
-        counts = chain_budget(graph, found, ctx.target.require("flops", "params", method=self.id))
+        counts = chain_budget(
+            graph, found, ctx.target.require("flops", "params", "latency", method=self.id)
+        )
         batches = ctx.calibration()
         if not batches:
             raise ConfigError(

@@ -64,7 +64,7 @@ class SimilarityPruning(Method):
             ctx.example_input,
             importance=cosine_redundancy,
             scope=opts.scope,
-            **ctx.target.require("flops", "params", method=self.id).as_dict(),
+            **ctx.target.require("flops", "params", "latency", method=self.id).as_dict(),
         )
 
 

@@ -241,6 +241,7 @@ def global_threshold(
     *,
     target_flops: float | None = None,
     target_params: float | None = None,
+    **latency: Any,
 ) -> dict[str, list[int]]:
     """Units to remove, ``{group name: indices}``: the lowest raw scores across all groups, as
     many as it takes to remove ``target_flops`` or ``target_params`` (a fraction) of the dense
@@ -253,6 +254,7 @@ def global_threshold(
         normalize=False,  # one threshold on raw |gamma| across layers, as in the paper
         target_flops=target_flops,
         target_params=target_params,
+        **latency,  # target_latency and its setting
     )
 
 
@@ -262,13 +264,14 @@ def prune_by_gamma(
     *,
     target_flops: float | None = None,
     target_params: float | None = None,
+    **latency: Any,
 ) -> PruneReport:
     """Remove, in place, the channels of ``model`` under one global threshold on raw BatchNorm
     ``|gamma|`` chosen to meet the target; report as :func:`prunekit.prune.prune_channels`."""
     was_training = model.training
     model.eval()  # tracing and FLOP counting must not update BatchNorm running statistics
     try:
-        return _prune_by_gamma(model, example_input, target_flops, target_params)
+        return _prune_by_gamma(model, example_input, target_flops, target_params, **latency)
     finally:
         model.train(was_training)
 
@@ -278,11 +281,16 @@ def _prune_by_gamma(
     example_input: Any,
     target_flops: float | None,
     target_params: float | None,
+    **latency: Any,
 ) -> PruneReport:
     graph = build(model, example_input)
     dense = graph.plan([])
     picks = global_threshold(
-        graph, gamma_scores(graph), target_flops=target_flops, target_params=target_params
+        graph,
+        gamma_scores(graph),
+        target_flops=target_flops,
+        target_params=target_params,
+        **latency,
     )
     return remove_selected(graph, picks, dense)
 
@@ -306,7 +314,7 @@ class NetworkSlimming(Method):
             raise ConfigError("slimming needs a model with affine BatchNorm layers")
         if opts["epochs"] > 0:
             self.lam = sparsity_train(ctx.model, ctx, opts)
-        target = ctx.target.require("flops", "params", method=self.id)
+        target = ctx.target.require("flops", "params", "latency", method=self.id)
         return prune_by_gamma(ctx.model, ctx.example_input, **target.as_dict())
 
 

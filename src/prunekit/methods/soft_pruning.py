@@ -145,7 +145,7 @@ class SoftPruner:
         mask_gradients: bool = False,
     ) -> None:
         self.model = model
-        self.target = Target.of(target).require("flops", "params")
+        self.target = Target.of(target).require("flops", "params", "latency")
         self.criterion = criteria.get(criterion)
         self.mask_gradients = mask_gradients
         self.graph: Graph = build(model, example_input)
@@ -316,7 +316,7 @@ class SoftPruningMethod(Method):
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
-        target = ctx.target.require("flops", "params", method=self.id)
+        target = ctx.target.require("flops", "params", "latency", method=self.id)
         pruner = SoftPruner(
             ctx.model,
             ctx.example_input,

@@ -385,7 +385,7 @@ class SSL(Method):
                 scope="global",
                 normalize=False,  # one threshold on raw group norms across layers
                 importance=lambda g: norms[g.name],
-                **ctx.target.require("flops", "params", method=self.id).as_dict(),
+                **ctx.target.require("flops", "params", "latency", method=self.id).as_dict(),
             )
             return remove_selected(graph, picks, dense)
         finally:
