@@ -28,7 +28,7 @@ def test_every_episode_meets_the_budget_whatever_the_policy(policy: str) -> None
     net = ConvBNNet(widths=(16, 32, 64)).eval()
     graph = build(net, torch.randn(1, 3, 8, 8))
     names = group_names(graph)
-    env = _Env(graph, names, "flops", 0.5, AMCOptions(), criteria.l1_norm)
+    env = _Env(graph, names, {"target_flops": 0.5}, 0.5, AMCOptions(), criteria.l1_norm)
     rng = np.random.default_rng(0)
     calls = iter(range(100))
     actions = {

@@ -73,9 +73,10 @@ from prunekit.methods.search import (
     allocate,
     group_names,
     identity,
+    target_keywords,
+    verified,
 )
 from prunekit.prune import PruneReport, remove_selected, selection_roots
-from prunekit.targets import Target
 
 STATIC = 7  # static features of the embedding; then reduced, rest, a_{t-1}
 
@@ -97,16 +98,29 @@ def clip_keep(wanted: int, low: int, value: Callable[[int], float], goal: float)
 
 
 class Accounting:
-    """The resource (FLOPs or params, from the graph's plan) of the model when each group keeps
-    a given number of channels, its lowest-``within`` ones going first."""
+    """The resource of the model when each group keeps a given number of channels, its
+    lowest-``within`` ones going first: FLOPs or params from the graph's plan, or a latency
+    table's prediction (``predict(roots)``, a
+    :class:`~prunekit.measure.latency_table.LatencyPredictor`'s)."""
 
-    def __init__(self, graph: Graph, metric: str, within: criteria.Criterion) -> None:
-        self.graph, self.metric = graph, metric
+    def __init__(
+        self,
+        graph: Graph,
+        metric: str,
+        within: criteria.Criterion,
+        predict: Callable[[Sequence[int]], float] | None = None,
+    ) -> None:
+        self.graph, self.metric, self.predict = graph, metric, predict
         self.groups = {g.name: g for g in graph.groups}
         self.order = {
             g.name: torch.argsort(within(g).double(), stable=True).tolist() for g in graph.groups
         }
-        self.dense = float(getattr(graph.plan([]), metric))
+        self.dense = self._cost([])
+
+    def _cost(self, roots: Sequence[int]) -> float:
+        if self.predict is not None:
+            return float(self.predict(roots))
+        return float(getattr(self.graph.plan(list(roots)), self.metric))
 
     def picks(self, keep: dict[str, int]) -> dict[str, list[int]]:
         return {
@@ -116,9 +130,7 @@ class Accounting:
         }
 
     def value(self, keep: dict[str, int]) -> float:
-        return float(
-            getattr(self.graph.plan(selection_roots(self.graph, self.picks(keep))), self.metric)
-        )
+        return self._cost(selection_roots(self.graph, self.picks(keep)))
 
 
 def _producer(graph: Graph, name: str) -> nn.Module | None:
@@ -369,7 +381,7 @@ class AMC(Method):
         opts = self.options(ctx)
         if opts.lbound > opts.rbound:
             raise ConfigError(f"amc: lbound {opts.lbound} must not exceed rbound {opts.rbound}")
-        target = ctx.target.require("flops", "params", method=self.id)
+        target = ctx.target.require("flops", "params", "latency", method=self.id)
         budget = SearchBudget.parse(opts.search_budget)
         modes = eval_modes(ctx.model)
         try:
@@ -379,12 +391,15 @@ class AMC(Method):
             if not names:
                 raise ConfigError("amc found no prunable groups")
             within = criteria.get(opts.within)
-            env = _Env(graph, names, target.kind, target.fraction, opts, within)
+            keywords = target_keywords(target, graph, ctx.example_input, progress=opts.progress)
+            env = _Env(graph, names, keywords, target.fraction, opts, within)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(ctx.seed)
                 rng = np.random.default_rng(ctx.seed)
                 agent = DDPG(env.emb.shape[1], opts, opts.memory * len(names), rng)
                 picks = self._search(ctx, opts, graph, budget, env, agent, rng)
+            if target.kind == "latency":  # the applied strategy is timed, not only predicted
+                picks = env.select(self.strategies[self.best], verified(keywords))  # type: ignore[index]
             return remove_selected(graph, picks, dense)
         finally:
             restore_modes(modes)
@@ -431,18 +446,32 @@ class _Env:
     """One episode: walk the groups, clip each action, return the transitions, the selection
     evaluated (scaled to the target) and the clipped strategy."""
 
-    def __init__(self, graph, names, metric, fraction, opts, within) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, graph, names, keywords, fraction, opts, within) -> None:  # type: ignore[no-untyped-def]
         self.graph, self.names, self.opts = graph, names, opts
-        self.acc = Accounting(graph, metric, within)
+        predictor = keywords.get("latency")
+        metric = "latency" if predictor is not None else next(iter(keywords))[len("target_") :]
+        self.acc = Accounting(
+            graph, metric, within, predictor.predict if predictor is not None else None
+        )
         self.goal = (1.0 - fraction) * self.acc.dense
         self.sizes = {g.name: g.size for g in graph.groups}
         self.low = {n: max(1, math.ceil(opts.lbound * self.sizes[n] - 1e-9)) for n in names}
         self.emb = embeddings(graph, names)
         full = {n: self.sizes[n] for n in names}
-        # FLOPs that depend on each layer: the dense figure less the model keeping one channel
+        # the cost that depends on each layer: the dense figure less the model keeping one channel
         self.share = [self.acc.dense - self.acc.value({**full, n: 1}) for n in names]
-        self.target = Target(metric, fraction)
+        self.keywords = keywords
         self.within = within
+
+    def select(self, keep: dict[str, float], keywords: dict | None = None) -> dict[str, list[int]]:  # type: ignore[type-arg]
+        """The selection evaluated for a strategy (fractions kept): its removals scaled by one
+        factor to land on the target, or the strategy as it is when no scaling lands within 1%."""
+        rates = {n: 1.0 - keep[n] for n in self.names}
+        try:
+            return allocate(self.graph, rates, keywords or self.keywords, self.within)
+        except ConfigError:
+            counts = {n: round(keep[n] * self.sizes[n]) for n in self.names}
+            return self.acc.picks(counts)  # meets the budget, not within 1% of it
 
     def episode(self, policy: Callable[[np.ndarray], float]):  # type: ignore[no-untyped-def]
         keep = {n: self.sizes[n] for n in self.names}
@@ -464,12 +493,8 @@ class _Env:
             nxt = state if done else self._state(t + 1, keep, action)
             transitions.append((state, action, nxt, done))
             state = nxt
-        rates = {n: 1.0 - keep[n] / self.sizes[n] for n in self.names}
-        try:
-            picks = allocate(self.graph, rates, self.target, self.within)
-        except ConfigError:
-            picks = self.acc.picks(keep)  # meets the budget, not within 1% of it
-        return transitions, picks, {n: keep[n] / self.sizes[n] for n in self.names}
+        kept = {n: keep[n] / self.sizes[n] for n in self.names}
+        return transitions, self.select(kept), kept
 
     def _state(self, t: int, keep: dict[str, int], last: float) -> np.ndarray:
         s = self.emb[t].copy()

@@ -56,6 +56,8 @@ from prunekit.methods.search import (
     allocate,
     group_names,
     identity,
+    target_keywords,
+    verified,
 )
 from prunekit.prune import PruneReport, remove_selected
 
@@ -166,7 +168,7 @@ class BORates(Method):
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
-        target = ctx.target.require("flops", "params", method=self.id)
+        target = ctx.target.require("flops", "params", "latency", method=self.id)
         budget = SearchBudget.parse(opts.search_budget)
         modes = eval_modes(ctx.model)
         try:
@@ -175,13 +177,13 @@ class BORates(Method):
             names = group_names(graph)
             if not names:
                 raise ConfigError("bo_rates found no prunable groups")
+            budget_kw = target_keywords(target, graph, ctx.example_input, progress=opts.progress)
             rng = np.random.default_rng(ctx.seed)
 
-            def picks_of(x: np.ndarray) -> dict[str, list[int]] | None:
+            def picks_of(x: np.ndarray, keywords=budget_kw) -> dict[str, list[int]] | None:  # type: ignore[no-untyped-def]
                 try:
-                    return allocate(
-                        graph, dict(zip(names, x.tolist(), strict=True)), target, opts.within
-                    )
+                    rates = dict(zip(names, x.tolist(), strict=True))
+                    return allocate(graph, rates, keywords, opts.within)
                 except ConfigError:
                     return None  # too coarse to meet the target
 
@@ -222,7 +224,7 @@ class BORates(Method):
                     f"bo_rates: no rate vector met the target {target} within 1% "
                     "(channels too coarse)"
                 )
-            picks = picks_of(xs[self.best])
+            picks = picks_of(xs[self.best], verified(budget_kw))
             assert picks is not None
             return remove_selected(graph, picks, dense)
         finally:

@@ -45,6 +45,7 @@ import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,14 @@ from prunekit.graph import Graph, Group, build
 from prunekit.methods.base import Context, Method, register_method
 from prunekit.methods.common import eval_modes, restore_modes
 from prunekit.methods.options import option
-from prunekit.methods.search import Search, SearchBudget, SearchOptions, identity
+from prunekit.methods.search import (
+    Search,
+    SearchBudget,
+    SearchOptions,
+    identity,
+    target_keywords,
+    verified,
+)
 from prunekit.prune import PruneReport, remove_selected, select_channels
 from prunekit.targets import Target
 
@@ -76,16 +84,22 @@ def transformed_importance(
 
 
 def ranking_picks(
-    graph: Graph, norms: Mapping[str, torch.Tensor], transform: Transform, target: Target
+    graph: Graph,
+    norms: Mapping[str, torch.Tensor],
+    transform: Transform,
+    target: Target | Mapping[str, Any],
 ) -> dict[str, list[int]]:
-    """The channels LeGR removes for ``target``: the lowest transformed norms over the whole
-    network, until the target is met (raw scores compared across groups, one threshold)."""
+    """The channels LeGR removes for ``target`` (a Target, or the keywords of
+    :func:`prunekit.methods.search.target_keywords`): the lowest transformed norms over the
+    whole network, until the target is met (raw scores compared across groups, one
+    threshold)."""
+    keywords = target.as_dict() if isinstance(target, Target) else dict(target)
     return select_channels(
         graph,
         scope="global",
         normalize=False,
         importance=transformed_importance(norms, transform),
-        **Target.of(target).as_dict(),
+        **keywords,
     )
 
 
@@ -188,12 +202,13 @@ class LeGR(Method):
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
-        target = ctx.target.require("flops", "params", method=self.id)
+        target = ctx.target.require("flops", "params", "latency", method=self.id)
         budget = SearchBudget.parse(opts.search_budget)
         modes = eval_modes(ctx.model)
         try:
             graph = build(ctx.model, ctx.example_input)
             dense = graph.plan([])
+            budget_kw = target_keywords(target, graph, ctx.example_input, progress=opts.progress)
             self.norms = {g.name: criteria.l2_norm(g).detach().double() for g in graph.groups}
             names = [g.name for g in graph.groups if g.size > 1]
             if not names:
@@ -203,7 +218,7 @@ class LeGR(Method):
 
             def candidate(t: Transform) -> dict[str, list[int]] | None:
                 try:
-                    return ranking_picks(graph, self.norms, t, target)
+                    return ranking_picks(graph, self.norms, t, budget_kw)
                 except ConfigError:
                     return None  # too coarse to meet the target: infeasible
 
@@ -251,7 +266,7 @@ class LeGR(Method):
                     f"legr: no transform met the target {target} within 1% (channels too coarse)"
                 )
             self.transform = max(feasible, key=lambda p: p[1].key)[0]
-            picks = ranking_picks(graph, self.norms, self.transform, target)
+            picks = ranking_picks(graph, self.norms, self.transform, verified(budget_kw))
             return remove_selected(graph, picks, dense)
         finally:
             restore_modes(modes)

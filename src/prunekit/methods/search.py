@@ -66,8 +66,11 @@ __all__ = [
     "Trial",
     "allocate",
     "group_names",
+    "identity",
     "rates_of",
     "score_picks",
+    "target_keywords",
+    "verified",
 ]
 
 Picks = dict[str, list[int]]
@@ -137,25 +140,52 @@ def group_names(graph: Graph) -> list[str]:
     return [g.name for g in graph.groups if g.size > 1]
 
 
+def target_keywords(
+    target: Target, graph: Graph, example_input: Any = None, *, progress: bool = False
+) -> dict[str, Any]:
+    """The keywords :func:`prunekit.prune.select_channels` meets ``target`` with. A FLOPs or
+    params target is its flat form; a latency target gets the prediction of a latency table
+    built (or read from its cache) once for ``graph``, with the dense model timed once, and no
+    verification: a search scores many candidates by prediction, and :func:`verified` turns the
+    timed check on for the selection it applies."""
+    if target.kind != "latency":
+        return target.as_dict()
+    from prunekit.measure.latency_table import LatencyMeter
+
+    meter = LatencyMeter(target.setting, verify=False, progress=progress)
+    return {"target_latency": target.fraction, "latency": meter.predictor(graph, example_input)}
+
+
+def verified(keywords: Mapping[str, Any]) -> dict[str, Any]:
+    """``keywords`` (from :func:`target_keywords`) with the latency check on: the selection is
+    timed on a pruned copy and corrected (the report then states predicted and measured)."""
+    predictor = keywords.get("latency")
+    if predictor is not None:
+        predictor.meter.verify = True
+    return dict(keywords)
+
+
 def allocate(
     graph: Graph,
     rates: Mapping[str, float],
-    target: Target,
+    target: Target | Mapping[str, Any],
     within: str | criteria.Criterion = "l1",
 ) -> Picks:
     """The channels to remove (``{group: indices}``) when group ``g`` loses a fraction of its
     channels proportional to ``rates[g]`` (0 or absent: kept whole), scaled by one common factor
-    so that the whole meets ``target`` within 1%; inside a group the lowest ``within`` go first.
+    so that the whole meets ``target`` within 1% (a :class:`~prunekit.targets.Target`, or the
+    keywords of :func:`target_keywords`); inside a group the lowest ``within`` go first.
     A ConfigError when no scaling meets the target (channels too coarse, or too few groups with
     a positive rate)."""
     if not any(float(r) > 0 for r in rates.values()):
         raise ConfigError("a rate vector needs at least one group with a positive rate")
+    keywords = target.as_dict() if isinstance(target, Target) else dict(target)
     return select_channels(
         graph,
         scope="global",
         normalize=False,
         importance=share_importance(criteria.get(within), dict(rates)),
-        **Target.of(target).as_dict(),
+        **keywords,
     )
 
 
@@ -454,7 +484,7 @@ def identity(method_id: str, opts: Options, ctx: Context, graph: Graph, **extra:
     return {
         "method": method_id,
         "options": settings,
-        "target": str(ctx.target),
+        "target": repr(ctx.target),
         "seed": ctx.seed,
         "groups": [(g.name, g.size) for g in graph.groups],
         **extra,
