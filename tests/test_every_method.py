@@ -148,6 +148,7 @@ FAST: dict[str, dict[str, Any]] = {
     "gdp": {"gdp_epochs": 1},
     "gmp": {"gmp_epochs": 1, "gmp_frequency": 1},
     "hap": {"n_v": 2},
+    "interspace": {"frequency": 1},
     "l1_filter": {"sensitivity_ratios": "0.25,0.5,0.75"},
     "legr": {"search_budget": "3", "population": 2, "sample": 2, "finetune_steps": 1},
     "lth": {"round_epochs": 1, "rate_per_round": 0.5, "rewind_steps": 0},
