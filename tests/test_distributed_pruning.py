@@ -33,10 +33,13 @@ METHODS = {
     # global ranking moves in steps of one channel, too coarse for this net: one rate per layer
     "hap": {"n_v": 2, "calib_batches": None, "scope": "layer"},
     "sosp": {"scope": "layer"},
+    "hrel": {},
+    "rate_derivation": {},
 }
 # the ranks' samples are drawn per rank, so these are compared across ranks, not to one process
-PER_RANK_SAMPLING = ("taylor+sgd", "thinet", "lasso_channel")
-SENSITIVE = ("taylor", "thinet", "lasso_channel", "hap", "sosp")
+# HRel's mutual information is a statistic of each batch (Gram matrices over its images)
+PER_RANK_SAMPLING = ("taylor+sgd", "thinet", "lasso_channel", "hrel")
+SENSITIVE = ("taylor", "thinet", "lasso_channel", "hap", "sosp", "hrel")
 PER_RANK = 16  # two batches of 8 per rank: every sample is calibration data
 TARGET = {"target_flops": 0.4}
 

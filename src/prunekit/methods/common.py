@@ -21,7 +21,8 @@ widths chosen by a share per group.
   from a sensitivity analysis (L1-filter).
 * :func:`tune_knob` / :func:`removed_fraction`: for methods whose paper derives every layer's
   width from one setting (affinity propagation's preference, a pruning-error threshold), that
-  setting bisected until the widths it gives come nearest a FLOPs or params target.
+  setting bisected until the widths it gives come nearest a FLOPs or params target;
+  :func:`select_at_proportions` then meets the target at those widths' proportions.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit.errors import ConfigError
 from prunekit.graph import Graph, Group
 from prunekit.graph.core import Site, out_weight
-from prunekit.prune import selection_roots
+from prunekit.prune import select_channels, selection_roots
+from prunekit.targets import Target
 
 __all__ = [
     "Chain",
@@ -45,6 +48,7 @@ __all__ = [
     "prunable_groups",
     "removed_fraction",
     "restore_modes",
+    "select_at_proportions",
     "share_importance",
     "tune_knob",
 ]
@@ -187,6 +191,42 @@ def tune_knob(
         lo, hi = (mid, hi) if got < fraction else (lo, mid)
     assert best is not None
     return best[1], best[2]
+
+
+def select_at_proportions(
+    graph: Graph,
+    within: Callable[[Group], torch.Tensor],
+    counts: Mapping[str, int],
+    target: Target,
+) -> dict[str, list[int]]:
+    """The selection meeting ``target`` (within the core's tolerance) that removes from each
+    group of ``counts`` a share proportional to ``counts[name] / size`` (the widths a knob gave,
+    scaled by one factor), lowest ``within`` first; groups not in ``counts`` keep everything.
+    A group whose count is 0 gets a vanishing share: its channels come after every other, only
+    when the target cannot be met within the tolerance without them (a net of a few wide layers
+    moves in steps larger than 1%). If no selection in that order lands within the tolerance
+    (two narrow layers whose channels each cost several percent), the core's layer-scope
+    search (one rate for the groups of ``counts``, then single channels) decides instead."""
+    sizes = {g.name: g.size for g in graph.groups}
+    shares = {n: c / sizes[n] for n, c in counts.items() if n in sizes}
+    floor = 1e-9 * min((s for s in shares.values() if s > 0), default=1.0)
+    shares = {n: max(s, floor) for n, s in shares.items()}
+    try:
+        return select_channels(
+            graph,
+            scope="global",
+            normalize=False,
+            importance=share_importance(within, shares),
+            **target.as_dict(),
+        )
+    except ConfigError:
+
+        def in_counts(group: Group) -> torch.Tensor:
+            if group.name in shares:
+                return within(group).double()
+            return torch.full((group.size,), math.inf, dtype=torch.float64)
+
+        return select_channels(graph, scope="layer", importance=in_counts, **target.as_dict())
 
 
 def prunable_groups(graph: Graph, only_chains: bool) -> list[Group]:

@@ -26,9 +26,10 @@ Meeting a FLOPs or params target. The paper picks ``beta`` by hand (official def
 exemplars survive) finds the ``beta`` whose exemplar widths come nearest the target. Its widths
 rarely land within 1% of it (each ``beta`` gives whole clusters), so the last gap is closed at
 the same proportions: every chain loses a share of its channels proportional to the fraction
-affinity propagation removed from it (:func:`~prunekit.methods.common.share_importance`), the
-non-exemplars first (nearest their exemplar first), then, if the target needs more, the
-exemplars of the smallest clusters. Chains where every filter is its own exemplar keep all.
+affinity propagation removed from it (:func:`~prunekit.methods.common.select_at_proportions`),
+the non-exemplars first (nearest their exemplar first), then, if the target needs more, the
+exemplars of the smallest clusters. Chains where every filter is its own exemplar keep all,
+unless the target cannot be met within 1% without them (then they lose channels last).
 
 Deviations: if affinity propagation does not converge (scikit-learn then returns no exemplar),
 it is run once more with ``damping=0.9`` and ten times the iterations; if it still fails, the
@@ -47,7 +48,7 @@ from sklearn.cluster import AffinityPropagation
 from sklearn.exceptions import ConvergenceWarning
 
 from prunekit.errors import ConfigError
-from prunekit.graph import Group, build
+from prunekit.graph import build
 from prunekit.graph.core import out_weight
 from prunekit.methods.base import Context, Method, register_method
 from prunekit.methods.common import (
@@ -55,11 +56,11 @@ from prunekit.methods.common import (
     chains,
     eval_modes,
     restore_modes,
-    share_importance,
+    select_at_proportions,
     tune_knob,
 )
 from prunekit.methods.options import Options, option
-from prunekit.prune import PruneReport, remove_selected, select_channels
+from prunekit.prune import PruneReport, remove_selected
 
 
 @dataclass(frozen=True)
@@ -222,25 +223,13 @@ class EPrunerMethod(Method):
                 opts.beta_high,
                 opts.tune_steps,
             )
-            sizes = {c.group.name: c.group.size for c in found}
-            shares = {n: counts[n] / sizes[n] for n in counts}
-            if not any(shares.values()):
+            if not any(counts.values()):
                 raise ConfigError(
                     f"epruner: affinity propagation keeps every filter for every beta in "
                     f"[{opts.beta_low:g}, {opts.beta_high:g}]; cannot reach {target}"
                 )
             order = {n: removal_order(filters[n], *cluster(beta)[n]) for n in filters}
-
-            def within(group: Group) -> torch.Tensor:
-                return order.get(group.name, torch.zeros(group.size, dtype=torch.float64))
-
-            picks = select_channels(
-                graph,
-                scope="global",
-                normalize=False,
-                importance=share_importance(within, shares),
-                **target.as_dict(),
-            )
+            picks = select_at_proportions(graph, lambda g: order[g.name], counts, target)
             self.beta = beta  # the tuned preference coefficient, for inspection
             return remove_selected(graph, picks, dense)
         finally:

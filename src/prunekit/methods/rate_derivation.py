@@ -22,7 +22,8 @@ the largest gradient entry on any of them. Meeting a FLOPs or params target: the
 ``eps`` and reports the size that results; here ``eps`` is tuned by a geometric bisection
 (:func:`~prunekit.methods.common.tune_knob`; rates grow with ``eps``) until the derived rates come
 nearest the target, and the last gap is closed at the same per-layer proportions
-(:func:`~prunekit.methods.common.share_importance`, L1 order inside each layer).
+(:func:`~prunekit.methods.common.select_at_proportions`, L1 order inside each layer; a layer
+whose derived rate is 0 loses channels only if the target cannot be met within 1% otherwise).
 
 Sources and deviations: the paper's full text and code were not available; the computation
 above follows its abstract and that of the companion papers by the same authors ("Automatic
@@ -48,10 +49,15 @@ from prunekit.errors import ConfigError, DataError
 from prunekit.graph import Group, build
 from prunekit.graph.core import Site, out_weight
 from prunekit.methods.base import Context, Method, register_method
-from prunekit.methods.common import eval_modes, restore_modes, share_importance, tune_knob
+from prunekit.methods.common import (
+    eval_modes,
+    restore_modes,
+    select_at_proportions,
+    tune_knob,
+)
 from prunekit.methods.options import Options, option
 from prunekit.methods.retraining import model_device
-from prunekit.prune import PruneReport, remove_selected, select_channels
+from prunekit.prune import PruneReport, remove_selected
 from prunekit.train.distributed import all_reduce_sum
 
 
@@ -195,19 +201,12 @@ class RateDerivationMethod(Method):
                 opts.eps_high,
                 opts.tune_steps,
             )
-            shares = {n: c / groups[n].size for n, c in counts.items()}
-            if not any(shares.values()):
+            if not any(counts.values()):
                 raise ConfigError(
                     f"rate_derivation: no eps in [{opts.eps_low:g}, {opts.eps_high:g}] removes "
                     f"a filter; cannot reach {target}"
                 )
-            picks = select_channels(
-                graph,
-                scope="global",
-                normalize=False,
-                importance=share_importance(lambda g: norms[g.name], shares),
-                **target.as_dict(),
-            )
+            picks = select_at_proportions(graph, lambda g: norms[g.name], counts, target)
             self.eps = eps  # the tuned allowed loss increase, for inspection
             return remove_selected(graph, picks, dense)
         finally:
