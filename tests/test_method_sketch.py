@@ -113,3 +113,22 @@ def test_target_met_within_one_percent(net: str, target: float) -> None:
     report, measured = prune_net("sketch", net, target)
     assert abs(measured - target) <= 0.01
     assert abs(report.flops_reduction - measured) <= 1e-9
+
+
+def test_sketch_bn_sketches_the_batchnorm_with_the_filters() -> None:
+    build, shape, classes = NETS["depthwise"]
+    torch.manual_seed(0)
+    model = build()
+    with torch.no_grad():
+        model.block1.bn1.weight.uniform_(0.5, 2.0)
+    data = TensorDataset(torch.randn(32, *shape), torch.randint(0, classes, (32,)))
+    ctx = methods.Context(
+        model, data.tensors[0][:2], data, data, {"target_flops": 0.3}, calib_batches=2,
+        batch_size=16, options={"progress": False, "sketch_bn": True},
+    )  # fmt: skip
+    methods.get("sketch").prune(ctx)
+    bn = model.block1.bn1
+    assert bn.num_features < 64
+    assert not torch.equal(bn.weight, torch.ones_like(bn.weight))  # sketched, not reset
+    out = model.eval()(data.tensors[0][:4])
+    assert torch.isfinite(out).all()
