@@ -146,6 +146,7 @@ FAST: dict[str, dict[str, Any]] = {
     "energy": {"epochs": 1, "mask_epochs": 1},
     "dlth": {"train_epochs": 1},
     "gdp": {"gdp_epochs": 1},
+    "flexible_rate": {"step": 0.25},
     "gmp": {"gmp_epochs": 1, "gmp_frequency": 1},
     "hap": {"n_v": 2},
     "interspace": {"frequency": 1},

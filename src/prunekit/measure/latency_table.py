@@ -356,13 +356,14 @@ class LatencyMeter:
     model_run_time: float = 1.0  # seconds per whole-model measurement
     verify: bool = True
     rounds: int = 3
+    pairs: int = 2  # dense / pruned timings alternated per verification
     tolerance: float = 0.02
     progress: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.setting, LatencySetting):
             raise ConfigError(f"setting must be a LatencySetting, got {self.setting!r}")
-        for name in ("max_points", "granularity", "rounds"):
+        for name in ("max_points", "granularity", "rounds", "pairs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"LatencyMeter.{name} must be a positive int, got {v!r}")
@@ -593,7 +594,10 @@ class LatencyPredictor:
         return best
 
     def measure(self, picks: dict[str, list[int]]) -> float:
-        """Measured latency (ms) of a copy of the model (and its graph) with ``picks`` removed."""
+        """Measured latency (ms) of a copy of the model (and its graph) with ``picks`` removed:
+        timed in alternation with the dense model (``meter.pairs`` times each), the ratio of the
+        medians times :attr:`dense_ms`, so a change of the machine's load between the dense
+        timing and this one cancels out."""
         from prunekit.prune import selection_roots
 
         memo: dict[int, Any] = {}
@@ -606,4 +610,8 @@ class LatencyPredictor:
         roots = selection_roots(trial, picks)
         if roots:
             trial.remove(roots)
-        return self.meter.time_model(trial.model, self.inputs)
+        dense, pruned = [], []
+        for _ in range(self.meter.pairs):  # alternate: a load change hits both alike
+            dense.append(self.meter.time_model(self.graph.model, self.inputs))
+            pruned.append(self.meter.time_model(trial.model, self.inputs))
+        return float(np.median(pruned)) / float(np.median(dense)) * self.dense_ms
