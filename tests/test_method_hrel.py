@@ -122,3 +122,33 @@ def test_target_met_within_one_percent(net: str, target: float) -> None:
     report, measured = prune_net("hrel", net, target)
     assert abs(measured - target) <= 0.01
     assert abs(report.flops_reduction - measured) <= 1e-9
+
+
+def test_rounds_retrain_between_and_meet_the_target(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from prunekit import measure
+    from test_every_method import NETS
+
+    build_net, shape, classes = NETS["resnet"]
+    torch.manual_seed(0)
+    model = build_net()
+    data = TensorDataset(torch.randn(32, *shape), torch.randint(0, classes, (32,)))
+    example = data.tensors[0][:2]
+    ctx = methods.Context(
+        model, example, data, data, {"target_flops": 0.5}, calib_batches=2, batch_size=16,
+        options={"progress": False, "rounds": 3, "epochs": 1}, work_dir=tmp_path,
+    )  # fmt: skip
+    report = methods.get("hrel").prune(ctx)
+    # two retraining phases, none after the last round (the runner fine-tunes)
+    assert sorted(p.name for p in tmp_path.glob("hrel_round*.pt")) == [
+        "hrel_round1.pt",
+        "hrel_round2.pt",
+    ]
+    measured = (
+        1
+        - measure.count_flops(model, example).flops
+        / measure.count_flops(build_net(), example).flops
+    )
+    assert abs(measured - 0.5) <= 0.01
+    assert abs(report.flops_reduction - measured) <= 1e-9
+    # indices refer to the original groups
+    assert all(g.after == g.before - len(report.removed.get(g.name, [])) for g in report.groups)
