@@ -53,6 +53,16 @@ class CapacityOptions(Options):
     rate."""
 
 
+def _ridge(gram: torch.Tensor, rcond: float) -> float:
+    return rcond * float(torch.linalg.eigvalsh(gram)[-1])
+
+
+def _residuals(inv: torch.Tensor, lam: float) -> torch.Tensor:
+    """Residuals from ``(G + lam I)^-1`` (Schur complement, see
+    :func:`reconstruction_residuals`)."""
+    return (1.0 / inv.diagonal() - lam).clamp(min=0.0).sqrt()
+
+
 def reconstruction_residuals(filters: torch.Tensor, rcond: float | None = None) -> torch.Tensor:
     """``r_j = min_a ||F_j - sum_{i != j} a_i F_i||`` for every row ``j`` of ``filters``
     (``k x d``), in float64: the distance of each filter to the span of the others.
@@ -67,25 +77,30 @@ def reconstruction_residuals(filters: torch.Tensor, rcond: float | None = None) 
     k = f.shape[0]
     if k == 1:
         return f.norm(dim=1)
-    cut = rcond_for(filters.dtype) if rcond is None else rcond
     gram = f @ f.T
-    lam = cut * float(torch.linalg.eigvalsh(gram)[-1])
+    lam = _ridge(gram, rcond_for(filters.dtype) if rcond is None else rcond)
     if lam <= 0:  # every filter is zero
         return torch.zeros(k, dtype=torch.float64)
-    inv = torch.linalg.inv(gram + lam * torch.eye(k, dtype=torch.float64))
-    return (1.0 / inv.diagonal() - lam).clamp(min=0.0).sqrt()
+    return _residuals(torch.linalg.inv(gram + lam * torch.eye(k, dtype=torch.float64)), lam)
 
 
 def elimination_order(filters: torch.Tensor, rcond: float | None = None) -> list[int]:
     """Greedy backward elimination: repeatedly the filter with the smallest reconstruction
-    residual among those left (ties to the lower index); all ``n`` filters, in removal order."""
-    kept = list(range(filters.shape[0]))
+    residual among those left (ties to the lower index); all ``n`` filters, in removal order.
+    The ridge ``lam`` is set once from all the filters; the inverse of the kept filters' Gram
+    matrix is recomputed at every step (a rank-one downdate loses the small residuals that
+    decide the order where the layer has more filters than weights per filter)."""
+    f = filters.double()
+    kept = list(range(f.shape[0]))
+    gram = f @ f.T
+    lam = _ridge(gram, rcond_for(filters.dtype) if rcond is None else rcond)
+    if lam <= 0:  # every filter is zero: any order
+        return kept
     order: list[int] = []
     while len(kept) > 1:
-        res = reconstruction_residuals(filters[kept], rcond)
-        j = kept[int(torch.argmin(res))]
-        order.append(j)
-        kept.remove(j)
+        sub = gram[kept][:, kept] + lam * torch.eye(len(kept), dtype=torch.float64)
+        j = int(torch.argmin(_residuals(torch.linalg.inv(sub), lam)))
+        order.append(kept.pop(j))
     return order + kept
 
 
