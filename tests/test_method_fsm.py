@@ -183,3 +183,22 @@ def test_end_to_end_meets_the_flops_target(net) -> None:
     assert abs(report.flops_reduction - 0.3) <= 0.01
     dense = measure.count_flops(net(), x).flops
     assert abs(1 - measure.count_flops(model, x).flops / dense - 0.3) <= 0.01
+
+
+def test_layer_by_layer_meets_the_target_and_reports_original_indices(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = TinyResNet()
+    g = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 4, (16,)))
+    x = data.tensors[0][:2]
+    ctx = methods.Context(
+        model, x, data, data, {"target_flops": 0.3}, batch_size=8, work_dir=tmp_path,
+        options={"layer_epochs": 1, "progress": False},
+    )  # fmt: skip
+    report = methods.get("fsm").prune(ctx)
+    assert abs(report.flops_reduction - 0.3) <= 0.01
+    dense = measure.count_flops(TinyResNet(), x).flops
+    assert abs(1 - measure.count_flops(model, x).flops / dense - 0.3) <= 0.01
+    for change in report.groups:  # removed indices count against the original widths
+        assert change.before - change.after == len(report.removed.get(change.name, []))
+    assert sorted(p.name for p in tmp_path.glob("fsm_layer*.pt"))  # one phase per layer
