@@ -34,7 +34,9 @@ Deviations a reader should know:
 
 * The last step is cut so the result lands within 1% of the target (the official loop stops at
   the first step past it, overshooting by up to one step); a group whose smallest step would
-  overshoot is skipped.
+  overshoot is skipped. When no group's step fits (a coarse model near its target), the rest is
+  taken in single channels across groups by the current criterion (the structural core's global
+  walk); that step is recorded with the names of the groups it touched and no trial loss.
 * ``round(0.1 x width)`` is 0 for a width below 5 (the official code then never prunes that
   layer); here a step removes at least one filter. When no group is below ``max_layer_rate``
   and the target is not met, the limit is lifted (every group keeps at least one channel) and
@@ -56,12 +58,18 @@ from torch.utils.data import Subset
 
 from prunekit import criteria
 from prunekit.errors import ConfigError
-from prunekit.graph import Group, build
+from prunekit.graph import Graph, Group, build
 from prunekit.graph.explain import pinned_sets
 from prunekit.methods.base import Context, Method, register_method
 from prunekit.methods.common import eval_modes, restore_modes
 from prunekit.methods.options import SHARED, Options, option
-from prunekit.prune import TOLERANCE, GroupChange, PruneReport, selection_roots
+from prunekit.prune import (
+    TOLERANCE,
+    GroupChange,
+    PruneReport,
+    select_channels,
+    selection_roots,
+)
 from prunekit.train import evaluate
 
 
@@ -214,11 +222,8 @@ class MSVFP(Method):
                 if limit < 1.0:
                     limit, self.limit_lifted = 1.0, True
                     continue
-                raise ConfigError(
-                    f"msvfp cannot reach target_{metric}={fraction:g}: no group can lose another "
-                    "channel without passing the target by more than 1% (every group keeps at "
-                    "least one channel; protected layers are kept)"
-                )
+                self._close_gap(graph, crit, name, metric, goal, tol, dense_value, fraction)
+                break
             losses = {g.name: self._trial_loss(ctx, g, idx, loss_set) for g, idx in candidates}
             group, idx = min(candidates, key=lambda c: losses[c[0].name])  # first on a tie
             graph.remove([group.units[i] for i in idx])
@@ -250,6 +255,40 @@ class MSVFP(Method):
         )
 
     # ------------------------------------------------------------------ pieces
+    def _close_gap(
+        self,
+        graph: Graph,
+        crit: criteria.Criterion,
+        name: str,
+        metric: str,
+        goal: float,
+        tol: float,
+        dense_value: float,
+        fraction: float,
+    ) -> None:
+        """No single group's step lands within the tolerance: the rest of the reduction is
+        taken in single channels across groups (the structural core's global walk, lowest
+        scores of the current criterion first)."""
+        current = getattr(graph.plan([]), metric)
+        try:
+            picks = select_channels(
+                graph,
+                scope="global",
+                importance=crit,
+                tolerance=tol / current,
+                **{f"target_{metric}": 1.0 - goal / current},
+            )
+        except ConfigError:
+            raise ConfigError(
+                f"msvfp cannot reach target_{metric}={fraction:g}: no selection of channels lands "
+                "within 1% of it (every group keeps at least one channel; protected layers are "
+                "kept)"
+            ) from None
+        graph.remove(selection_roots(graph, picks))
+        reduction = 1.0 - getattr(graph.plan([]), metric) / dense_value
+        count = sum(len(v) for v in picks.values())
+        self.history.append(Step("+".join(sorted(picks)), count, name, math.nan, reduction))
+
     @staticmethod
     def _loss_subset(ctx: Context, samples: int | None) -> Subset[Any]:
         total = len(ctx.train_set)  # type: ignore[arg-type]
