@@ -10,8 +10,9 @@ For each model (ResNet-50 and MobileNetV2 at 224x224, seeded random weights, syn
    measured latency; same criterion and scope. The per-layer latency table is built (or read
    from the cache) first, with its time reported.
 3. The dense model and both pruned models are then timed in interleaved rounds
-   (``prunekit.measure.measure_latency``, ``--rounds`` rounds of ``--min-run-time`` seconds
-   each, the median of the rounds' medians), so a load change on the machine hits all three.
+   (``prunekit.measure.latency_table.measure_model``, ``--rounds`` rounds of
+   ``--min-run-time`` seconds each, the fastest block), so a load change on the machine hits
+   all three.
 
 Reported per (model, pruning): MACs and their reduction (dense / pruned), the latency and its
 speed-up (dense / pruned), and **speed-up / MACs reduction**: how much of the MACs removed shows
@@ -30,7 +31,6 @@ import copy
 import datetime
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,8 +40,8 @@ from torch import nn
 
 from prunekit import models as zoo
 from prunekit.graph import build
-from prunekit.measure import count_flops, measure_latency
-from prunekit.measure.latency_table import LatencyMeter
+from prunekit.measure import count_flops
+from prunekit.measure.latency_table import LatencyMeter, measure_model
 from prunekit.prune import prune_channels
 from prunekit.targets import LatencySetting
 
@@ -63,12 +63,15 @@ def macs(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def interleaved(models: dict[str, nn.Module], x: torch.Tensor, rounds: int, run: float) -> dict:
-    """Median over ``rounds`` of each model's median latency (ms), the models taken in turn."""
+    """Each model's latency (ms): the fastest of its timed blocks over ``rounds`` rounds, the
+    models taken in turn (the statistic of the latency table; on a shared machine every slower
+    block holds other processes' time)."""
+    setting = LatencySetting("torch", 1, 1)
     times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(rounds):
         for k, m in models.items():
-            times[k].append(measure_latency(m, x, threads=1, min_run_time=run).median_ms)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[k].append(measure_model(m, x, setting, min_run_time=run))
+    return {k: min(v) for k, v in times.items()}
 
 
 def bench(name: str, args: argparse.Namespace) -> list[list[str]]:

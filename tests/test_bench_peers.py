@@ -232,7 +232,16 @@ def test_run_ids_of_specs_without_the_new_fields_are_unchanged() -> None:
 
 
 def peers_fields() -> set[str]:
-    return {"baseline", "distill", "distill_temperature", "distill_alpha", "round_to"}
+    return {
+        "baseline",
+        "distill",
+        "distill_temperature",
+        "distill_alpha",
+        "round_to",
+        "latency_runtime",
+        "latency_batch",
+        "latency_threads",
+    }
 
 
 def test_spec_options_expand_into_runs() -> None:

@@ -79,10 +79,12 @@ class _Selector:
         round_to: int | None,
         normalize: bool = True,
         snap: Any = None,
+        unit_cost: dict[str, float] | None = None,
     ) -> None:
         self.graph = graph
         self.round_to = round_to
         self.snap = snap  # (group, kept width) -> the width kept instead (a latency knee)
+        self.unit_cost = unit_cost  # global order: score per ms a unit of the group saves
         self.scores = scores
         self.normalize = normalize
         self.order = {
@@ -102,6 +104,8 @@ class _Selector:
             finite = s[torch.isfinite(s)]
             if self.normalize and len(finite) and float(finite.mean()) > 0:
                 s = s / finite.mean()
+            if self.unit_cost is not None:
+                s = s / max(self.unit_cost.get(g.name, 0.0), 1e-12)
             flat += [(float(s[i]), g.name, i) for i in range(g.size) if torch.isfinite(s[i])]
         flat.sort()
         return [(name, i) for _, name, i in flat]
@@ -297,7 +301,9 @@ def select_channels(
     :class:`~prunekit.measure.latency_table.LatencyPredictor` of this graph): widths snap to the
     latency table's knees, and the selection is verified on a pruned copy (see
     :func:`_meet_latency`); where no selection lands within the tolerance (knees are coarse),
-    the closest one removing more than asked is taken."""
+    the closest one removing more than asked is taken. In global scope each unit's (normalised)
+    score is divided by the latency a unit of its group saves, so the units that cost the least
+    importance per millisecond go first."""
     given = [
         k
         for k, v in (
@@ -335,7 +341,8 @@ def select_channels(
             from prunekit.measure.latency_table import LatencyMeter
 
             predictor = LatencyMeter.of(latency).predictor(graph)
-        sel = _Selector(graph, scores, round_to, normalize, snap=predictor.snap)
+        cost = predictor.unit_costs() if scope == "global" else None
+        sel = _Selector(graph, scores, round_to, normalize, snap=predictor.snap, unit_cost=cost)
         return _meet_latency(graph, sel, scope, target, tolerance, predictor)
     sel = _Selector(graph, scores, round_to, normalize)
     total_units = sum(g.size for g in graph.groups)

@@ -68,6 +68,7 @@ _CONFIG_ECHO = (
     "target_flops",
     "target_params",
     "target_sparsity",
+    "target_latency",
     "train_time_s",
     "pruned_model_file",
 )

@@ -10,6 +10,8 @@ predicts a whole model from those curves:
   The grid holds every width up to :attr:`LatencyMeter.max_points`, else multiples of a step
   that is itself a multiple of :attr:`LatencyMeter.granularity` (8: the fp32 vector width
   CPU kernels block by), always with the full width. Identical layers are timed once.
+* **The timing.** Each width is the fastest block of ``torch.utils.benchmark``'s blocked
+  autorange (on a shared machine the slower blocks hold other processes' time).
 * **The cache.** Curves are kept on disk, one JSON file per runtime, machine (CPU model,
   architecture, runtime version), batch size and thread count, keyed by the layer's signature
   (type, widths, kernel, stride, padding, input shape); every finished layer is written at once
@@ -64,6 +66,7 @@ __all__ = [
 LayerTimer = Callable[[nn.Module, torch.Tensor], float]
 ModelTimer = Callable[[nn.Module, Inputs], float]
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_FORMAT = 2  # of the cache files: tables timed as the fastest block
 
 
 def default_cache_dir() -> Path:
@@ -107,6 +110,12 @@ def _machine(setting: LatencySetting) -> str:
 # ------------------------------------------------------------------------------------ timers
 
 
+def _fastest(timer: Any, min_run_time: float) -> float:
+    """The fastest block of ``torch.utils.benchmark``'s blocked autorange, in ms: on a shared
+    machine every slower block holds time taken by other processes."""
+    return min(timer.blocked_autorange(min_run_time=min_run_time).times) * 1e3
+
+
 def _torch_layer_timer(setting: LatencySetting, min_run_time: float) -> LayerTimer:
     import torch.utils.benchmark as tbench
 
@@ -116,7 +125,7 @@ def _torch_layer_timer(setting: LatencySetting, min_run_time: float) -> LayerTim
             timer = tbench.Timer(
                 stmt="m(x)", globals={"m": module, "x": x}, num_threads=setting.threads
             )
-            return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+            return _fastest(timer, min_run_time)
 
     return time_it
 
@@ -190,7 +199,7 @@ def _onnx_layer_timer(setting: LatencySetting, min_run_time: float) -> LayerTime
             globals={"run": session.run, "feed": feed},
             num_threads=setting.threads,
         )
-        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+        return _fastest(timer, min_run_time)
 
     return time_it
 
@@ -198,8 +207,9 @@ def _onnx_layer_timer(setting: LatencySetting, min_run_time: float) -> LayerTime
 def measure_model(
     model: nn.Module, inputs: Inputs, setting: LatencySetting, *, min_run_time: float = 0.5
 ) -> float:
-    """Median latency in ms of ``model`` on ``inputs`` cut or repeated to the setting's batch,
-    on its runtime and thread count."""
+    """Latency in ms of ``model`` on ``inputs`` cut or repeated to the setting's batch, on its
+    runtime and thread count: the fastest timed block (torch; see :func:`_fastest`), the median
+    run (onnxruntime, :func:`prunekit.export.onnx_latency`)."""
     from prunekit.measure.summary import batch_of
 
     args = batch_of(as_args(inputs), setting.batch)
@@ -213,11 +223,19 @@ def measure_model(
             threads=setting.threads,
             min_run_time=min_run_time,
         )[setting.batch]
-    from prunekit.measure.latency import measure_latency
+    import torch.utils.benchmark as tbench
 
-    return measure_latency(
-        model, args, threads=setting.threads, min_run_time=min_run_time
-    ).median_ms
+    from prunekit.measure._inputs import inference
+
+    with inference(model):
+        for _ in range(2):  # warm-up
+            model(*args)
+        timer = tbench.Timer(
+            stmt="model(*args)",
+            globals={"model": model, "args": args},
+            num_threads=setting.threads,
+        )
+        return _fastest(timer, min_run_time)
 
 
 # ------------------------------------------------------------------------------------ layers
@@ -401,7 +419,7 @@ class LatencyMeter:
         folder = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
         s = self.setting
         machine = hashlib.sha256(_machine(s).encode()).hexdigest()[:12]
-        return folder / f"{s.runtime}-{machine}-b{s.batch}-t{s.threads}.json"
+        return folder / f"{s.runtime}-{machine}-b{s.batch}-t{s.threads}-v{_FORMAT}.json"
 
     def _load(self) -> dict[str, Any]:
         path = self.cache_file()
@@ -553,6 +571,16 @@ class LatencyPredictor:
         raw = layers + self._rest * share
         dense_raw = self._full_layers + self._rest
         return self.dense_ms * raw / dense_raw if dense_raw > 0 else self.dense_ms
+
+    def unit_costs(self) -> dict[str, float]:
+        """Milliseconds one unit of each group saves: the predicted saving of removing half the
+        group (its first units; at least one), per unit removed."""
+        dense = self.predict(())
+        out = {}
+        for g in self.graph.groups:
+            half = g.units[: max(1, g.size // 2)] if g.size > 1 else []
+            out[g.name] = (dense - self.predict(half)) / len(half) if half else 0.0
+        return out
 
     def snap(self, group: Any, keep: int) -> int:
         """The fastest measured width of ``group`` at or above ``keep`` (ties: the wider), timing
