@@ -5,10 +5,11 @@ For each model (ResNet-50 and MobileNetV2 at 224x224, seeded random weights, syn
 
 1. **FLOPs-targeted**: ``prune_channels(model, x, target_flops=F)`` (L1 filter norm, one ratio
    for every group); its latency is measured.
-2. **Latency-targeted**: ``prune_channels(model, x, target_latency=L)`` with ``L`` the
-   fraction of the dense latency the FLOPs-targeted model removed, so both land at the same
-   measured latency; same criterion and scope. The per-layer latency table is built (or read
-   from the cache) first, with its time reported.
+2. **Latency-targeted**: ``prune_channels(model, x, target_latency=L, scope=...)`` with ``L``
+   the fraction of the dense latency the FLOPs-targeted model removed, so all land at the same
+   measured latency; same criterion, in layer scope (one ratio, widths on the table's knees) and
+   in global scope (normalised L1 per millisecond a unit of its group saves). The per-layer
+   latency table is built (or read from the cache) first, with its time reported.
 3. The dense model and both pruned models are then timed in interleaved rounds
    (``prunekit.measure.latency_table.measure_model``, ``--rounds`` rounds of
    ``--min-run-time`` seconds each, the fastest block), so a load change on the machine hits
@@ -47,6 +48,7 @@ from prunekit.targets import LatencySetting
 
 SIDE = 224
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latency_budget.md"
+SCOPES = ("layer", "global")  # of the latency-targeted runs
 
 
 def make_model(name: str) -> nn.Module:
@@ -92,36 +94,35 @@ def bench(name: str, args: argparse.Namespace) -> list[list[str]]:
     t0 = time.perf_counter()
     meter.predictor(build(dense, x), x)  # builds (or reads) the table; timed on its own
     table_s = time.perf_counter() - t0
-    by_latency = copy.deepcopy(dense)
-    t0 = time.perf_counter()
-    report = prune_channels(by_latency, x, target_latency=goal, latency=meter)
-    prune_s = time.perf_counter() - t0
-    check = report.latency
-    print(
-        f"[{name}] latency-targeted: dense {check.dense_ms:.1f} ms, predicted "
-        f"{check.predicted_ms:.1f} ms, measured {check.measured_ms:.1f} ms "
-        f"({check.rounds} selection(s), table {table_s:.0f} s, prune {prune_s:.0f} s)",
-        flush=True,
-    )
-    final = interleaved(
-        {"dense": dense, "flops": by_flops, "latency": by_latency},
-        x,
-        args.rounds,
-        args.min_run_time,
-    )
-    m = {k: macs(v, x) for k, v in (("dense", dense), ("flops", by_flops), ("latency", by_latency))}
+    pruned: dict[str, nn.Module] = {"dense": dense, "flops": by_flops}
+    checks, notes = {}, []
+    for scope in SCOPES:
+        model = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        report = prune_channels(model, x, target_latency=goal, latency=meter, scope=scope)
+        prune_s = time.perf_counter() - t0
+        check = checks[scope] = report.latency
+        pruned[scope] = model
+        notes.append(f"{scope} {prune_s:.0f} s, {check.rounds} selection(s)")
+        print(
+            f"[{name}] latency-targeted, {scope} scope: dense {check.dense_ms:.1f} ms, predicted "
+            f"{check.predicted_ms:.1f} ms, measured {check.measured_ms:.1f} ms ({notes[-1]})",
+            flush=True,
+        )
+    final = interleaved(pruned, x, args.rounds, args.min_run_time)
+    m = {k: macs(v, x) for k, v in pruned.items()}
+    labels = {
+        "dense": "dense",
+        "flops": f"FLOPs-targeted ({args.target_flops:g}), layer scope",
+        **{scope: f"latency-targeted ({goal:.3f}), {scope} scope" for scope in SCOPES},
+    }
     rows = []
-    for key, label in (
-        ("dense", "dense"),
-        ("flops", f"FLOPs-targeted ({args.target_flops:g})"),
-        ("latency", f"latency-targeted ({goal:.3f})"),
-    ):
+    for key, label in labels.items():
         speed = final["dense"] / final[key]
         mac_red = m["dense"] / m[key]
+        check = checks.get(key)
         predicted = (
-            f"{check.predicted_ms / check.dense_ms * final['dense']:.1f}"
-            if key == "latency"
-            else ""
+            "" if check is None else f"{check.predicted_ms / check.dense_ms * final['dense']:.1f}"
         )
         rows.append(
             [
@@ -135,13 +136,7 @@ def bench(name: str, args: argparse.Namespace) -> list[list[str]]:
                 f"{speed / mac_red:.2f}",
             ]
         )
-    rows.append(
-        [
-            name,
-            f"(table {table_s:.0f} s, latency prune {prune_s:.0f} s, {check.rounds} selection(s))",
-            *[""] * 6,
-        ]
-    )
+    rows.append([name, f"(table {table_s:.0f} s; latency prunes: {'; '.join(notes)})", *[""] * 6])
     return rows
 
 
@@ -176,11 +171,10 @@ def main() -> None:
         f"# Latency-targeted vs FLOPs-targeted pruning at equal measured latency\n\n"
         f"`{' '.join(['python', *sys.argv])}`, {datetime.date.today()}, torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}, batch 1, 1 thread, input {SIDE}x{SIDE}, "
-        f"load average {load} at the end. L1 filter norm, one ratio for every group (layer "
-        "scope); the latency-targeted run aims at the latency the FLOPs-targeted model "
-        "measured. predicted: the table's prediction, scaled to this table's dense latency.\n\n"
-        + "\n".join(lines)
-        + "\n"
+        f"load average {load} at the end. L1 filter norm; the latency-targeted runs aim at "
+        "the latency the FLOPs-targeted model measured. Latencies: the fastest timed block of "
+        "interleaved rounds. predicted: the table's prediction, scaled to this table's dense "
+        "latency.\n\n" + "\n".join(lines) + "\n"
     )
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -227,7 +227,7 @@ class FlexibleRateMethod(Method):
                 raise ConfigError("flexible_rate needs at least one calibration batch")
             original = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if target.kind == "latency":
-                meter = LatencyMeter(target.setting, progress=bool(ctx.options.get("progress")))
+                meter = LatencyMeter(target.setting, progress=bool(opts.progress))
                 predictor = meter.predictor(graph, ctx.example_input)
                 loop = FlexibleRate(
                     graph,
