@@ -159,3 +159,16 @@ def check_resume(method_cls, options, tmp_path, monkeypatch, kill_after: int = 3
     assert calls["n"] == total - kill_after  # only the evaluations left were run
     assert report.removed == clean_report.removed
     return clean, resumed
+
+
+def test_search_budget_flag_sets_the_method_option() -> None:
+    from prunekit.workflow import PruneConfig
+
+    assert PruneConfig(method="legr", search_budget="90s").options() == {"search_budget": "90s"}
+    # an explicit --option wins over the flag
+    both = PruneConfig(method="amc", search_budget="5", option=("search_budget=7",))
+    assert both.options() == {"search_budget": "7"}
+    with pytest.raises(ConfigError, match="--search-budget needs --method"):
+        PruneConfig(search_budget="5").options()
+    with pytest.raises(ConfigError, match="has no option 'search_budget'"):
+        PruneConfig(method="l1_filter", search_budget="5").validate()

@@ -526,6 +526,13 @@ class PruneConfig:
         default=None,
         metadata={"help": "keep every pruned width a multiple of N (criterion runs)"},
     )
+    search_budget: str | None = field(
+        default=None,
+        metadata={
+            "help": "evaluations (e.g. 200) or time (e.g. 90s, 10m) a search method may use "
+            "(its search_budget option)"
+        },
+    )
     distill: bool = field(
         default=False,
         metadata={"help": "fine-tune by distillation from the unpruned model (Hinton et al.)"},
@@ -589,6 +596,10 @@ class PruneConfig:
             out[key.strip()] = value.strip()
         if out and self.method is None:
             raise ConfigError("--option needs --method (options belong to a method)")
+        if self.search_budget is not None:
+            if self.method is None:
+                raise ConfigError("--search-budget needs --method (a search method, e.g. legr)")
+            out.setdefault("search_budget", str(self.search_budget))
         return out
 
     def label(self) -> str:

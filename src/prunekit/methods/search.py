@@ -37,7 +37,7 @@ import math
 import multiprocessing
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ __all__ = [
     "rates_of",
     "score_picks",
     "target_keywords",
+    "val_metrics",
     "verified",
 ]
 
@@ -222,7 +223,11 @@ class Trial:
 
 
 @torch.no_grad()
-def _measure(model: nn.Module, dataset: Dataset[Any], batches: int, batch_size: int):
+def val_metrics(
+    model: nn.Module, dataset: Dataset[Any], batches: int, batch_size: int
+) -> tuple[float, float]:
+    """Top-1 (percent) and mean cross-entropy of ``model`` in eval mode on the first ``batches``
+    batches of ``dataset`` (0: all); module modes are restored."""
     if batches > 0:
         dataset = Subset(dataset, range(min(len(dataset), batches * batch_size)))  # type: ignore[arg-type]
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -268,7 +273,7 @@ def score_picks(
         report = remove_selected(graph, picks, graph.plan([]))
         if steps > 0:
             sgd_steps(pruned, batch_stream(train_set, batch_size, seed), steps, lr)
-        acc, loss = _measure(pruned, val_set, val_batches, batch_size)
+        acc, loss = val_metrics(pruned, val_set, val_batches, batch_size)
     return Trial(
         accuracy=acc,
         loss=loss,
@@ -290,6 +295,14 @@ def _worker_score(picks: Picks) -> Trial:
     return score_picks(_WORKER["model"], _WORKER["example"], picks, **_WORKER["kwargs"])
 
 
+def _worker_custom(candidate: Any) -> Trial:
+    return _WORKER["scorer"](candidate)
+
+
+def _can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
 # ---------------------------------------------------------------------- the search
 def _fingerprint(obj: Any) -> str:
     text = json.dumps(obj, sort_keys=True, default=str)
@@ -300,7 +313,8 @@ class Search:
     """The evaluations of one search, budgeted, shown, checkpointed and resumable.
 
     ``evaluate(candidates)`` takes a batch of selections (``{group: indices}``, or None for a
-    candidate that cannot meet the budget) and returns their :class:`Trial` in order, evaluating
+    candidate that cannot meet the budget; with ``scorer``, any JSON-able candidate that
+    ``scorer(candidate) -> Trial`` evaluates) and returns their :class:`Trial` in order, evaluating
     at most what the budget leaves (check :attr:`exhausted` and :meth:`remaining` before
     proposing). ``steps`` / ``lr``: the short fine-tune of every evaluation (0: none).
     ``identity``: what makes two searches the same search (method, options, target, seed); a
@@ -323,8 +337,10 @@ class Search:
         val_batches: int = 0,
         workers: int = 1,
         progress: bool = True,
+        scorer: Callable[[Any], Trial] | None = None,
     ) -> None:
         self.ctx, self.name, self.budget = ctx, name, budget
+        self.scorer = scorer
         self.identity = _fingerprint(dict(identity))
         self.kwargs = {
             "train_set": ctx.train_set,
@@ -441,15 +457,20 @@ class Search:
             if self.best is not None:
                 self._bar.set_postfix(best=f"{self.trials[self.best].accuracy:.2f}")
 
-    def _run(self, picks: list[Picks]) -> list[Trial]:
+    def _run(self, picks: list[Any]) -> list[Trial]:
         if not picks:
             return []
+        if self.scorer is not None:
+            if self.workers <= 1 or len(picks) == 1 or not _can_fork():
+                return [self.scorer(p) for p in picks]
+            if self._pool is None:
+                _WORKER.update(scorer=self.scorer)
+                self._pool = multiprocessing.get_context("fork").Pool(
+                    self.workers, initializer=_worker_init
+                )
+            return list(self._pool.map(_worker_custom, picks, chunksize=1))
         model, example = self.ctx.model, self.ctx.example_input
-        if (
-            self.workers <= 1
-            or len(picks) == 1
-            or "fork" not in multiprocessing.get_all_start_methods()
-        ):
+        if self.workers <= 1 or len(picks) == 1 or not _can_fork():
             return [score_picks(model, example, p, **self.kwargs) for p in picks]
         if self._pool is None:
             _WORKER.update(model=model, example=example, kwargs=self.kwargs)
