@@ -10,7 +10,8 @@ Algorithm, as this method runs it:
    below which the indices of the sparse format cost more than the zeros save). Each pruned
    layer's MACs per weight ``c_l`` (output positions of a conv, 1 for a Linear) are measured on
    the example input; the weights to remove go first to the layers with the most MACs per
-   weight, each up to ``max_layer_sparsity`` (:func:`hardware_rates`). A layer left with a
+   weight, each up to ``max_layer_sparsity`` (raised to the pruned layers' average sparsity
+   when the target needs more: every layer equal) (:func:`hardware_rates`). A layer left with a
    sparsity below the break-even one is raised to it and the layers before it give the
    difference back, so no layer is pruned below break-even (when they cannot, the layer keeps
    its lower sparsity: the target wins). The break-even sparsity is where
@@ -49,6 +50,10 @@ paper's per-network hand-set rates; protected layers are quantised (``bits_fc`` 
 but not pruned; a kept weight is projected onto the non-zero levels only, so quantisation never
 prunes; the ADMM state (``Z``, ``U``, ``rho``) is replayed from the checkpointed weights when a
 run resumes, as for ``admm``.
+
+The layers are left under :class:`~prunekit.compress.deep_compression.SharedWeights`, so a
+runner fine-tune after ``prune`` trains each layer's codebook values (Deep Compression's trained
+quantisation) and keeps its bit width.
 """
 
 from __future__ import annotations
@@ -294,7 +299,8 @@ class ADMMNN(Method):
         sizes = {n: pruned[n].weight.numel() for n in pruned}
         count = round(covered_sparsity(model, target) * sum(sizes.values()))
         macs = macs_per_weight(model, ctx.example_input)
-        cap = opts.max_layer_sparsity
+        # a target above the cap on average raises the cap to that average (every layer equal)
+        cap = max(opts.max_layer_sparsity, count / max(sum(sizes.values()), 1))
         self.rates = hardware_rates(
             sizes,
             macs,

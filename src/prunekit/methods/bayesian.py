@@ -55,6 +55,10 @@ the official conv file writes the weights' KL with ``logvar`` taken as a log sta
 deviation, here both layer kinds use the paper's Eq. 8; the run's SGD replaces Adam; a kept
 weight that rounds to 0 takes the grid's smallest non-zero value of its sign (so the grid
 does not prune); protected layers are quantised but not pruned.
+
+The layers are left under :class:`~prunekit.compress.deep_compression.SharedWeights`, so a
+runner fine-tune after ``prune`` trains each layer's codebook values (Deep Compression's trained
+quantisation) and keeps its bit width.
 """
 
 from __future__ import annotations

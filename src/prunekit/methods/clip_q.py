@@ -45,6 +45,10 @@ shrunk by one factor, or all moved the same fraction of the way to ``p_high``); 
 (``p = 0``) but their bit width is searched and they are quantised; the search for each layer
 is independent of the others' choices, as in the paper; the search result is kept in the run's
 method folder, so a resumed run does not search again.
+
+The layers are left under :class:`~prunekit.compress.deep_compression.SharedWeights`, so a
+runner fine-tune after ``prune`` trains each layer's codebook values (Deep Compression's trained
+quantisation) and keeps its bit width.
 """
 
 from __future__ import annotations
