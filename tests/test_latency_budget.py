@@ -361,3 +361,21 @@ def _options(method: str) -> dict:
     every = {"epochs": 1, "soft_epochs": 1, "finetune_steps": 1, "candidates": 2}
     known = set(methods.METHODS.get(method).options_class().__dataclass_fields__)
     return {"progress": False, **{k: v for k, v in every.items() if k in known}}
+
+
+@pytest.mark.parametrize(
+    "layer, x",
+    [
+        (nn.Conv2d(5, 7, 3, stride=2, padding=1), torch.randn(1, 5, 9, 9)),
+        (nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False), torch.randn(1, 6, 8, 8)),
+        (nn.Linear(5, 3), torch.randn(2, 5)),
+    ],
+)
+def test_onnxruntime_times_a_one_node_graph_computing_the_layer(layer, x):
+    """The onnxruntime table times each width as a one-node ONNX graph: it computes the layer."""
+    ort = pytest.importorskip("onnxruntime")
+    from prunekit.measure.latency_table import _onnx_node
+
+    session = ort.InferenceSession(_onnx_node(layer, x), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"X": x.numpy()})
+    assert torch.allclose(torch.from_numpy(got), layer(x).detach(), atol=1e-5)
