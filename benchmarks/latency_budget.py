@@ -21,7 +21,8 @@ up as time saved (1.0: all of it). The latency-targeted row also gives the laten
 predicted. The issue's goal: at least 0.9 on ResNet-50 and 0.85 on MobileNetV2.
 
     nice python benchmarks/latency_budget.py [--models resnet50 mobilenetv2_imagenet]
-        [--target-flops 0.6] [--rounds 5] [--min-run-time 1.0] [--cache DIR]
+        [--target-flops 0.6] [--rounds 5] [--min-run-time 1.0] [--cache DIR] [--clock cpu]
+        [--layer-run-time 0.05] [--max-points 32]
         [--out benchmarks/results/latency_budget.md]
 """
 
@@ -64,7 +65,9 @@ def macs(model: nn.Module, x: torch.Tensor) -> int:
     return count_flops(model, x).macs
 
 
-def interleaved(models: dict[str, nn.Module], x: torch.Tensor, rounds: int, run: float) -> dict:
+def interleaved(
+    models: dict[str, nn.Module], x: torch.Tensor, rounds: int, run: float, clock: str
+) -> dict:
     """Each model's latency (ms): the fastest of its timed blocks over ``rounds`` rounds, the
     models taken in turn (the statistic of the latency table; on a shared machine every slower
     block holds other processes' time)."""
@@ -72,7 +75,7 @@ def interleaved(models: dict[str, nn.Module], x: torch.Tensor, rounds: int, run:
     times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(rounds):
         for k, m in models.items():
-            times[k].append(measure_model(m, x, setting, min_run_time=run))
+            times[k].append(measure_model(m, x, setting, min_run_time=run, clock=clock))
     return {k: min(v) for k, v in times.items()}
 
 
@@ -82,13 +85,18 @@ def bench(name: str, args: argparse.Namespace) -> list[list[str]]:
     print(f"[{name}] FLOPs-targeted prune to {args.target_flops:g}", flush=True)
     by_flops = copy.deepcopy(dense)
     prune_channels(by_flops, x, target_flops=args.target_flops)
-    first = interleaved({"dense": dense, "flops": by_flops}, x, args.rounds, args.min_run_time)
+    first = interleaved(
+        {"dense": dense, "flops": by_flops}, x, args.rounds, args.min_run_time, args.clock
+    )
     goal = 1.0 - first["flops"] / first["dense"]
     print(f"[{name}] FLOPs-targeted model removes {goal:.3f} of the latency", flush=True)
     meter = LatencyMeter(
         LatencySetting("torch", 1, 1),
         cache_dir=args.cache,
         model_run_time=args.min_run_time,
+        min_run_time=args.layer_run_time,
+        max_points=args.max_points,
+        clock=args.clock,
         progress=True,
     )
     t0 = time.perf_counter()
@@ -109,7 +117,7 @@ def bench(name: str, args: argparse.Namespace) -> list[list[str]]:
             f"{check.predicted_ms:.1f} ms, measured {check.measured_ms:.1f} ms ({notes[-1]})",
             flush=True,
         )
-    final = interleaved(pruned, x, args.rounds, args.min_run_time)
+    final = interleaved(pruned, x, args.rounds, args.min_run_time, args.clock)
     m = {k: macs(v, x) for k, v in pruned.items()}
     labels = {
         "dense": "dense",
@@ -147,6 +155,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--min-run-time", type=float, default=1.0)
     p.add_argument("--cache", default=None, help="latency table cache folder")
+    p.add_argument("--layer-run-time", type=float, default=0.05, help="seconds per table width")
+    p.add_argument("--max-points", type=int, default=32, help="table widths per layer side")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: time the process's CPU time (one thread), for a machine shared with others",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -171,6 +187,7 @@ def main() -> None:
         f"# Latency-targeted vs FLOPs-targeted pruning at equal measured latency\n\n"
         f"`{' '.join(['python', *sys.argv])}`, {datetime.date.today()}, torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}, batch 1, 1 thread, input {SIDE}x{SIDE}, "
+        f"{args.clock} clock, "
         f"load average {load} at the end. L1 filter norm; the latency-targeted runs aim at "
         "the latency the FLOPs-targeted model measured. Latencies: the fastest timed block of "
         "interleaved rounds. predicted: the table's prediction, scaled to this table's dense "

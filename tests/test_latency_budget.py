@@ -324,7 +324,9 @@ def test_structured_methods_take_a_latency_target(method, tmp_path, monkeypatch)
     from prunekit.measure import latency_table
 
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
-    monkeypatch.setattr(latency_table, "_torch_layer_timer", lambda setting, run: Counter())
+    monkeypatch.setattr(
+        latency_table, "_torch_layer_timer", lambda setting, run, clock="wall": Counter()
+    )
     monkeypatch.setattr(latency_table, "measure_model", lambda m, x, s, **kw: model_cost()(m, x))
     model = net()
     data = torch.utils.data.TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,)))

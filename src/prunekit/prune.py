@@ -370,11 +370,12 @@ def _meet_latency(
     """A selection removing ``target`` of the measured latency: predicted from the table, then
     verified on a pruned copy; a measured miss larger than the meter's tolerance corrects the
     predicted goal by the miss and selects again (at most ``rounds`` selections). The closest
-    measured selection is returned and its figures kept in ``predictor.last``."""
+    measured selection that meets the target (removes at least the target less the tolerance)
+    is returned, else the closest; its figures are kept in ``predictor.last``."""
     from prunekit.measure.latency_table import LatencyCheck
 
     meter = predictor.meter
-    goal, best, best_miss = target, None, math.inf
+    goal, best, best_key = target, None, (True, math.inf)
     for r in range(1, (meter.rounds if meter.verify else 1) + 1):
         try:
             counts = _search(graph, sel, scope, "latency", goal, None, tolerance, predictor.predict)
@@ -394,8 +395,9 @@ def _meet_latency(
             break
         check.measured_ms = predictor.measure(picks)
         miss = target - check.measured_reduction
-        if abs(miss) < abs(best_miss):
-            best, best_miss = (picks, check), miss
+        key = (miss > meter.tolerance, abs(miss))  # short of the target last
+        if key < best_key:
+            best, best_key = (picks, check), key
         if abs(miss) <= meter.tolerance:
             break
         goal = min(0.999, max(1e-3, goal + miss))
