@@ -61,35 +61,35 @@ def _l1_first(model: nn.Module) -> int:
 # A = (4, 0), B = (2, 0.1), C = (0, 1), D = (1, 1). By hand:
 #   cos(A,B) = 8 / (4 * sqrt(4.01)) = 0.99875, cos(A,C) = 0, cos(A,D) = 0.70711,
 #   cos(B,C) = 0.1 / sqrt(4.01) = 0.04994, cos(B,D) = 2.1 / (sqrt(4.01) sqrt(2)) = 0.74153,
-#   cos(C,D) = 0.70711.
-# Step 1: the most similar pair is (A, B); mean similarity to the others: A (0.99875 + 0 +
-#   0.70711) / 3 = 0.56862, B (0.99875 + 0.04994 + 0.74153) / 3 = 0.59674 -> B goes.
-# Step 2 (A, C, D): every one's best is 0.70711 (A-D, C-D); means A 0.35355, C 0.35355,
-#   D 0.70711 -> D goes. L1 norms are A 4, B 2.1, C 1, D 2: L1 removes C, then D.
+#   cos(C,D) = 0.70711. Norms: A 4, B 2.0025, C 1, D 1.41421.
+# Step 1: the most similar pair is (A, B); B is the weaker -> B goes.
+# Step 2 (A, C, D): the best similarity of each is 0.70711 (pairs A-D and C-D); the weakest of
+#   them, C, goes. Step 3 (A, D): D is weaker -> D goes; A stays last.
+# L1 norms are A 4, B 2.1, C 1, D 2: L1 removes C, then D.
 SIM_FILTERS = [(4.0, 0.0), (2.0, 0.1), (0.0, 1.0), (1.0, 1.0)]
 
 
 def test_cosine_greedy_order_by_hand() -> None:
     model = TwoD(SIM_FILTERS)
     scores = cosine_redundancy(_group(model))
-    assert scores[1] == 1.0 and scores[3] == 2.0  # B first, then D
-    assert sorted(scores.tolist()) == [1.0, 2.0, 3.0, 4.0]
-    assert _l1_first(model) == 2  # a magnitude rule removes C instead
+    assert scores.tolist() == [4.0, 1.0, 2.0, 3.0]  # B, C, D, A
+    assert _l1_first(model) == 2
+    assert int(torch.argsort(criteria.l1_norm(_group(model)))[1]) == 3  # L1: C, then D
 
     report = prunekit.prune_channels(
         model, torch.randn(1, 2, 3, 3), ratio=0.5, importance=cosine_redundancy
     )
-    assert report.removed["a"] == [1, 3]
+    assert report.removed["a"] == [1, 2]  # L1 would remove [2, 3]
     kept = model.a.weight.detach().view(2, 2)
-    assert torch.equal(kept, torch.tensor([SIM_FILTERS[0], SIM_FILTERS[2]]))
+    assert torch.equal(kept, torch.tensor([SIM_FILTERS[0], SIM_FILTERS[3]]))
 
 
 def test_greedy_rechecks_after_each_removal() -> None:
-    """Two exact copies and a third filter: one copy goes, then the other copy is unique."""
+    """Two exact copies and a third filter: the weaker copy goes, then the other copy is unique
+    and the weaker of the last pair goes."""
     sim = torch.tensor([[1.0, 1.0, 0.2], [1.0, 1.0, 0.3], [0.2, 0.3, 1.0]])
-    # pair (0, 1) ties at 1; mean to the rest: 0 -> 0.6, 1 -> 0.65: 1 goes; then 0 and 2 tie
-    # at 0.2 with equal means: the lower index goes
-    assert greedy_removal_order(sim) == [1, 0, 2]
+    assert greedy_removal_order(sim, torch.tensor([2.0, 1.0, 3.0])) == [1, 0, 2]
+    assert greedy_removal_order(sim, torch.tensor([1.0, 2.0, 0.5])) == [0, 2, 1]
 
 
 def test_zero_filter_is_a_copy_of_every_filter() -> None:

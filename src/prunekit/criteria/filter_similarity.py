@@ -9,7 +9,7 @@ Three papers of the catalogue score filters by how alike they are, each differen
   removed greedily: the filter most similar to another filter still kept goes first, then the
   similarities are looked at again among the filters left, so a pair of near-copies loses one
   member and the other one, now unique, stays. Of the two members of the most similar pair the
-  one with the larger mean similarity to the other remaining filters goes (the lower index on a
+  weaker one (smaller L2 norm) goes and the stronger one stands in for it (the lower index on a
   tie). The score of a unit is its place in that removal order (1 = removed first), so any count
   of removals in a layer is a prefix of the greedy sequence.
 * :func:`distance_weighted_redundancy` (FPFS, Neurocomputing 2022): the cosine similarity of
@@ -84,9 +84,10 @@ def cosine_matrix(filters: torch.Tensor) -> torch.Tensor:
     return cos.clamp(-1.0, 1.0)
 
 
-def greedy_removal_order(sim: torch.Tensor) -> list[int]:
-    """The order in which units go when the one most similar to another remaining unit is removed
-    each time (see the module docstring); ``sim`` is a symmetric ``(n, n)`` matrix."""
+def greedy_removal_order(sim: torch.Tensor, norms: torch.Tensor) -> list[int]:
+    """The order in which units go when, each time, the weaker (smaller ``norms``) member of
+    the most similar pair of remaining units is removed (see the module docstring); ``sim`` is a
+    symmetric ``(n, n)`` matrix."""
     n = sim.shape[0]
     remaining = list(range(n))
     order: list[int] = []
@@ -95,28 +96,23 @@ def greedy_removal_order(sim: torch.Tensor) -> list[int]:
         sub = sim[idx][:, idx].clone()
         sub.fill_diagonal_(-math.inf)
         best = sub.max(dim=1).values
-        top = float(best.max())
-        tied = torch.nonzero(
-            torch.isclose(best, torch.tensor(top, dtype=sub.dtype), rtol=0, atol=1e-12)
-        )
-        tied = tied.reshape(-1)
-        # of the most similar pair(s), the member more similar to the rest on average goes
-        off = sub.clone()
-        off.fill_diagonal_(0.0)
-        mean = off.sum(dim=1) / (len(remaining) - 1)
-        pick = int(tied[torch.argmax(mean[tied])])  # argmax: the first (lower index) on a tie
-        order.append(remaining.pop(pick))
+        top = torch.tensor(float(best.max()), dtype=sub.dtype)
+        # the members of the most similar pair(s); the weakest of them goes
+        tied = torch.nonzero(torch.isclose(best, top, rtol=0, atol=1e-12)).reshape(-1)
+        weakest = torch.argmin(norms.to(torch.float64)[idx][tied])  # the first on a tie
+        order.append(remaining.pop(int(tied[weakest])))
     return order + remaining
 
 
 def cosine_redundancy(group: Group) -> torch.Tensor:
-    """Similarity-based filter pruning (BMSB 2020): each unit's place in the greedy
-    removal order by cosine similarity to the filters still kept (1 = removed first; higher =
-    keep)."""
-    mats = [cosine_matrix(f) for f in unit_filters(group)]
-    if not mats:
+    """Similarity-based filter pruning (BMSB 2020): each unit's place in the greedy removal
+    order by cosine similarity to the filters still kept (1 = removed first; higher = keep)."""
+    filters = unit_filters(group)
+    if not filters:
         return torch.zeros(group.size, dtype=torch.float64)
-    order = greedy_removal_order(torch.stack(mats).mean(0))
+    sim = torch.stack([cosine_matrix(f) for f in filters]).mean(0)
+    norms = torch.stack([f.norm(dim=1) for f in filters]).sum(0)
+    order = greedy_removal_order(sim, norms)
     scores = torch.empty(group.size, dtype=torch.float64)
     scores[torch.tensor(order)] = torch.arange(1, group.size + 1, dtype=torch.float64)
     return scores
