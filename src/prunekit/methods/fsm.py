@@ -35,8 +35,8 @@ when the accuracy drops; here when the calibration loss rises).
 
 Defaults and their sources:
 
-* ``compensate = True``: the distribution optimisation is part of the paper's method (Sec. 3.4)
-  and of every official ``iter_*`` loop.
+* ``compensate = True``: the distribution optimisation is part of the paper's method (its
+  abstract) and of every official ``iter_*`` loop.
 * ``min_ratio = 0.0``: the official VGG-16 / ResNet-56 loops compensate when ``est_error > 0``
   (the ResNet-50 loop uses 0.5).
 * ``scope = "layer"``: the paper prunes each layer by its own rate (``--compress_rate``); a
@@ -97,7 +97,7 @@ class FSMOptions(Options):
         True,
         help="distribution optimisation: correct the next BatchNorm's running statistics for "
         "the removed channels (rolled back where the calibration loss rises)",
-        source="paper Sec. 3.4; official main.py (every iter_* loop)",
+        source="paper: the distribution-optimization algorithm (abstract); official main.py, every iter_* loop",
     )
     min_ratio: float = option(
         0.0,
