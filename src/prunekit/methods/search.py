@@ -37,7 +37,7 @@ import math
 import multiprocessing
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -435,11 +435,13 @@ class Search:
             elif batch[i] is None:
                 out[i] = Trial.infeasible()
         todo = [i for i, t in enumerate(out) if t is None]
-        for i, trial in zip(todo, self._run([batch[i] for i in todo]), strict=True):  # type: ignore[misc]
-            out[i] = trial
-        for key, trial in zip(keys, out, strict=True):
+        fresh = self._results([batch[i] for i in todo])  # lazily, in candidate order
+        for i, key in enumerate(keys):
+            if out[i] is None:
+                out[i] = next(fresh)
+            trial = out[i]
             assert trial is not None
-            if self.done >= len(self.records):
+            if self.done >= len(self.records):  # stored at once: a kill loses no finished one
                 self.records.append({"key": key, "trial": asdict(trial), "elapsed": self.elapsed()})
                 self._save()
             self._served(trial)
@@ -457,26 +459,31 @@ class Search:
             if self.best is not None:
                 self._bar.set_postfix(best=f"{self.trials[self.best].accuracy:.2f}")
 
-    def _run(self, picks: list[Any]) -> list[Trial]:
-        if not picks:
-            return []
+    def _results(self, candidates: list[Any]) -> Iterator[Trial]:
+        """The trials of ``candidates`` in order, each computed when asked for (in this
+        process), or computed ahead by the worker processes."""
+        if not candidates:
+            return iter(())
         if self.scorer is not None:
-            if self.workers <= 1 or len(picks) == 1 or not _can_fork():
-                return [self.scorer(p) for p in picks]
-            if self._pool is None:
-                _WORKER.update(scorer=self.scorer)
-                self._pool = multiprocessing.get_context("fork").Pool(
-                    self.workers, initializer=_worker_init
-                )
-            return list(self._pool.map(_worker_custom, picks, chunksize=1))
-        model, example = self.ctx.model, self.ctx.example_input
-        if self.workers <= 1 or len(picks) == 1 or not _can_fork():
-            return [score_picks(model, example, p, **self.kwargs) for p in picks]
+            score: Callable[[Any], Trial] = self.scorer
+            task: Callable[[Any], Trial] = _worker_custom
+            _WORKER.update(scorer=self.scorer)
+        else:
+            model, example, kwargs = self.ctx.model, self.ctx.example_input, self.kwargs
+
+            def score(picks: Any) -> Trial:
+                # looked up at call time, so a test can stand in for the evaluation
+                return globals()["score_picks"](model, example, picks, **kwargs)
+
+            task = _worker_score
+            _WORKER.update(model=model, example=example, kwargs=kwargs)
+        if self.workers <= 1 or len(candidates) == 1 or not _can_fork():
+            return (score(c) for c in candidates)
         if self._pool is None:
-            _WORKER.update(model=model, example=example, kwargs=self.kwargs)
-            ctx = multiprocessing.get_context("fork")
-            self._pool = ctx.Pool(self.workers, initializer=_worker_init)
-        return list(self._pool.map(_worker_score, picks, chunksize=1))
+            self._pool = multiprocessing.get_context("fork").Pool(
+                self.workers, initializer=_worker_init
+            )
+        return self._pool.imap(task, candidates, chunksize=1)
 
     # ------------------------------------------------------------------ ending
     def close(self) -> None:
