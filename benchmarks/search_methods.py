@@ -54,6 +54,8 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
             for method in args.methods:
                 out = work / f"seed{seed}" / f"flops{target:g}" / method
                 done = out / "metrics.json"
+                if args.report_only and not done.exists():
+                    continue
                 if done.exists():
                     runs.append(
                         {**json.loads(done.read_text()), "target": target, "method": method}
@@ -127,6 +129,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="runs/search_methods")
     p.add_argument("--out", default=None, help="write OUT.md and OUT.json")
+    p.add_argument(
+        "--report-only", action="store_true", help="tabulate the finished runs, run nothing"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     runs = run_all(args)
@@ -144,7 +149,9 @@ def main() -> None:
     print(setting)
     print(result)
     if args.out:
-        cmd = "python benchmarks/search_methods.py " + " ".join(sys.argv[1:])
+        cmd = "python benchmarks/search_methods.py " + " ".join(
+            a for a in sys.argv[1:] if a != "--report-only"
+        )
         with atomic_open(f"{args.out}.md", "w") as f:
             f.write(
                 f"# Search methods, {args.model} on {args.data}\n\n{setting}\n\n{result}\n\n"

@@ -16,8 +16,9 @@ Algorithm (paper Sec. 3):
    each scored by the validation accuracy of the network with *generated* weights, after the
    BatchNorm statistics are recomputed for that vector (the official search re-collects them
    on training batches); each iteration keeps the ``top`` best, and makes ``mutations`` mutants
-   (each gene redrawn with probability ``mutate``) and ``crossovers`` (genes from two parents);
-   children outside the constraint are redrawn.
+   (each gene redrawn with probability ``mutate``), ``crossovers`` (genes from two parents) and
+   random vectors for the rest of the population; children outside the constraint or already
+   seen are redrawn.
 4. The best vector is applied: the model gets its generated weights and recomputed statistics,
    the channels beyond each width are removed, and the runner trains it (the paper trains the
    winner from scratch).
@@ -28,21 +29,27 @@ per group rescaled to meet the target (:func:`prunekit.methods.search.allocate` 
 channels going first); a candidate meets the constraint when its FLOPs (or params) reduction
 is within ``window`` of the target.
 
-Defaults and their sources: the generator blocks ``FC(2, 32)`` (official
-``resnet/mobilenet pruningnet``: ``fc11 = Linear(2, 32)``); ``mutate`` 0.1 (official
-``search.py``: ``m_prob``); ``population`` 16, ``top`` 4, ``mutations`` 6, ``crossovers`` 6,
-``search_budget`` 40 evaluations: the official search uses 50 / 10 / 25 / 25 over 20
-iterations, divided by about three for CPU runs; ``pruningnet_epochs`` 3 and ``lr`` 0.05:
-prunekit (the official code trains the PruningNet for 32 epochs on ImageNet); ``recal_batches``
-4: prunekit (the official search re-collects BN statistics on 20 batches).
+Defaults and their sources: the generator blocks' hidden width 32 (official
+``resnet/training/resnet.py``: ``fc11 = Linear(., 32)``); ``mutate`` 0.1 (official
+``resnet/searching/search.py``: ``m_prob``); ``population`` 16, ``top`` 4, ``mutations`` 6,
+``crossovers`` 6, ``search_budget`` 40 evaluations: the official search uses 50 / 10 / 25 / 25
+over 20 iterations, divided by about three for CPU runs; ``window`` 0.02: the official
+constraint is a FLOPs window (``min_FLOPs`` 1950 M to ``max_FLOPs`` 2050 M, about 5% wide);
+``pruningnet_epochs`` 3 and ``lr`` 0.05: prunekit (the official PruningNet trains 32 epochs on
+ImageNet); ``recal_batches`` 4: prunekit (the official search recomputes BN statistics on 100
+training batches).
 
-Deviations: zeroing instead of cropping (same outputs); groups instead of layers; the winner is
-fine-tuned from its generated weights by the runner instead of trained from scratch; the
-constraint is a window around the target, not an upper bound only.
+Deviations: zeroing instead of cropping (same outputs); groups instead of layers, and each
+layer's encoding is its own (out, in) kept fractions (the official ResNet encodes a block by its
+(mid, in, out) scales) with any integer width (the official code draws 31 scales from 10% to
+100%); the generators start from the trained weights instead of from scratch; BN statistics are
+recomputed as a cumulative average; the winner is fine-tuned from its generated weights by the
+runner instead of trained from scratch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -234,7 +241,7 @@ class MetaPruningOptions(SearchOptions):
     hidden: int = option(
         32,
         help="hidden units of each weight-generating block",
-        source="official pruningnet: fc11 = Linear(2, 32)",
+        source="official resnet/training/resnet.py: fc11 = Linear(., 32)",
         low=1,
     )
     population: int = option(
@@ -268,14 +275,14 @@ class MetaPruningOptions(SearchOptions):
     window: float = option(
         0.02,
         help="how far a candidate's reduction may be from the target",
-        source="prunekit (the official constraint is an upper bound)",
+        source="official search.py: min_FLOPs / max_FLOPs window, about 5% wide",
         low=0,
         high=1,
     )
     recal_batches: int = option(
         4,
         help="training batches recomputing BatchNorm statistics per candidate",
-        source="prunekit (official: 20)",
+        source="prunekit (official: 100 batches)",
         low=1,
     )
 
@@ -393,18 +400,27 @@ class _Evolution:
     def valid(self, widths: Widths) -> bool:
         return abs(self.reduction(widths) - self.target.fraction) <= self.opts.window
 
-    def first(self) -> list[Widths]:
+    def first(self, count: int | None = None, known: set | None = None) -> list[Widths]:  # type: ignore[type-arg]
+        """``count`` (default: the population) random vectors meeting the target, not in
+        ``known``: random shares per group rescaled to the target, the last channels first."""
+        count = self.opts.population if count is None else count
+        known = set() if known is None else known
         out: list[Widths] = []
-        for _ in range(50 * self.opts.population):
-            if len(out) == self.opts.population:
+        for _ in range(50 * max(count, 1)):
+            if len(out) == count:
                 break
             shares = {n: float(self.rng.uniform(0.05, 1.0)) for n in self.names}
             try:
                 picks = allocate(self.graph, shares, self.target, last_first)
             except ConfigError:
                 continue
-            out.append({n: self.sizes[n] - len(picks.get(n, [])) for n in self.names})
-        if not out:
+            widths = {n: self.sizes[n] - len(picks.get(n, [])) for n in self.names}
+            key = tuple(sorted(widths.items()))
+            if key in known:
+                continue
+            known.add(key)
+            out.append(widths)
+        if not out and count:
             raise ConfigError(
                 f"metapruning: no width vector meets the target {self.target} (channels too coarse)"
             )
@@ -448,6 +464,9 @@ class _Evolution:
 
         add(mutants(), o.mutations)
         add(crosses(), o.crossovers)
+        # the rest of the population: new random vectors (official ``random_can``)
+        with contextlib.suppress(ConfigError):  # none left to draw: the children alone
+            children += self.first(max(0, o.population - len(children)), known)
         return children
 
 
