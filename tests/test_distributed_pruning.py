@@ -35,6 +35,7 @@ METHODS = {
     "sosp": {"scope": "layer"},
     "hrel": {},
     "rate_derivation": {},
+    "sketch": {},  # weights only, but its BatchNorm re-estimation reads each rank's data
 }
 # the ranks' samples are drawn per rank, so these are compared across ranks, not to one process
 # HRel's mutual information is a statistic of each batch (Gram matrices over its images)

@@ -37,8 +37,8 @@ depthwise conv between the two layers (an inverted residual) has per-channel fil
 are sketched jointly with the producer's (their columns concatenated), so new channel ``j``
 gets the same combination of old channels in both; the official code has no such layer. (d)
 The BatchNorm layers between are re-estimated on the calibration batches after the sketch
-(``recalibrate_bn``): the old running statistics describe channels that no longer exist, and
-without them the pruned model's accuracy before fine-tuning means nothing.
+(``recalibrate_bn``; averaged over DDP ranks): the old running statistics describe channels that
+no longer exist, and without them the pruned model's accuracy before fine-tuning means nothing.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from prunekit.methods.options import Options, option
 from prunekit.methods.reconstruct import ReconstructionMethod, chain_budget, unit_weight
 from prunekit.methods.retraining import model_device
 from prunekit.prune import PruneReport, remove_selected
+from prunekit.train import distributed as dist_
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ def sketch_consumer(chain: Chain, keep: int, dropped_rows: torch.Tensor | None =
 
 def recalibrate(model: nn.Module, norms: list[nn.Module], batches: list) -> None:  # type: ignore[type-arg]
     """Re-estimate the running statistics of ``norms`` (cumulative mean over ``batches``, every
-    other module in eval mode)."""
+    other module in eval mode), averaged over DDP ranks so every rank holds the same."""
     if not norms or not batches:
         return
     device = model_device(model)
@@ -208,6 +209,12 @@ def recalibrate(model: nn.Module, norms: list[nn.Module], batches: list) -> None
         with torch.no_grad():
             for x, *_ in batches:
                 model(x.to(device))
+            ranks = dist_.world_size()
+            if ranks > 1:
+                for m in norms:
+                    for name in ("running_mean", "running_var"):
+                        t = getattr(m, name)
+                        t.copy_(dist_.all_reduce_sum(t.clone()) / ranks)
     finally:
         for m, momentum in saved.items():
             m.momentum = momentum
