@@ -3,6 +3,7 @@ precision from the posterior variance, and the file the run reports."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -145,3 +146,36 @@ def test_method_writes_the_file_of_the_model_it_quantised(tmp_path) -> None:
     dense = sum(p.numel() * 4 for p in Net().state_dict().values())
     assert path.stat().st_size < dense
     assert math.isfinite(sum(sum(v) for v in method.log_alpha.values()))
+
+
+def test_a_finished_variational_phase_is_restored_not_retrained(tmp_path, monkeypatch) -> None:
+    torch.manual_seed(0)
+    initial = Net()
+    g = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.randn(16, 1, 4, 4, generator=g), torch.randint(0, 3, (16,)))
+
+    def run(model: nn.Module) -> nn.Module:
+        ctx = methods.Context(
+            model,
+            data.tensors[0][:2],
+            data,
+            data,
+            {"target_sparsity": 0.5},
+            batch_size=8,
+            options={"epochs": 1, "progress": False},
+            work_dir=tmp_path / "work",
+        )
+        methods.get("bayesian").prune(ctx)
+        masks.finalize(model)
+        return model
+
+    first = run(copy.deepcopy(initial))
+    assert (tmp_path / "work" / "variational.pt").exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the finished phase was trained again")
+
+    monkeypatch.setattr("prunekit.train.loop._train_epoch", no_training)
+    second = run(copy.deepcopy(initial))
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
