@@ -19,7 +19,9 @@ device's latency. As run here (one step of the loop removes one layer's next blo
 3. **Greedy step.** The candidate with the least loss per latency saved is pruned (its filters
    stay zeroed), and the loop goes back to 2 on the pruned model: the rates are re-decided after
    every step, so each layer's rate is whatever the loss and the device make it.
-4. **Stop and check.** When the predicted latency meets the target, the selected filters are
+4. **Stop and check.** The last step takes only as many of its filters as the goal needs
+   (FLOPs or params; a latency step stays on the knees). When the predicted latency meets the
+   target, the selected filters are
    removed; a copy is timed for real first, and a measured shortfall beyond the table's
    tolerance lowers the predicted goal by the miss and the loop continues (at most ``rounds``
    checks). The report holds the dense, predicted and measured latency.
@@ -200,9 +202,16 @@ class FlexibleRate:
                     "flexible_rate cannot reach the target: no group can lose more channels "
                     "(every group keeps at least one; protected layers are kept)"
                 )
+            take = best.indices
+            if self.snap is None:  # FLOPs / params: the last step stops at the goal
+                for n in range(1, len(take) + 1):
+                    trial = {**self.removed, best.group: self.removed[best.group] + n}
+                    if self.cost(selection_roots(self.graph, self.picks(trial))) <= goal:
+                        take = take[:n]
+                        break
             with torch.no_grad():
-                groups[best.group].zero(best.indices)  # kept zeroed: removed at the end
-            self.removed[best.group] += len(best.indices)
+                groups[best.group].zero(take)  # kept zeroed: removed at the end
+            self.removed[best.group] += len(take)
 
 
 @register_method("flexible_rate")
