@@ -19,8 +19,10 @@ Algorithm, as this method runs it:
    trick: mean ``conv(x, mu_w) * z``, variance ``conv(x^2, sigma_w^2) * z^2`` (conv), or mean
    ``linear(x z, mu_w)``, variance ``linear((x z)^2, sigma_w^2)`` (Linear).
 2. **Prune groups with a high dropout rate.** ``log alpha_g = log sigma_z^2 - log mu_z^2``
-   (``get_log_dropout_rates``); groups are removed in decreasing ``log alpha`` over all pruned
-   layers until the next one would pass the sparsity target (:func:`prune_by_dropout`). The
+   (``get_log_dropout_rates``); groups are removed in decreasing ``log alpha`` until the next
+   one would pass the sparsity target (:func:`prune_by_dropout`), within each layer at the
+   pruned layers' common rate (``scope="layer"``, as the official per-layer thresholds) or over
+   all pruned layers (``"global"``, which can empty a layer of small groups). The
    weights left to remove to meet the target exactly are the kept weights of highest
    posterior dropout rate ``log(Var[w] / E[w]^2)``.
 3. **Posterior means as the weights.** ``E[w] = mu_z mu_w`` and
@@ -288,6 +290,13 @@ class BayesianOptions(Options):
         help="initial log-variance of z and of the weights",
         source="official BayesianLayers.py reset_parameters (normal(-9, 1e-2))",
     )
+    scope: str = option(
+        "layer",
+        help="layer: each pruned layer loses the same fraction, groups ranked within it; "
+        "global: one ranking of groups over all pruned layers",
+        source="official example.py (one log-alpha threshold per layer)",
+        choices=("layer", "global"),
+    )
     max_bits: int = option(
         16,
         help="most significant bits a layer may keep (its grid must fit a 2**16 codebook)",
@@ -361,18 +370,26 @@ class BayesianCompression(Method):
             for name, module in layers.items():
                 means[name], variances[name] = posterior(module, qs[name])
                 self.log_alpha[name] = qs[name].log_alpha().tolist()
-            count = round(
-                covered_sparsity(model, target) * sum(layers[n].weight.numel() for n in pruned)
-            )
+            rate = covered_sparsity(model, target)
             weight_alpha = {
                 n: torch.log(variances[n] + EPS) - torch.log(means[n].pow(2) + EPS) for n in pruned
             }
-            keep = prune_by_dropout(
-                {n: qs[n].log_alpha() for n in pruned},
-                weight_alpha,
-                {n: group_dim(layers[n]) for n in pruned},
-                count,
-            )
+            group_alpha = {n: qs[n].log_alpha() for n in pruned}
+            gdims = {n: group_dim(layers[n]) for n in pruned}
+            if opts.scope == "global":
+                count = round(rate * sum(layers[n].weight.numel() for n in pruned))
+                keep = prune_by_dropout(group_alpha, weight_alpha, gdims, count)
+            else:  # each layer by its own ranking, as the official per-layer thresholds
+                keep = {}
+                for n in pruned:
+                    keep.update(
+                        prune_by_dropout(
+                            {n: group_alpha[n]},
+                            {n: weight_alpha[n]},
+                            {n: gdims[n]},
+                            round(rate * layers[n].weight.numel()),
+                        )
+                    )
             for name, module in layers.items():
                 kept = keep.get(name, torch.ones_like(means[name], dtype=torch.bool))
                 if not isinstance(module, nn.Linear) and module.bias is not None:
