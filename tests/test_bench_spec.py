@@ -102,7 +102,7 @@ ERRORS = [
         BASE.replace("[hrank]", "[resnet_magic]"),
         "methods[0]: unknown pruning method 'resnet_magic'",
     ),
-    (BASE.replace("[hrank]", "[amc]"), "methods[0]: method 'amc' is in the catalogue but not"),
+    (BASE.replace("[hrank]", "[rapid]"), "methods[0]: method 'rapid' is in the catalogue but not"),
     (
         BASE.replace("[hrank]", "[{id: magnitude, options: {rounds: many}}]"),
         "methods[0].options.rounds: option 'rounds' of method 'magnitude' expects int",
