@@ -80,3 +80,19 @@ def test_catalogue_returns_copy() -> None:
     first = catalogue()
     first.clear()
     assert len(catalogue()) == N_STRUCTURED + N_UNSTRUCTURED
+
+
+def test_every_implemented_method_has_its_fidelity_section_and_algorithm_docstring() -> None:
+    import importlib
+    import re
+    from pathlib import Path
+
+    from prunekit import methods
+
+    page = (Path(__file__).parents[1] / "docs" / "fidelity.md").read_text()
+    sections = set(re.findall(r"^## (\S+)\s*$", page, re.M))
+    for method_id in methods.METHODS.names():
+        assert method_id in sections, f"docs/fidelity.md has no section for {method_id!r}"
+        module = importlib.import_module(f"prunekit.methods.{method_id}")
+        doc = module.__doc__ or ""
+        assert len(doc) > 200, f"prunekit/methods/{method_id}.py has no algorithm docstring"
