@@ -441,11 +441,9 @@ def measure_run(
         before = onnx_latency(_dense_onnx(cfg, dense, example, run_dir), example, **kwargs)
         after = onnx_latency(pruned, example, **kwargs)
         out.update(_latency_keys("onnx_latency", "onnx_speedup", before, after))
-    if cfg.method == "deep_compression":  # the only evaluated model that is the quantised one
-        from prunekit.compress.deep_compression import compress_model
-
-        report = compress_model(pruned, run_dir / "pruned.deepc")
-        out["bytes_deep_compression"] = report.bytes_written
+    if metrics.get("result_file") is not None and metrics.get("bytes_after") is not None:
+        # a quantising method's own file, from which the evaluated model was rebuilt
+        out["bytes_result_file"] = metrics["bytes_after"]
     return out
 
 
