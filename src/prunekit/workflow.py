@@ -865,6 +865,21 @@ def run_pruning(
     metrics["prune_time_s"] = time.perf_counter() - t0
     _record_accuracy(metrics, "pruned", evaluate(model, setup.test_set))
 
+    if getattr(report, "at_initialisation", False):
+        # pruned at initialisation: the model trains with the baseline's schedule (as the
+        # width-scaled reference does), then gets the same fine-tuning as every pruned model
+        metrics["at_initialisation"] = True
+        metrics["scratch_epochs"] = train_cfg.epochs
+        metrics["scratch_time_s"] = fit(
+            model,
+            setup.train_set,
+            train_cfg,
+            val_set=setup.val_set,
+            checkpoint=out_dir / "scratch.pt" if out_dir else None,
+            progress=progress,
+        ).train_time_s
+        _record_accuracy(metrics, "scratch", evaluate(model, setup.test_set))
+
     finetuned = 0.0
     if config.finetune_epochs > 0:  # 0: measure the pruned model as it is
         finetuned = fit(

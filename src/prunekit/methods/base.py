@@ -200,6 +200,9 @@ class SparsityReport:
     nonzero_before: int
     nonzero_after: int
     layers: dict[str, float] = field(default_factory=dict)  # weight name -> sparsity
+    # the pruned model starts from the architecture's initialisation (pruning at init): the
+    # runner trains it with the baseline's schedule before the common fine-tuning
+    at_initialisation: bool = False
 
     @property
     def sparsity(self) -> float:

@@ -10,8 +10,9 @@ Ramanujan graph is the extreme one. The algorithm, top to bottom:
 1. **Initialise.** Pruning at initialisation: the given (trained) weights are discarded and the
    model is re-initialised as its architecture initialises it
    (:func:`prunekit.methods.initialisation.reinitialise`, under the run's seed); the pruned
-   network is then trained from there (the runner's fine-tuning). Results say so
-   (:attr:`RamanujanPruning.at_initialisation`).
+   network is then trained from there: the report says ``at_initialisation``, and the runner
+   trains it with the baseline's schedule, then gives it the common fine-tuning. Results say so
+   (``at_initialisation``, ``scratch_epochs``, ``acc_scratch``).
 2. **Layer densities.** Erdős–Rényi-Kernel densities over the pruned layers
    (:func:`prunekit.masks.erk_densities`; the official ``main.py`` defaults to ``--prune ERK``) or
    one density for all (``allocation="uniform"``), meeting the overall target.
@@ -252,7 +253,9 @@ class RamanujanPruning(Method):
                 "candidate_scores": scores,
             }
         masks.apply_masks(model, chosen)
-        return SparsityReport.measure(model, before)
+        report = SparsityReport.measure(model, before)
+        report.at_initialisation = True  # the runner trains it with the baseline's schedule
+        return report
 
     def save_layers(self, path: PathLike) -> None:
         """Write :attr:`layers` (the per-layer Ramanujan report) as JSON, atomically."""

@@ -17,11 +17,13 @@ The algorithm, top to bottom:
    cross-entropy loss (``dL/dc`` at ``c = 1`` is ``g * w``). The forward pass runs in eval mode,
    so scoring leaves BatchNorm running statistics untouched.
 3. **Prune.** The global top ``1 - s`` fraction of the scores is kept (masks attached); the
-   pruned network is then trained (the runner's fine-tuning), from the initialisation.
+   pruned network is then trained from the initialisation: the report says
+   ``at_initialisation``, and the runner trains the sparse network with the baseline's schedule
+   (the budget of the width-scaled reference), then gives it the common fine-tuning.
 
 Under the default, the accuracy "right after pruning" is that of a network at initialisation
-(chance level) and the accuracy after fine-tuning is that of the sparse network trained for the
-fine-tuning epochs only: results for ``snip`` say so.
+(chance level); results carry ``at_initialisation``, ``scratch_epochs`` and ``acc_scratch``
+(after the baseline's schedule, before the fine-tuning).
 """
 
 from __future__ import annotations
@@ -174,7 +176,9 @@ class SNIP(Method):
         scores = sensitivity(grads, weights)
         keep = global_keep(scores, share)
         masks.apply_masks(model, {n: masks.Mask(k) for n, k in keep.items()})
-        return SparsityReport.measure(model, before)
+        report = SparsityReport.measure(model, before)
+        report.at_initialisation = self.at_initialisation  # the runner trains it from there
+        return report
 
 
 __all__ = ["INITS", "SNIP", "sensitivity", "variance_scaling", "weight_gradients"]
