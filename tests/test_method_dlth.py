@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
+from nets import small_net, sparse_context
 from prunekit import masks, methods
 from prunekit.errors import ConfigError
 from prunekit.methods.base import Context
@@ -79,40 +79,12 @@ def test_hooks_add_the_penalty_in_backward_and_resume_their_count() -> None:
     assert other.lam == 1.0
 
 
-def _data(n: int = 48) -> TensorDataset:
-    g = torch.Generator().manual_seed(1)
-    return TensorDataset(torch.randn(n, 3, 6, 6, generator=g), torch.randint(0, 4, (n,)))
-
-
-def _net() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    )
-
-
-def _ctx(model: nn.Module, tmp_path, **options) -> Context:
-    data = _data()
-    return Context(
-        model,
-        data.tensors[0][:2],
-        data,
-        data,
-        {"target_sparsity": 0.6},
-        batch_size=8,
-        options={"progress": False, **options},
-        work_dir=tmp_path,
-    )
+def _ctx(model: nn.Module, tmp_path, **options) -> Context:  # type: ignore[no-untyped-def]
+    return sparse_context(model, tmp_path, n=48, **options)
 
 
 def test_the_penalty_drains_the_chosen_weights_not_the_kept_ones(tmp_path) -> None:
-    model = _net()
+    model = small_net()
     layers = {"0.weight": model[0], "3.weight": model[3]}
     g = torch.Generator().manual_seed(0)
     removed = {n: random_removal(m.weight.shape, 0.6, g) for n, m in layers.items()}
@@ -131,7 +103,7 @@ def test_the_penalty_drains_the_chosen_weights_not_the_kept_ones(tmp_path) -> No
 
 
 def test_dlth_removes_its_random_choice(tmp_path) -> None:
-    model = _net()
+    model = small_net()
     method = methods.get("dlth")
     method.prune(_ctx(model, tmp_path, epochs=1, train_epochs=1))
     masks.finalize(model)
@@ -142,18 +114,18 @@ def test_dlth_removes_its_random_choice(tmp_path) -> None:
 
 
 def test_dlth_meets_the_target_and_resumes(tmp_path) -> None:
-    model = _net()
+    model = small_net()
     options = {"epochs": 1, "train_epochs": 1}
     report = methods.get("dlth").prune(_ctx(model, tmp_path / "r", **options))
     assert abs(report.sparsity - 0.6) < 0.01
-    again = _net()
+    again = small_net()
     methods.get("dlth").prune(_ctx(again, tmp_path / "r", **options))
     for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 
 def test_dlth_refuses_a_masked_model(tmp_path) -> None:
-    model = _net()
+    model = small_net()
     masks.prune(model, 0.5)
     with pytest.raises(ConfigError, match="dense model"):
         methods.get("dlth").prune(_ctx(model, tmp_path))

@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
+from nets import small_data, small_net, sparse_context
 from prunekit import masks, methods
 from prunekit.errors import ConfigError
 from prunekit.masks.basis import (
@@ -101,40 +101,12 @@ def test_exact_band_keep_prefers_the_surgery_then_magnitude() -> None:
     assert out.tolist() == [False, True, False, True]
 
 
-def _data(n: int = 32) -> TensorDataset:
-    g = torch.Generator().manual_seed(1)
-    return TensorDataset(torch.randn(n, 3, 6, 6, generator=g), torch.randint(0, 4, (n,)))
-
-
-def _net() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    )
-
-
-def _ctx(model: nn.Module, tmp_path, **options) -> Context:
-    data = _data()
-    return Context(
-        model,
-        data.tensors[0][:2],
-        data,
-        data,
-        {"target_sparsity": 0.6},
-        batch_size=8,
-        options={"progress": False, "epochs": 1, **options},
-        work_dir=tmp_path,
-    )
+def _ctx(model: nn.Module, tmp_path, **options) -> Context:  # type: ignore[no-untyped-def]
+    return sparse_context(model, tmp_path, n=32, **{**{"epochs": 1}, **options})
 
 
 def test_freq_dynamic_counts_coefficients_and_computes_with_the_pruned_kernels(tmp_path) -> None:
-    model = _net()
+    model = small_net()
     method = methods.get("freq_dynamic")
     report = method.prune(_ctx(model, tmp_path / "a"))
     assert abs(report.sparsity - 0.6) < 0.01
@@ -149,14 +121,14 @@ def test_freq_dynamic_counts_coefficients_and_computes_with_the_pruned_kernels(t
     b = dct_basis((3, 3))
     rebuilt = (coeffs.reshape(-1, 9) @ b.T).reshape(conv.weight.shape)
     assert torch.allclose(conv.weight, rebuilt, atol=1e-6)
-    x = _data().tensors[0][:4]
+    x = small_data(32).tensors[0][:4]
     model.eval()
     with torch.no_grad():
         before = model(x)
         masks.finalize(model)
         assert torch.allclose(model(x), before, atol=1e-5)
     # an interrupted run resumes: the same folder gives the same model
-    again = _net()
+    again = small_net()
     methods.get("freq_dynamic").prune(_ctx(again, tmp_path / "a"))
     masks.finalize(again)
     again.eval()
@@ -165,7 +137,7 @@ def test_freq_dynamic_counts_coefficients_and_computes_with_the_pruned_kernels(t
 
 
 def test_freq_dynamic_refuses_a_masked_model(tmp_path) -> None:
-    model = _net()
+    model = small_net()
     masks.prune(model, 0.5)
     with pytest.raises(ConfigError, match="dense model"):
         methods.get("freq_dynamic").prune(_ctx(model, tmp_path))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
+from nets import small_data, small_net, sparse_context
 from prunekit import masks, methods
 from prunekit.errors import ConfigError
 from prunekit.masks.basis import attach_basis, basis_of, coefficients, dct_basis
@@ -77,40 +77,12 @@ def test_the_basis_is_learned_and_pruned_coefficients_get_no_gradient() -> None:
     assert learned < 0.01 < fixed
 
 
-def _data(n: int = 32) -> TensorDataset:
-    g = torch.Generator().manual_seed(1)
-    return TensorDataset(torch.randn(n, 3, 6, 6, generator=g), torch.randint(0, 4, (n,)))
-
-
-def _net() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    )
-
-
-def _ctx(model: nn.Module, tmp_path, **options) -> Context:
-    data = _data()
-    return Context(
-        model,
-        data.tensors[0][:2],
-        data,
-        data,
-        {"target_sparsity": 0.6},
-        batch_size=8,
-        options={"progress": False, "epochs": 1, "frequency": 1, **options},
-        work_dir=tmp_path,
-    )
+def _ctx(model: nn.Module, tmp_path, **options) -> Context:  # type: ignore[no-untyped-def]
+    return sparse_context(model, tmp_path, n=32, **{**{"epochs": 1, "frequency": 1}, **options})
 
 
 def test_interspace_prunes_coefficients_and_trains_the_bases(tmp_path) -> None:
-    model = _net()
+    model = small_net()
     method = methods.get("interspace")
     report = method.prune(_ctx(model, tmp_path / "a"))
     assert abs(report.sparsity - 0.6) < 0.01
@@ -118,13 +90,13 @@ def test_interspace_prunes_coefficients_and_trains_the_bases(tmp_path) -> None:
     conv = model[3]
     assert not torch.allclose(basis_of(conv).basis.detach(), dct_basis((3, 3)))  # learned
     assert int((coefficients(conv) != 0).sum()) == pytest.approx(0.4 * conv.weight.numel(), abs=1)
-    x = _data().tensors[0][:4]
+    x = small_data(32).tensors[0][:4]
     model.eval()
     with torch.no_grad():
         before = model(x)
         masks.finalize(model)
         assert torch.allclose(model(x), before, atol=1e-5)
-    again = _net()
+    again = small_net()
     methods.get("interspace").prune(_ctx(again, tmp_path / "a"))
     masks.finalize(again)
     again.eval()
@@ -133,7 +105,7 @@ def test_interspace_prunes_coefficients_and_trains_the_bases(tmp_path) -> None:
 
 
 def test_interspace_refuses_a_masked_model(tmp_path) -> None:
-    model = _net()
+    model = small_net()
     masks.prune(model, 0.5)
     with pytest.raises(ConfigError, match="dense model"):
         methods.get("interspace").prune(_ctx(model, tmp_path))
