@@ -85,3 +85,53 @@ def test_a_killed_phase_resumes_with_the_pruners_selections(
     for k in a:
         assert a[k].shape == b[k].shape, k
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_a_lottery_ticket_killed_after_its_rewind_point_resumes_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the rewinding point theta_k (after step 1) is kept with the first round's checkpoint: a
+    # run killed in that round's second epoch resumes with it and ends where the whole run ends
+    from prunekit.methods.lth import RewindPoint
+
+    options = {"epochs": 2, "rewind_steps": 1, "rate_per_round": 0.5}
+
+    def ctx(model: torch.nn.Module, work_dir: Path | None) -> Context:
+        data = random_data(N, seed=3)
+        return Context(
+            model,
+            data[0][0][None],
+            data,
+            data,
+            {"target_sparsity": 0.5},
+            batch_size=BATCH,
+            options={"progress": False, **options},
+            work_dir=work_dir,
+        )
+
+    torch.manual_seed(0)
+    dense = ConvBNNet()
+    reference_model = copy.deepcopy(dense)
+    methods.get("lth").prune(ctx(reference_model, None))
+
+    original = RewindPoint.__call__
+    calls = {"steps": 0}
+
+    def dying(self: Any, event: str, state: dict[str, Any]) -> None:
+        if event == "step_end":
+            calls["steps"] += 1
+            if calls["steps"] == STEPS + 2:  # inside epoch 2 of round 0, past the point
+                raise _Killed
+        original(self, event, state)
+
+    monkeypatch.setattr(RewindPoint, "__call__", dying)
+    with pytest.raises(_Killed):
+        methods.get("lth").prune(ctx(copy.deepcopy(dense), tmp_path))
+    monkeypatch.setattr(RewindPoint, "__call__", original)
+
+    resumed_model = copy.deepcopy(dense)
+    methods.get("lth").prune(ctx(resumed_model, tmp_path))
+    a, b = reference_model.state_dict(), resumed_model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -158,6 +158,26 @@ class LTHOptions(Options):
     )
 
 
+class RewindPoint:
+    """A training callback keeping every weight and buffer after optimizer step ``k`` (the
+    rewinding point, ``theta_k``). It is stateful, so :meth:`Context.train` saves the point with
+    the round's checkpoint: a round killed after step ``k`` and resumed still has it."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def __call__(self, event: str, state: dict[str, Any]) -> None:
+        if event == "step_end" and state["step"] == self.k:
+            self.weights = snapshot(state["model"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"k": self.k, "weights": dict(self.weights)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.weights = dict(state["weights"])
+
+
 @register_method("lth")
 class LotteryTicket(Retraining):
     """Lottery tickets by iterative magnitude pruning (Frankle & Carbin, ICLR 2019), rewinding
@@ -183,15 +203,11 @@ class LotteryTicket(Retraining):
         reset_state = snapshot(model)  # theta_0
         steps_per_round = opts.epochs * math.ceil(len(ctx.train_set) / ctx.batch_size)
         k = opts.rewind_steps or max(1, round(opts.rewind_fraction * steps_per_round))
-        rewind: dict[str, torch.Tensor] = {}
-
-        def keep_rewind_point(event: str, state: dict[str, Any]) -> None:
-            if event == "step_end" and state["step"] == k:
-                rewind.update(snapshot(state["model"]))
-
+        point = RewindPoint(k)
         capture = opts.reset == "rewind"
-        self._round(ctx, opts, [keep_rewind_point] if capture else [])
+        self._round(ctx, opts, [point] if capture else [])
         if capture:
+            rewind = point.weights
             if not rewind:
                 raise ConfigError(
                     f"option 'rewind_steps' ({k}) must not exceed the optimizer steps of one "
