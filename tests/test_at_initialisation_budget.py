@@ -9,16 +9,22 @@ import pytest
 from prunekit import workflow
 
 
-@pytest.mark.parametrize("method", ["snip", "ramanujan"])
-def test_pruned_at_init_trains_with_the_baseline_schedule(method, monkeypatch):
-    epochs_seen: list[int] = []
+@pytest.fixture
+def epochs_seen(monkeypatch):  # type: ignore[no-untyped-def]
+    """The epochs of every training the runner starts, in order."""
+    seen: list[int] = []
     real_fit = workflow.fit
 
     def counting_fit(model, train_set, cfg, **kw):  # type: ignore[no-untyped-def]
-        epochs_seen.append(cfg.epochs)
+        seen.append(cfg.epochs)
         return real_fit(model, train_set, cfg, **kw)
 
     monkeypatch.setattr(workflow, "fit", counting_fit)
+    return seen
+
+
+@pytest.mark.parametrize("method", ["snip", "ramanujan"])
+def test_pruned_at_init_trains_with_the_baseline_schedule(method, epochs_seen):
     config = workflow.PruneConfig(
         model="lenet5",
         epochs=2,
@@ -37,15 +43,7 @@ def test_pruned_at_init_trains_with_the_baseline_schedule(method, monkeypatch):
     assert abs(metrics["sparsity"] - 0.8) < 0.01  # the masks held through that training
 
 
-def test_a_method_that_prunes_a_trained_model_gets_no_extra_training(monkeypatch):
-    epochs_seen: list[int] = []
-    real_fit = workflow.fit
-
-    def counting_fit(model, train_set, cfg, **kw):  # type: ignore[no-untyped-def]
-        epochs_seen.append(cfg.epochs)
-        return real_fit(model, train_set, cfg, **kw)
-
-    monkeypatch.setattr(workflow, "fit", counting_fit)
+def test_a_method_that_prunes_a_trained_model_gets_no_extra_training(epochs_seen):
     config = workflow.PruneConfig(
         model="lenet5", epochs=2, finetune_epochs=1, method="magnitude", target_sparsity=0.8
     )

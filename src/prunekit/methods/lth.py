@@ -172,7 +172,7 @@ class RewindPoint:
             self.weights = snapshot(state["model"])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"k": self.k, "weights": dict(self.weights)}
+        return {"weights": dict(self.weights)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.weights = dict(state["weights"])

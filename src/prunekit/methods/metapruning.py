@@ -37,11 +37,12 @@ over 20 iterations, divided by about three for CPU runs; ``window`` 0.02: the of
 constraint is a FLOPs window (``min_FLOPs`` 1950 M to ``max_FLOPs`` 2050 M, about 5% wide);
 ``pruningnet_epochs`` 3: prunekit (the official PruningNet trains 32 epochs on ImageNet);
 ``lr`` 0.001: prunekit. The generators start from the trained weights, so this training is a
-fine-tuning, and a step of the output layer moves a generated weight by about ``(1 + |h|^2) lr``
-(``h``: the block's hidden activations, ``|h|^2`` about 6, from 2 to 15, at initialisation): 0.001 moves the
-weights at about the fine-tuning rate 0.01. Measured on mnist1d_cnn / MNIST-1D at 50% fewer FLOPs
-with 3 fine-tuning epochs: lr 0.05 diverges (13.1% after fine-tuning, 9.4% right after pruning),
-0.005 gives 67.7%, 0.001 gives 78.3% (58.1% right after pruning); ``recal_batches`` 4: prunekit (the official search recomputes BN statistics on 100
+fine-tuning, and a step of the output layer moves a generated weight by about
+``(1 + |h|^2) lr`` (``h``: the block's hidden activations, ``|h|^2`` about 6, from 2 to 15, at
+initialisation): 0.001 moves the weights at about the fine-tuning rate 0.01. Measured on
+mnist1d_cnn / MNIST-1D at 50% fewer FLOPs with 3 fine-tuning epochs: lr 0.05 diverges (13.1%
+after fine-tuning, 9.4% right after pruning), 0.005 gives 67.7%, 0.001 gives 78.3% (58.1% right
+after pruning); ``recal_batches`` 4: prunekit (the official search recomputes BN statistics on 100
 training batches).
 
 Deviations: zeroing instead of cropping (same outputs); groups instead of layers, and each
