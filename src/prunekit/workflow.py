@@ -753,6 +753,7 @@ def _prune(config: PruneConfig, setup: Setup, progress: bool, work_dir: Path | N
         seed=config.seed,
         options={"progress": progress, **config.options()},
         work_dir=work_dir,
+        scratch_epochs=config.epochs,  # the baseline's: the budget of training from scratch
     )
     return method.prune(ctx)
 
@@ -899,6 +900,8 @@ def run_pruning(
         masks.finalize(model)  # bake the masks in: a plain model, zeros where pruned
         metrics["sparsity"] = final["sparsity"]
         metrics["nonzero_params"] = final["nonzero"]
+        if report.from_init_epochs:  # the method trained the network from scratch itself
+            metrics["from_init_epochs"] = report.from_init_epochs
     else:
         metrics["groups_pruned"] = sum(g.after < g.before for g in report.groups)
         if getattr(report, "latency", None) is not None:  # a latency target's figures

@@ -85,6 +85,19 @@ from prunekit.train import distributed as dist_
 from prunekit.train.checkpoint import load_checkpoint
 from prunekit.train.loop import LossFn
 
+SCRATCH_FALLBACK = 3  # epochs from initialisation when neither the option nor the run says
+
+
+def scratch_epochs(value: int | None, ctx: Context) -> int:
+    """Epochs of a training phase that starts from the architecture's initialisation: ``value``
+    when the user set it; otherwise the run's baseline epochs (:attr:`Context.scratch_epochs`),
+    the budget a dense network gets from scratch in the same comparison, so a method that
+    trains from scratch is not compared on fewer epochs than the network it replaces; outside a
+    run, :data:`SCRATCH_FALLBACK`."""
+    if value is not None:
+        return value
+    return ctx.scratch_epochs if ctx.scratch_epochs is not None else SCRATCH_FALLBACK
+
 
 @dataclass
 class Context:
@@ -103,9 +116,14 @@ class Context:
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     work_dir: Path | None = None  # where the method's own training phases checkpoint
+    # epochs a network trained from its initialisation gets in this run: the baseline's (the
+    # runner sets it); None outside a run, where :func:`scratch_epochs` falls back
+    scratch_epochs: int | None = None
 
     def __post_init__(self) -> None:
         self.target = Target.of(self.target)
+        if self.scratch_epochs is not None and self.scratch_epochs < 1:
+            raise ConfigError(f"scratch_epochs must be >= 1 or None, got {self.scratch_epochs}")
         if self.work_dir is not None:
             self.work_dir = Path(self.work_dir)
 
@@ -203,6 +221,9 @@ class SparsityReport:
     # the pruned model starts from the architecture's initialisation (pruning at init): the
     # runner trains it with the baseline's schedule before the common fine-tuning
     at_initialisation: bool = False
+    # epochs the method itself trained the network from the architecture's initialisation
+    # (0: it pruned the given trained weights); the runner records them as ``from_init_epochs``
+    from_init_epochs: int = 0
 
     @property
     def sparsity(self) -> float:

@@ -37,8 +37,12 @@ stabilises 40,000; ``train_lr`` 0.1 with the step schedule (README ``--lr_ft
 0:0.1,100:0.01,150:0.001`` of 200 epochs). ``eta`` follows from the phase's length:
 ``reg_upper * update_every / (grow_fraction * steps)``.
 
-Deviations: the phases are short (``epochs`` 3 and ``train_epochs`` 3, prunekit's budget; the
-official runs take 90,000 iterations and 200 epochs); the official first and last stages
+``epochs`` and ``train_epochs``: the run's baseline epochs each
+(:func:`~prunekit.methods.base.scratch_epochs`, 3 outside a run): the official phases are each
+about a full training (90,000 iterations; 200 epochs), so each gets the budget the run's dense
+network gets.
+
+Deviations: the official first and last stages
 (stem and classifier) are left dense there by ``stage_pr``, here the protected layers are. The
 method needs a model without masks.
 """
@@ -55,7 +59,13 @@ from torch import nn
 from prunekit import masks
 from prunekit.errors import ConfigError
 from prunekit.masks.granularity import prune_count
-from prunekit.methods.base import Context, SparsityReport, count_nonzero, register_method
+from prunekit.methods.base import (
+    Context,
+    SparsityReport,
+    count_nonzero,
+    register_method,
+    scratch_epochs,
+)
 from prunekit.methods.fine_grained import share_of_targets, target_sparsity, targets
 from prunekit.methods.initialisation import reinitialise
 from prunekit.methods.options import SHARED, Options, option
@@ -108,10 +118,12 @@ class DLTHOptions(Options):
         source="paper Sec. 3 (random selection); official --pick_pruned min is 'init_min'",
         choices=("random", "init_min"),
     )
-    epochs: int = option(
-        3,
-        help="epochs of the regularisation phase",
-        source="prunekit (official: 90,000 iterations)",
+    epochs: int | None = option(
+        None,
+        help="epochs of the regularisation phase (None: the run's baseline epochs, 3 outside a "
+        "run)",
+        source="prunekit: the baseline's budget (official: 90,000 iterations, about 230 CIFAR "
+        "epochs at batch 128)",
         low=0,
     )
     lr: float = option(
@@ -142,10 +154,11 @@ class DLTHOptions(Options):
         high=1,
         low_open=True,
     )
-    train_epochs: int = option(
-        3,
-        help="epochs training the sparse network after the removal",
-        source="prunekit (official: 200 epochs)",
+    train_epochs: int | None = option(
+        None,
+        help="epochs training the sparse network after the removal (None: the run's baseline "
+        "epochs, 3 outside a run)",
+        source="prunekit: the baseline's budget (official: 200 epochs, as its dense baseline)",
         low=0,
     )
     train_lr: float = option(
@@ -244,7 +257,8 @@ class DualLotteryTicket(Retraining):
             else smallest_removal(m.weight, share)
             for n, m in layers.items()
         }
-        steps = opts.epochs * math.ceil(len(ctx.train_set) / ctx.batch_size)
+        epochs = scratch_epochs(opts.epochs, ctx)
+        steps = epochs * math.ceil(len(ctx.train_set) / ctx.batch_size)
         grow = max(1, round(opts.grow_fraction * steps))
         eta = opts.reg_upper * opts.update_every / grow
         penalty = GrowingPenalty(layers, self.removed, eta, opts)
@@ -252,7 +266,7 @@ class DualLotteryTicket(Retraining):
         try:
             ctx.train(
                 model,
-                opts.epochs,
+                epochs,
                 opts.lr,
                 name="dlth_regularise",
                 callbacks=[*self.callbacks, penalty],
@@ -268,9 +282,10 @@ class DualLotteryTicket(Retraining):
             penalty_at(last, eta, opts.reg_upper, opts.update_every) if last >= 0 else 0.0
         )
         masks.apply_masks(model, {n: masks.Mask(~r) for n, r in self.removed.items()})
+        train_epochs = scratch_epochs(opts.train_epochs, ctx)
         ctx.train(
             model,
-            opts.train_epochs,
+            train_epochs,
             opts.train_lr,
             name="dlth_train",
             callbacks=self.callbacks,
@@ -279,7 +294,9 @@ class DualLotteryTicket(Retraining):
             schedule=opts.schedule,
             progress=opts.progress,
         )
-        return SparsityReport.measure(model, before)
+        report = SparsityReport.measure(model, before)
+        report.from_init_epochs = epochs + train_epochs if opts.from_init else 0
+        return report
 
 
 __all__ = [

@@ -34,14 +34,15 @@ Defaults and their sources: ``alpha = 14`` and ``beta = 6``: fasterai ``core/sch
 (``sched_onecycle(start, end, pos, α=14, β=6)``, the same in ``sparse/schedule.py``);
 ``frequency = 1``: fasterai ``sparse/sparsify_callback.py`` recomputes the masks before every
 batch whose target differs from the last; the criterion is weight magnitude (fasterai's
-``large_final``, the paper's). ``scope = "global"``, ``epochs = 3``, ``lr = 0.1``, ``schedule =
-"cosine"``: prunekit (fasterai's callback takes ``'local'`` or ``'global'`` from the caller; the
-paper trains for the whole budget of its experiments).
+``large_final``, the paper's). ``epochs = None``: the run's baseline epochs (the paper prunes
+over the whole training budget of its experiments, the budget its dense baseline gets;
+:func:`~prunekit.methods.base.scratch_epochs`, 3 outside a run). ``scope = "global"``, ``lr =
+0.1``, ``schedule = "cosine"``: prunekit (fasterai's callback takes ``'local'`` or ``'global'``
+from the caller).
 
-Deviations: the schedule is rescaled to start at exactly 0; ``epochs`` is short where the paper
-trains for the full budget; protected layers stay dense (the others are pruned a little further
+Deviations: the schedule is rescaled to start at exactly 0; protected layers stay dense (the others are pruned a little further
 so the overall target is met). Results say the network was trained from its initialisation
-(:attr:`OneCyclePruning.at_initialisation`).
+(:attr:`OneCyclePruning.at_initialisation`, and ``from_init_epochs`` in the run's metrics).
 """
 
 from __future__ import annotations
@@ -50,7 +51,14 @@ import math
 from dataclasses import dataclass
 
 from prunekit import masks
-from prunekit.methods.base import Context, Method, SparsityReport, count_nonzero, register_method
+from prunekit.methods.base import (
+    Context,
+    Method,
+    SparsityReport,
+    count_nonzero,
+    register_method,
+    scratch_epochs,
+)
 from prunekit.methods.fine_grained import SCOPES, share_of_targets, target_sparsity, targets
 from prunekit.methods.initialisation import reinitialise
 from prunekit.methods.options import SHARED, Options, option
@@ -67,10 +75,11 @@ class OneCycleOptions(Options):
         source="paper Sec. 1/3: pruning from the first step of training, no pre-training",
         choices=("architecture", "none"),
     )
-    epochs: int = option(
-        3,
-        help="epochs of the one training cycle that prunes",
-        source="prunekit (the paper prunes over its whole training budget)",
+    epochs: int | None = option(
+        None,
+        help="epochs of the one training cycle that prunes (None: the run's baseline epochs, "
+        "3 outside a run)",
+        source="prunekit: the paper prunes over its whole training budget, the baseline's",
         low=0,
     )
     lr: float = option(0.1, help=SHARED["lr"], source="prunekit", low=0, low_open=True)
@@ -127,7 +136,8 @@ class OneCyclePruning(Method):
         if opts.init == "architecture":
             reinitialise(model, ctx.seed)
         self.at_initialisation = opts.init == "architecture"
-        steps = opts.epochs * math.ceil(len(ctx.train_set) / ctx.batch_size)
+        epochs = scratch_epochs(opts.epochs, ctx)
+        steps = epochs * math.ceil(len(ctx.train_set) / ctx.batch_size)
         schedule = masks.OneCycle(
             share,
             max(steps, 1),
@@ -139,7 +149,7 @@ class OneCyclePruning(Method):
         pruner.prepare(model)
         ctx.train(
             model,
-            opts.epochs,
+            epochs,
             opts.lr,
             name="one_cycle",
             callbacks=[pruner],
@@ -151,7 +161,9 @@ class OneCyclePruning(Method):
         if not pruner.history or pruner.history[-1][1] != share:
             pruner.prune_to(steps, share)  # no training, or the last step fell short of s_f
         self.history = pruner.history
-        return SparsityReport.measure(model, before)
+        report = SparsityReport.measure(model, before)
+        report.from_init_epochs = epochs if self.at_initialisation else 0
+        return report
 
 
 __all__ = ["OneCycleOptions", "OneCyclePruning"]

@@ -35,7 +35,10 @@ buffers and step count are saved with every epoch.
 Defaults: ``lr`` 1.0, ``momentum`` 0.9, ``k_frac`` 0.05, ``tau`` 15, gradient rescaling and no
 weight decay are the official ``train_prune.py`` defaults (paper Sec. 4.1); ``schedule="step"``
 divides the step size by 10 at 1/3 and 2/3 of training, as the official ``lr_scheme
-dynamic_change`` does. ``epochs`` 3 is prunekit's budget (the paper trains 180 epochs).
+dynamic_change`` does. ``epochs``: SFW *is* the network's training (the paper's 180 epochs are
+its dense baseline's), so by default it gets the run's baseline epochs
+(:func:`~prunekit.methods.base.scratch_epochs`; 3 outside a run); the results record them
+(``from_init_epochs``).
 
 Deviations: the init norm is taken per parameter (the official code keys it by shape);
 ``dynamic_change``'s loss-driven adjustments (step size times 0.7 or 1.06 every 5 epochs after
@@ -57,7 +60,14 @@ from torch import nn
 
 from prunekit import masks
 from prunekit.errors import ConfigError
-from prunekit.methods.base import Context, Method, SparsityReport, count_nonzero, register_method
+from prunekit.methods.base import (
+    Context,
+    Method,
+    SparsityReport,
+    count_nonzero,
+    register_method,
+    scratch_epochs,
+)
 from prunekit.methods.fine_grained import SCOPES, covered_sparsity, magnitude_prune, target_sparsity
 from prunekit.methods.initialisation import reinitialise
 from prunekit.methods.options import SHARED, Options, option
@@ -135,8 +145,12 @@ def init_norms(model: nn.Module, draws: int, seed: int) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class SFWOptions(Options):
-    epochs: int = option(
-        3, help=SHARED["epochs"], source="prunekit (the paper trains 180 epochs)", low=1
+    epochs: int | None = option(
+        None,
+        help=SHARED["epochs"] + " (None: the run's baseline epochs, 3 outside a run)",
+        source="prunekit: the baseline's budget, since SFW replaces the dense training "
+        "(the paper trains 180 epochs, as its dense baseline)",
+        low=1,
     )
     lr: float = option(
         1.0,
@@ -309,13 +323,14 @@ class StochasticFrankWolfe(Method):
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(shift_inside(p.detach(), self.sizes[n], self.radii[n]))
-        steps = opts.epochs * math.ceil(len(ctx.train_set) / ctx.batch_size)
+        epochs = scratch_epochs(opts.epochs, ctx)
+        steps = epochs * math.ceil(len(ctx.train_set) / ctx.batch_size)
         fw = FrankWolfe(params, self.sizes, self.radii, opts, steps)
         fw.attach()
         try:
             ctx.train(
                 model,
-                opts.epochs,
+                epochs,
                 opts.lr,
                 name="sfw",
                 callbacks=[fw],
@@ -328,7 +343,9 @@ class StochasticFrankWolfe(Method):
             fw.detach()
         self.steps = fw.steps
         magnitude_prune(model, target, opts.scope)
-        return SparsityReport.measure(model, before)
+        report = SparsityReport.measure(model, before)
+        report.from_init_epochs = epochs if opts.from_init else 0
+        return report
 
 
 __all__ = [

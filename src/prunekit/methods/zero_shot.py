@@ -34,8 +34,9 @@ Defaults and their sources: ``lr = 0.1``, ``momentum = 0.9``, ``weight_decay = 5
 momentum 0.9, weight decay 5e-5); ``schedule = "step"`` (prunekit's step schedule: lr / 10 at
 50% and 75% of each phase, for the paper's 44% and 67%); the warm-up runs at the constant ``lr``
 (the paper's ``k`` epochs all lie before its first decay). ``warmup_epochs = 1``: prunekit (the
-paper sweeps ``k`` from 0 to 20 of 180 epochs, Fig. 4); ``epochs = 2``: prunekit (the paper
-trains each stage for the full 180). ``scope = "global"``: prunekit (Alg. 3's MAGNITUDE PRUNE
+paper sweeps ``k`` from 0 to 20 of 180 epochs, Fig. 4); ``epochs = None``: the run's baseline
+epochs for each of the two trainings (the paper trains each stage for the full 180 of its
+baseline; :func:`~prunekit.methods.base.scratch_epochs`, 3 outside a run). ``scope = "global"``: prunekit (Alg. 3's MAGNITUDE PRUNE
 does not say; open_lth's ``sparse_global``, as :mod:`prunekit.methods.lth`).
 
 Deviations: short trainings; ``final = "zero"`` (the default, prunekit's sparsity contract)
@@ -55,7 +56,13 @@ from torch.nn.utils import parametrize
 from prunekit import masks
 from prunekit.errors import ConfigError
 from prunekit.masks.apply import split_name
-from prunekit.methods.base import Context, SparsityReport, count_nonzero, register_method
+from prunekit.methods.base import (
+    Context,
+    SparsityReport,
+    count_nonzero,
+    register_method,
+    scratch_epochs,
+)
 from prunekit.methods.fine_grained import SCOPES, magnitude_prune, target_sparsity
 from prunekit.methods.initialisation import reinitialise
 from prunekit.methods.options import SHARED, Options, option
@@ -102,10 +109,11 @@ class ZeroShotOptions(Options):
         source="prunekit (the paper sweeps k from 0 to 20 of 180 epochs, Fig. 4)",
         low=0,
     )
-    epochs: int = option(
-        2,
-        help="epochs of the ticket's training from W^k and of the heroes' training",
-        source="prunekit (the paper trains each stage for 180 epochs)",
+    epochs: int | None = option(
+        None,
+        help="epochs of the ticket's training from W^k and of the heroes' training (None: "
+        "the run's baseline epochs, 3 outside a run)",
+        source="paper Sec. 2: each stage trains the baseline's 180 epochs",
         low=1,
     )
     scope: str = option(
@@ -162,7 +170,8 @@ class LotteryHeroes(Retraining):
         reinitialise(model, ctx.seed)  # W^0
         self._train(ctx, opts, epochs=opts.warmup_epochs, lr=opts.lr, schedule="constant")
         rewind = snapshot(model)  # W^k
-        self._train(ctx, opts, epochs=opts.epochs, lr=opts.lr, schedule=opts.schedule)  # W^f
+        epochs = scratch_epochs(opts.epochs, ctx)
+        self._train(ctx, opts, epochs=epochs, lr=opts.lr, schedule=opts.schedule)  # W^f
         heroes = {n: m.data.clone() for n, m in magnitude_prune(model, target, opts.scope).items()}
         self.record = {
             "ticket": {n: w.clone() for n, w in snapshot(model).items() if n in heroes},
@@ -172,11 +181,13 @@ class LotteryHeroes(Retraining):
         masks.finalize(model)  # the ticket's masks come off: the rise starts from the dense W^k
         restore(model, rewind)
         lock_outside(model, heroes)
-        self._train(ctx, opts, epochs=opts.epochs, lr=opts.lr, schedule=opts.schedule)
+        self._train(ctx, opts, epochs=epochs, lr=opts.lr, schedule=opts.schedule)
         unlock(model, list(heroes))
         if opts.final == "zero":
             masks.apply_masks(model, {n: masks.Mask(m) for n, m in heroes.items()})
-        return SparsityReport.measure(model, before)
+        report = SparsityReport.measure(model, before)
+        report.from_init_epochs = opts.warmup_epochs + 2 * epochs
+        return report
 
 
 __all__ = ["LockOutside", "LotteryHeroes", "ZeroShotOptions", "lock_outside", "unlock"]
