@@ -75,7 +75,6 @@ def test_a_method_that_trains_from_scratch_gets_the_runs_scratch_epochs(
     method, phases, monkeypatch, tmp_path
 ):  # type: ignore[no-untyped-def]
     from nets import small_net, sparse_context
-
     from prunekit import methods
     from prunekit.methods.base import Context
 
