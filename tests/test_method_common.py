@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
 from prunekit import models
+from prunekit.errors import ConfigError
 from prunekit.graph import build
 from prunekit.methods.common import chains, share_importance
 from prunekit.prune import select_channels
@@ -61,6 +63,31 @@ def test_share_importance_spreads_removal_by_share() -> None:
     assert picks[names[0]] == [7] and picks[names[1]] == [5, 6, 7]
     zero_share = share_importance(lambda g: torch.zeros(g.size), {names[0]: 1.0})
     assert torch.isinf(zero_share(graph.groups[1])).all()
+
+
+def test_a_capped_share_is_the_most_a_group_loses() -> None:
+    # shares 0.25 and 0.5 of 8 channels each: at most 2 and 4 go, whatever the target
+    model = nn.Sequential(nn.Conv2d(1, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 1, 1)).eval()
+    graph = build(model, torch.randn(1, 1, 4, 4))
+    names = [g.name for g in graph.groups]
+    shares = {names[0]: 0.25, names[1]: 0.5}
+    capped = share_importance(lambda g: torch.arange(g.size, 0, -1.0), shares, cap=True)
+    scores = capped(graph.groups[1])
+    # ranks 1..4 (units 7..4) score rank / 8 / 0.5; ranks 5..8 are beyond the cap
+    assert torch.equal(scores[4:], torch.tensor([0.75, 0.5, 0.25, 0.0]).add(0.25).double())
+    assert torch.isinf(scores[:4]).all()
+    picks = select_channels(graph, importance=capped, scope="global", normalize=False, ratio=0.375)
+    assert len(picks[names[0]]) == 2 and len(picks[names[1]]) == 4  # both caps reached
+    # the caps leave conv 0 six channels and conv 1 four: 6 + 6 * 4 + 4 of 80 MACs, 57.5% off
+    with pytest.raises(ConfigError):
+        select_channels(
+            graph, importance=capped, scope="global", normalize=False, target_flops=0.66
+        )
+    uncapped = share_importance(lambda g: torch.arange(g.size, 0, -1.0), shares)
+    picks = select_channels(
+        graph, importance=uncapped, scope="global", normalize=False, target_flops=0.66
+    )
+    assert len(picks[names[1]]) > 4  # without the cap the second group passes its share
 
 
 def test_infinite_scores_are_kept_in_layer_scope_too() -> None:

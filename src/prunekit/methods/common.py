@@ -135,7 +135,7 @@ def chains(graph: Graph) -> list[Chain]:
 
 
 def share_importance(
-    within: Callable[[Group], torch.Tensor], share: Mapping[str, float]
+    within: Callable[[Group], torch.Tensor], share: Mapping[str, float], *, cap: bool = False
 ) -> Callable[[Group], torch.Tensor]:
     """An importance for ``select_channels(scope="global", normalize=False)`` that spreads the
     removal over groups in proportion to ``share[group name]``.
@@ -144,6 +144,9 @@ def share_importance(
     (from 0) in a group of ``n`` scores ``(k + 1) / n / share``. A global threshold ``t`` then
     removes about ``t * share * n`` units of each group: a group with twice the share loses twice
     the fraction of its channels. Groups with no share (or share 0) score ``+inf`` and are kept.
+    With ``cap``, the share (a fraction in (0, 1]) is also the most a group may lose: units
+    beyond ``share * n`` score ``+inf``, so a target that needs more cannot be met (the caller
+    sees :func:`~prunekit.prune.select_channels`' error) instead of emptying a group.
     """
 
     def importance(group: Group) -> torch.Tensor:
@@ -153,7 +156,10 @@ def share_importance(
         order = torch.argsort(within(group).double(), stable=True)
         rank = torch.empty(group.size, dtype=torch.float64)
         rank[order] = torch.arange(1, group.size + 1, dtype=torch.float64)
-        return rank / group.size / s
+        scores = rank / group.size / s
+        if cap:
+            scores[rank > s * group.size + 1e-9] = math.inf
+        return scores
 
     return importance
 
