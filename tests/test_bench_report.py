@@ -455,3 +455,22 @@ def test_pareto_plot_of_measured_latency(decided, tmp_path):
     assert onnx["dense baseline"]["x"] == pytest.approx([1.5])
     with Image.open(tmp_path / plot["file"]) as im:
         assert im.format == "PNG"
+
+
+def test_rows_trained_from_initialisation_are_named_with_their_epochs(records, tmp_path):
+    out = list(records)
+    for method, extra in (("snip", {"scratch_epochs": 10}), ("sfw", {"from_init_epochs": 10})):
+        for seed in (0, 1):
+            metrics = {**unstructured(0.5, seed), "at_initialisation": True, **extra}
+            out.append(record(len(out), config(method, "sparsity", 0.5, seed), metrics=metrics))
+    text = write_report(out, tmp_path / "r").markdown.read_text()
+    matrix_part = section(text, "Decision matrix")
+    assert (
+        "From the architecture's initialisation: snip pruned at initialisation, then trained 10 "
+        "epochs (the baseline's schedule); sfw trained 10 epochs from scratch itself"
+    ) in matrix_part
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "sfw trained 10 epochs from scratch itself" in html
+    # a report without such rows says nothing about it
+    plain = write_report(records, tmp_path / "p").markdown.read_text()
+    assert "From the architecture's initialisation" not in plain

@@ -40,6 +40,8 @@ ENV_KEYS = ("torch", "threads", "workers", "device")
 
 # Metrics copied from a record as they are.
 DIRECT_KEYS = (
+    "scratch_epochs",  # pruned at initialisation: epochs from there (the baseline's)
+    "from_init_epochs",  # epochs the method itself trained the network from scratch
     "acc_before",
     "acc_pruned",
     "acc_finetuned",
@@ -591,6 +593,38 @@ def env_text(table: Table) -> str:
     )
 
 
+def from_init_text(table: Table) -> str:
+    """Which rows trained the network from the architecture's initialisation, and how many
+    epochs (so a reader sees the budget behind them); empty when none did."""
+    at_init: dict[str, float] = {}
+    own: dict[str, float] = {}
+    for row in table.rows:
+        for key, into in (("scratch_epochs", at_init), ("from_init_epochs", own)):
+            if (stat := row.stats.get(key)) is not None:
+                into[row.label] = max(into.get(row.label, 0.0), stat.mean)
+    parts = []
+    if at_init:
+        names = ", ".join(sorted(at_init))
+        epochs = "/".join(sorted({f"{v:g}" for v in at_init.values()}))
+        parts.append(
+            f"{names} pruned at initialisation, then trained {epochs} epochs (the baseline's "
+            "schedule)"
+        )
+    if own:
+        parts.append(
+            "; ".join(
+                f"{k} trained {v:g} epochs from scratch itself" for k, v in sorted(own.items())
+            )
+        )
+    if not parts:
+        return ""
+    return (
+        "From the architecture's initialisation: "
+        + "; ".join(parts)
+        + "; every row then gets the same fine-tuning."
+    )
+
+
 def schedule_text(table: Table) -> str:
     s = table.schedule
     parts = [f"{k.replace('_', ' ')} {s[k]}" for k in SCHEDULE_KEYS if k in s]
@@ -671,6 +705,8 @@ def render_markdown(
         m = matrix(table)
         base = table.baseline.format(2) if table.baseline else "-"
         parts += [f"### Matrix: {md_cell(table.title)}", "", f"Dense baseline top-1: {base}.", ""]
+        if note := from_init_text(table):
+            parts += [md_cell(note), ""]
         parts += [matrix_md(m), ""]
         parts += ["prunekit's best against the peers' best:", ""]
         parts += [md_table(VERSUS_HEADERS, versus_cells(versus(m))), ""]
@@ -762,6 +798,7 @@ def render_html(
         out += [
             f"<h3>Matrix: {esc(table.title)}</h3>",
             f'<p class="meta">Dense baseline top-1: {esc(base)}.</p>',
+            f'<p class="meta">{esc(from_init_text(table))}</p>',
             matrix_html(m),
             "<p>prunekit's best against the peers' best:</p>",
             html_table(VERSUS_HEADERS, versus_cells(versus(m)), text_cols=2),
