@@ -135,6 +135,7 @@ class Context:
         *,
         name: str,
         callbacks: Sequence[Callback] = (),
+        optimizer: str = "sgd",
         momentum: float = 0.9,
         nesterov: bool = False,
         weight_decay: float = 5e-4,
@@ -145,7 +146,8 @@ class Context:
     ) -> TrainResult:
         """Train ``model`` in place on the training set: the one way a method trains.
 
-        :func:`prunekit.train.fit` with SGD (``momentum``, ``weight_decay``), the learning-rate
+        :func:`prunekit.train.fit` with SGD (``momentum``, ``weight_decay``; ``optimizer="adam"``
+        for Adam, where a paper's official code uses it), the learning-rate
         ``schedule`` peaking at ``lr``, the run's batch size and ``seed`` (default: the run's);
         the masks on the model stay attached, so pruned weights stay zero. ``loss(x, logits,
         labels)``, when given, is the per-sample loss in place of cross-entropy (fit's).
@@ -168,6 +170,7 @@ class Context:
         config = TrainConfig(
             epochs=epochs,
             batch_size=self.batch_size,
+            optimizer=optimizer,
             lr=lr,
             momentum=momentum,
             nesterov=nesterov,

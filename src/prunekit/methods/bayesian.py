@@ -39,9 +39,13 @@ Algorithm, as this method runs it:
 
 Defaults and their sources:
 
-* ``epochs`` 1, ``lr`` 0.01, ``momentum`` 0.9, ``schedule`` constant: prunekit (the official
-  example trains with Adam, lr 1e-3, for 5 epochs from scratch; here a trained model is turned
-  into the posterior's mean and trained briefly with the run's SGD).
+* ``optimizer`` Adam, ``lr`` 1e-3, ``epochs`` 5, ``schedule`` constant: official ``example.py``
+  (``optim.Adam(model.parameters())`` at its default rate, ``--epochs 5``, no schedule). Adam
+  matters here: the KL term enters the per-sample loss divided by the training-set size, so its
+  gradient on a group's ``log alpha`` is about ``1e-4`` and plain SGD at any usable rate leaves
+  ``log alpha`` where it was initialised (the groups would then be ranked mostly by the noise of
+  their initialisation); Adam's normalised steps move it by about ``lr`` per
+  step in the direction the bound asks. ``momentum`` 0.9 applies when ``optimizer="sgd"``.
 * ``weight_decay`` 0: official ``example.py`` (Adam without weight decay; the KL's ``mu^2``
   term is the regulariser).
 * ``kl_weight`` 1: official ``example.py`` (``discrimination_error + kl_divergence / N``).
@@ -54,7 +58,9 @@ Deviations: the target sparsity replaces the official per-layer thresholds on ``
 (``example.py``: -2.8, -3, -5) and weights of high dropout rate complete a group count that
 stops short of it; biases are point estimates (the official layers give them a variance too);
 the official conv file writes the weights' KL with ``logvar`` taken as a log standard
-deviation, here both layer kinds use the paper's Eq. 8; the run's SGD replaces Adam; a kept
+deviation, here both layer kinds use the paper's Eq. 8; training starts from the given trained
+weights (the official example trains from scratch); the official clipping of the first
+layer's weight variances (``clip_var`` 0.04) is not applied; a kept
 weight that rounds to 0 takes the grid's smallest non-zero value of its sign (so the grid
 does not prune); protected layers are quantised but not pruned.
 
@@ -79,6 +85,7 @@ from prunekit.masks.engine import prunable_layers, weight_name
 from prunekit.methods.base import Context, Method, SparsityReport, count_nonzero, register_method
 from prunekit.methods.fine_grained import covered_sparsity, target_sparsity, targets
 from prunekit.methods.options import SHARED, Options, option
+from prunekit.train.config import OPTIMIZERS
 
 # Molchanov et al. 2017, Eq. 14 (official BayesianLayers.py kl_divergence)
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
@@ -255,20 +262,27 @@ def prune_by_dropout(
 @dataclass(frozen=True)
 class BayesianOptions(Options):
     epochs: int = option(
-        1,
-        help="epochs of variational training",
-        source="prunekit (official example.py: 5 epochs with Adam from scratch)",
-        low=0,
+        5, help="epochs of variational training", source="official example.py (--epochs 5)", low=0
+    )
+    optimizer: str = option(
+        "adam",
+        help="adam or sgd for the variational training",
+        source="official example.py (optim.Adam(model.parameters()))",
+        choices=OPTIMIZERS,
     )
     lr: float = option(
-        0.01,
+        1e-3,
         help=SHARED["lr"],
-        source="prunekit (the run's SGD; official example.py uses Adam at 1e-3)",
+        source="official example.py (Adam's default rate, 1e-3)",
         low=0,
         low_open=True,
     )
     momentum: float = option(
-        0.9, help=SHARED["momentum"], source="prunekit (the usual SGD setting)", low=0, high=1
+        0.9,
+        help=SHARED["momentum"] + " (sgd only)",
+        source="prunekit (the usual SGD setting)",
+        low=0,
+        high=1,
     )
     weight_decay: float = option(
         0.0,
@@ -353,6 +367,7 @@ class BayesianCompression(Method):
                 opts.epochs,
                 opts.lr,
                 name="variational",
+                optimizer=opts.optimizer,
                 momentum=opts.momentum,
                 weight_decay=opts.weight_decay,
                 schedule=opts.schedule,
