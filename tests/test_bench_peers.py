@@ -25,6 +25,7 @@ from prunekit.measure import count_flops, count_params
 from prunekit.models import create
 
 PEERS = ["peer:tp_l2", "peer:tp_taylor", "peer:tp_lamp", "peer:tp_bn", "peer:tp_random"]
+UNSTRUCTURED_PEERS = ["peer:torch_l1"]
 
 
 @dataclasses.dataclass
@@ -65,11 +66,12 @@ def flops(model: nn.Module, shape: tuple[int, ...]) -> int:
 
 
 def test_peers_are_registered_apart_from_prunekit_methods() -> None:
-    assert set(peers.BASELINES.names()) == {*PEERS, "ref:width_scaled"}
+    assert set(peers.BASELINES.names()) == {*PEERS, *UNSTRUCTURED_PEERS, "ref:width_scaled"}
     for pid in peers.BASELINES.names():
         with pytest.raises(PrunekitError):
             methods.get(pid)
-        assert peers.method_type(pid) == "S"
+        assert peers.method_type(pid) == ("U" if pid in UNSTRUCTURED_PEERS else "S")
+    assert peers.method_kind("peer:torch_l1") == "peer"
     assert {peers.method_kind(p) for p in PEERS} == {"peer"}
     assert peers.method_kind("ref:width_scaled") == "reference"
     assert peers.method_kind("sfp") == "prunekit"
@@ -288,6 +290,49 @@ def test_spec_options_expand_into_runs() -> None:
     ):
         with pytest.raises(ConfigError, match=match):
             parse_spec({**spec, **bad}, source="p.yaml")
+
+
+def test_torch_peer_zeroes_the_globally_smallest_weights_by_hand(tmp_path: Path) -> None:
+    # |w| of a 1x1 conv: 2, 4, 6, 8; of a Linear: 1, 3, 5, 7. At 50% one global L1 threshold
+    # zeroes the four smallest, 1, 2, 3, 4: the conv's first filter and the Linear's first row
+    # (a per-layer rule would zero half of each layer alike); the biases stay
+    model = nn.Sequential(nn.Conv2d(2, 2, 1), nn.Flatten(), nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([2.0, -4.0, 6.0, -8.0]).reshape(2, 2, 1, 1))
+        model[2].weight.copy_(torch.tensor([[1.0, -3.0], [5.0, -7.0]]))
+        model[0].bias.fill_(0.5)
+    data = random_data(8, shape=(2, 1, 1), classes=2)
+    setup = FakeSetup(model, data, data, (2, 1, 1))
+    cfg = workflow.PruneConfig(model="m", data="random", target_sparsity=0.5, batch_size=4)
+    report = peers.pruner("peer:torch_l1", cfg, {})(setup)
+    assert report.sparsity == 0.5 and report.nonzero_after == 4
+    from prunekit import masks
+
+    got = {n: m.data.tolist() for n, m in masks.get_masks(model).items()}
+    assert got["0.weight"] == [[[[False]], [[False]]], [[[True]], [[True]]]]
+    assert got["2.weight"] == [[False, False], [True, True]]
+    assert not any(hasattr(m, "weight_orig") for m in model.modules())  # torch's reparam gone
+    assert torch.equal(model[0].bias, torch.full((2,), 0.5))
+    with pytest.raises(ConfigError, match="peer:torch_l1 zeroes weights: give it a sparsity"):
+        peers.pruner("peer:torch_l1", config(), {})(conv_bn_setup())
+
+
+def test_spec_gives_the_torch_peer_sparsity_targets_only() -> None:
+    spec = parse_spec(
+        {
+            "name": "u",
+            "models": ["lenet5"],
+            "datasets": ["digits"],
+            "methods": ["magnitude", "peer:torch_l1", "peer:tp_l2"],
+            "targets": {"sparsity": [0.5, 0.8], "flops": [0.5]},
+            "seeds": [0],
+        }
+    )
+    runs = {(r.method, r.target_kind, r.target) for r in expand(spec)}
+    assert ("peer:torch_l1", "sparsity", 0.8) in runs and ("peer:tp_l2", "flops", 0.5) in runs
+    assert not any(m == "peer:torch_l1" and kind == "flops" for m, kind, _ in runs)
+    config = next(r for r in expand(spec) if r.method == "peer:torch_l1").prune_config()
+    assert config.method is None and config.target() == {"target_sparsity": 0.5}
 
 
 def test_runner_runs_peers_references_and_several_baselines(

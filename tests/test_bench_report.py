@@ -383,7 +383,7 @@ def test_matrix_marks_the_best_and_results_inside_the_spread(decided, tmp_path):
         "*prunekit methods*",
         "sfp",
         "sfp (distilled T=4 alpha=0.9)",
-        "*peers: Torch-Pruning criteria (not prunekit)*",
+        "*peers: other libraries' criteria (not prunekit)*",
         "peer:tp_l2",
         "*references (not prunekit)*",
         "ref:width_scaled",

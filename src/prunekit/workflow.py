@@ -554,7 +554,13 @@ class PruneConfig:
         """The one target of the run: ``target_sparsity`` for an unstructured method (type U in
         the catalogue), else ``target_params`` or ``target_flops``; a target that does not fit
         the method's type is refused."""
-        unstructured = self.method is not None and _method_type(self.method) == "U"
+        # a run without a method and with a sparsity target is a peer's (its pruning function
+        # is passed to run_pruning); a criterion run of the CLI is refused in _prune
+        unstructured = (
+            _method_type(self.method) == "U"
+            if self.method is not None
+            else self.target_sparsity is not None
+        )
         if unstructured:
             if self.target_sparsity is None:
                 raise ConfigError(
@@ -728,6 +734,11 @@ def _prune(config: PruneConfig, setup: Setup, progress: bool, work_dir: Path | N
     from prunekit.prune import prune_channels
 
     example = setup.example_input()
+    if config.method is None and config.target_sparsity is not None:
+        raise ConfigError(
+            "--target-sparsity is for unstructured methods (prunekit methods --type U); "
+            "structured pruning takes --target-flops or --target-params"
+        )
     if config.method is None:
         return prune_channels(
             setup.model,

@@ -9,6 +9,12 @@
   picks are then removed by prunekit's graph (the same surgery, so the pruned model saves,
   loads and is measured like every other). They need the ``bench`` extra
   (``pip install 'prunekit[bench]'``); a spec naming one without it fails at validation.
+* **The unstructured peer** (``peer:torch_l1``): what a user of PyTorch itself does,
+  ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` over every conv and
+  Linear weight, ``amount`` the run's sparsity (the PyTorch pruning tutorial's global
+  pruning). The masks it computes then become prunekit's masks (its reparametrization is
+  removed), so the runner fine-tunes, finalises and measures the model like every other.
+  Needs nothing beyond torch.
 * **References** (``ref:...``): ``ref:width_scaled`` is the dense network made uniformly
   narrower to the same FLOPs or params and trained from scratch with the baseline's schedule,
   then given the same fine-tuning as the pruned networks (Liu et al., "Rethinking the Value of
@@ -75,6 +81,7 @@ class Baseline:
     title: str
     source: str
     prune: Callable[[Baseline, _Job], Any]
+    type: str = "S"  # "S": meets a FLOPs or params target; "U": a weight sparsity
     requires: str | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -141,10 +148,10 @@ def get(method_id: str) -> Baseline:
 
 
 def method_type(method_id: str) -> str:
-    """Catalogue type of a run's method: ``"S"`` for every peer and reference (they remove
-    channels), else the catalogue's."""
+    """Catalogue type of a run's method: a peer's or reference's own (``"S"``: it removes
+    channels; ``"U"``: it zeroes weights), else the catalogue's."""
     if is_baseline(method_id):
-        return "S"
+        return BASELINES.get(method_id).type if method_id in BASELINES else "S"
     from prunekit import methods
 
     return methods.entry(method_id).type
@@ -174,7 +181,7 @@ class _Job:
 
     @property
     def target(self) -> tuple[str, float]:
-        """``("flops" | "params", fraction removed)``."""
+        """``("flops" | "params" | "sparsity", fraction removed)``."""
         ((key, value),) = self.config.target().items()
         return key.removeprefix("target_"), float(value)
 
@@ -473,5 +480,51 @@ BASELINES.add(
         title="uniform width scaling, trained from scratch",
         source="Liu et al., Rethinking the Value of Network Pruning (ICLR 2019)",
         prune=_width_scaled,
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------- torch
+
+
+def _torch_l1(baseline: Baseline, job: _Job) -> Any:
+    """``torch.nn.utils.prune.global_unstructured(L1Unstructured)`` over every conv and Linear
+    weight to the run's sparsity; its masks are moved to prunekit's (the same zeros)."""
+    from torch.nn.utils import prune as torch_prune
+
+    from prunekit import masks
+    from prunekit.masks.engine import prunable_layers, weight_name
+    from prunekit.methods.base import SparsityReport, count_nonzero
+
+    model = job.setup.model
+    kind, fraction = job.target
+    if kind != "sparsity":
+        raise ConfigError(f"{baseline.id} zeroes weights: give it a sparsity target, not {kind}")
+    if masks.get_masks(model):
+        raise ConfigError(f"{baseline.id} starts from a dense model; this one carries masks")
+    before = count_nonzero(model)
+    layers = prunable_layers(model)
+    torch_prune.global_unstructured(
+        [(m, "weight") for m in layers.values()],
+        pruning_method=torch_prune.L1Unstructured,
+        amount=fraction,
+    )
+    found = {}
+    for name, module in layers.items():
+        found[weight_name(name)] = masks.Mask(module.weight_mask.detach().bool().clone())
+        torch_prune.remove(module, "weight")  # the weight keeps its zeros, as a plain tensor
+    masks.apply_masks(model, found)
+    return SparsityReport.measure(model, before)
+
+
+BASELINES.add(
+    "peer:torch_l1",
+    Baseline(
+        id="peer:torch_l1",
+        kind="peer",
+        title="torch.nn.utils.prune global L1",
+        source="torch.nn.utils.prune.global_unstructured(pruning_method=L1Unstructured)",
+        prune=_torch_l1,
+        type="U",
     ),
 )

@@ -327,7 +327,7 @@ def unfinished(records: Sequence[RunRecord]) -> list[Unfinished]:
 
 KIND_TITLES = {
     "prunekit": "prunekit methods",
-    "peer": "peers: Torch-Pruning criteria (not prunekit)",
+    "peer": "peers: other libraries' criteria (not prunekit)",
     "reference": "references (not prunekit)",
 }
 LEVEL_MARK = "≈"
