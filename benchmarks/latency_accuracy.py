@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -38,6 +39,7 @@ import torch
 
 from latency_budget import interleaved
 from prunekit import workflow
+from prunekit.io import atomic_write_json
 from prunekit.measure import count_flops
 from prunekit.persist import load
 
@@ -78,10 +80,15 @@ def one_seed(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]
         return metrics, load(metrics["pruned_model_file"]).eval()
 
     by_flops, flops_model = run("flops", scope="layer", target_flops=args.target_flops)
-    first = interleaved(
-        {"dense": dense, "flops": flops_model}, x, args.rounds, args.min_run_time, args.clock
-    )
-    goal = 1.0 - first["flops"] / first["dense"]
+    goal_file = work / "latency_goal.json"  # measured once: a resumed run aims at the same goal
+    if goal_file.exists():
+        goal = float(json.loads(goal_file.read_text())["goal"])
+    else:
+        first = interleaved(
+            {"dense": dense, "flops": flops_model}, x, args.rounds, args.min_run_time, args.clock
+        )
+        goal = 1.0 - first["flops"] / first["dense"]
+        atomic_write_json({"goal": goal}, goal_file)
     print(f"[{name} seed {seed}] FLOPs-targeted removes {goal:.3f} of the latency", flush=True)
     goal_ = min(max(goal, 0.01), 0.95)
     by_global, global_model = run("latency", scope="global", target_latency=goal_)
