@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit import criteria, measure
+from prunekit import criteria, measure, workflow
 from prunekit.errors import ConfigError, UnknownNameError
 from prunekit.models import create
 
@@ -160,3 +160,29 @@ def test_unknown_criterion_lists_known() -> None:
 def test_unreachable_target_fails_clearly() -> None:
     with pytest.raises(ConfigError, match="cannot reach target_params"):
         prunekit.prune_channels(TwoConv(), torch.randn(1, 1, 3, 3), target_params=0.95)
+
+
+def test_max_ratio_caps_what_a_global_selection_takes_from_one_layer() -> None:
+    # group a: 8 filters of norm 0.1..0.8; group b: 8 filters of norm 10..17. Global scope on
+    # raw scores (normalize=False) takes a's eight first; with max_ratio 0.5 at most four go
+    model = nn.Sequential(nn.Conv2d(1, 8, 1, bias=False), nn.ReLU(), nn.Conv2d(8, 8, 1, bias=False))
+    model.append(nn.Conv2d(8, 2, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.arange(1.0, 9.0).view(8, 1, 1, 1) / 10)
+        model[2].weight.copy_(torch.diag(torch.arange(10.0, 18.0)).view(8, 8, 1, 1))
+    graph = prunekit.graph.build(model.eval(), torch.randn(1, 1, 2, 2))
+    a, b = (g.name for g in graph.groups)
+    free = prunekit.prune.select_channels(
+        graph, ratio=0.5, scope="global", importance="l1", normalize=False
+    )
+    assert len(free[a]) == 7 and len(free.get(b, [])) == 1  # a keeps its one last channel
+    capped = prunekit.prune.select_channels(
+        graph, ratio=0.5, scope="global", importance="l1", normalize=False, max_ratio=0.5
+    )
+    assert capped[a] == [0, 1, 2, 3] and capped[b] == [0, 1, 2, 3]  # the lowest of each
+    with pytest.raises(ConfigError, match="max_ratio must be a fraction in"):
+        prunekit.prune.select_channels(graph, ratio=0.5, max_ratio=0.0)
+    with pytest.raises(ConfigError, match="max_ratio must be a fraction in"):
+        workflow.PruneConfig(model="lenet5", max_ratio=1.5).validate()
+    with pytest.raises(ConfigError, match="max_ratio applies to criterion runs"):
+        workflow.PruneConfig(model="lenet5", method="fpgm", max_ratio=0.5).validate()

@@ -80,9 +80,11 @@ class _Selector:
         normalize: bool = True,
         snap: Any = None,
         unit_cost: dict[str, float] | None = None,
+        max_ratio: float = 1.0,
     ) -> None:
         self.graph = graph
         self.round_to = round_to
+        self.max_ratio = max_ratio  # the most of a group's units that may go
         self.snap = snap  # (group, kept width) -> the width kept instead (a latency knee)
         self.unit_cost = unit_cost  # global order: score per ms a unit of the group saves
         self.scores = scores
@@ -115,7 +117,8 @@ class _Selector:
 
     def min_keep(self, g: Group) -> int:
         r = self.round_to or 1
-        return min(g.size, r)
+        floor = math.ceil((1.0 - self.max_ratio) * g.size - 1e-9)
+        return min(g.size, max(r, floor))
 
     def _rounded(self, g: Group, n_remove: int) -> int:
         n_remove = max(0, min(n_remove, self.max_remove(g)))
@@ -181,6 +184,7 @@ def prune_channels(
     importance: str | criteria.Criterion = "l1",
     ignore: Iterable[str | nn.Module] = (),
     round_to: int | None = None,
+    max_ratio: float = 1.0,
 ) -> PruneReport:
     """Remove channels of ``model`` in place and return what changed.
 
@@ -193,8 +197,10 @@ def prune_channels(
     ``latency`` holds the predicted and the measured figures). ``importance`` names a criterion (``prunekit.criteria.list_criteria()``) or is
     a callable ``group -> scores``; lowest scores go first. With ``scope="global"`` scores are
     divided by their group's mean so groups compare. ``round_to`` keeps every group's width a
-    multiple of it. Protected layers (the model's ``protected_layers``) and ``ignore`` layers keep
-    their output channels; every group keeps at least one channel.
+    multiple of it. ``max_ratio`` is the largest fraction of any group's channels removed (a
+    global or latency-per-millisecond ranking otherwise may empty a layer). Protected layers
+    (the model's ``protected_layers``) and ``ignore`` layers keep their output channels; every
+    group keeps at least one channel.
     """
     graph = build(model, example_inputs, ignore=ignore)
     dense = graph.plan([])
@@ -212,6 +218,7 @@ def prune_channels(
         scope=scope,
         importance=importance,
         round_to=round_to,
+        max_ratio=max_ratio,
     )
     report = remove_selected(graph, picks, dense)
     _warn_if_short(report, ratio, target_flops, target_params or target_latency)
@@ -288,6 +295,7 @@ def select_channels(
     round_to: int | None = None,
     normalize: bool = True,
     tolerance: float = TOLERANCE,
+    max_ratio: float = 1.0,
 ) -> dict[str, list[int]]:
     """Which channels of each group :func:`prune_channels` would remove, without removing them:
     ``{group name: indices}``. Soft-pruning methods zero these (``group.zero``) and let training
@@ -303,7 +311,9 @@ def select_channels(
     :func:`_meet_latency`); where no selection lands within the tolerance (knees are coarse),
     the closest one removing more than asked is taken. In global scope each unit's (normalised)
     score is divided by the latency a unit of its group saves, so the units that cost the least
-    importance per millisecond go first."""
+    importance per millisecond go first. ``max_ratio``: the largest fraction of any group's
+    channels that may go (Torch-Pruning's ``max_pruning_ratio``), so a global selection cannot
+    empty a layer whose units look cheap; 1.0 leaves one channel as the only floor."""
     given = [
         k
         for k, v in (
@@ -325,6 +335,8 @@ def select_channels(
         raise ConfigError(f"scope must be 'layer' or 'global', got {scope!r}")
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise ConfigError(f"round_to must be a positive int, got {round_to!r}")
+    if not (isinstance(max_ratio, (int, float)) and 0 < max_ratio <= 1):
+        raise ConfigError(f"max_ratio must be a fraction in (0, 1], got {max_ratio!r}")
     criterion = criteria.get(importance)
     scores = {g.name: criterion(g).double() for g in graph.groups}
     for g in graph.groups:
@@ -342,9 +354,17 @@ def select_channels(
 
             predictor = LatencyMeter.of(latency).predictor(graph)
         cost = predictor.unit_costs() if scope == "global" else None
-        sel = _Selector(graph, scores, round_to, normalize, snap=predictor.snap, unit_cost=cost)
+        sel = _Selector(
+            graph,
+            scores,
+            round_to,
+            normalize,
+            snap=predictor.snap,
+            unit_cost=cost,
+            max_ratio=max_ratio,
+        )
         return _meet_latency(graph, sel, scope, target, tolerance, predictor)
-    sel = _Selector(graph, scores, round_to, normalize)
+    sel = _Selector(graph, scores, round_to, normalize, max_ratio=max_ratio)
     total_units = sum(g.size for g in graph.groups)
     if ratio is not None:
         ratio = _check_fraction("ratio", ratio, allow_zero=True)

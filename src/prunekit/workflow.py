@@ -526,6 +526,13 @@ class PruneConfig:
         default=None,
         metadata={"help": "keep every pruned width a multiple of N (criterion runs)"},
     )
+    max_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "the largest fraction of any layer's channels removed (criterion runs; "
+            "default: all but one)"
+        },
+    )
     search_budget: str | None = field(
         default=None,
         metadata={
@@ -627,6 +634,12 @@ class PruneConfig:
         finetune_config(self)  # TrainConfig checks epochs, batch size, lr and seed
         self.target_object()
         options = self.options()
+        if self.max_ratio is not None and not (
+            isinstance(self.max_ratio, (int, float))
+            and not isinstance(self.max_ratio, bool)
+            and 0 < self.max_ratio <= 1
+        ):
+            raise ConfigError(f"max_ratio must be a fraction in (0, 1], got {self.max_ratio!r}")
         if self.method is None:
             from prunekit import criteria
 
@@ -637,6 +650,12 @@ class PruneConfig:
             from prunekit import methods
 
             methods.get(self.method).resolve(options)
+            for name in ("round_to", "max_ratio"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        f"{name} applies to criterion runs; method {self.method!r} chooses its "
+                        "own widths"
+                    )
 
     def settings(self) -> dict[str, Any]:
         """What defines a pruning run's results: every field, the data folder as an absolute
@@ -746,11 +765,8 @@ def _prune(config: PruneConfig, setup: Setup, progress: bool, work_dir: Path | N
             importance=config.importance,
             scope=config.scope,
             round_to=config.round_to,
+            max_ratio=1.0 if config.max_ratio is None else config.max_ratio,
             **config.target_object().as_dict(),
-        )
-    if config.round_to is not None:
-        raise ConfigError(
-            f"round_to applies to criterion runs; method {config.method!r} chooses its own widths"
         )
     method = methods.get(config.method)  # a planned method is refused, never replaced
     ctx = methods.Context(
