@@ -9,7 +9,8 @@ For each model and seed, on a real data set (default: ResNet-20 and MobileNetV2 
    rounds, batch 1, one thread, torch) becomes the goal of the **latency-targeted** runs: the
    same criterion, ``target_latency=L`` (the per-layer latency table, widths on its knees,
    verified on the pruned copy), the same fine-tuning, in layer scope (one ratio, widths
-   snapped to the knees) and in global scope (normalised L1 per millisecond a unit saves).
+   snapped to the knees) and in global scope (normalised L1 per millisecond a unit saves),
+   without and with ``--max-ratio`` (the most of any layer's channels a run may remove).
 4. The dense and the three pruned models are timed again in interleaved rounds, so a load
    change on the machine hits all of them.
 
@@ -93,11 +94,29 @@ def one_seed(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]
     goal_ = min(max(goal, 0.01), 0.95)
     by_global, global_model = run("latency", scope="global", target_latency=goal_)
     by_layer, layer_model = run("latency-layer", scope="layer", target_latency=goal_)
-    models = {"dense": dense, "flops": flops_model, "layer": layer_model, "global": global_model}
+    by_capped, capped_model = run(
+        f"latency-global-max{args.max_ratio:g}",
+        scope="global",
+        target_latency=goal_,
+        max_ratio=args.max_ratio,
+    )
+    models = {
+        "dense": dense,
+        "flops": flops_model,
+        "layer": layer_model,
+        "global": global_model,
+        "capped": capped_model,
+    }
     final = interleaved(models, x, args.rounds, args.min_run_time, args.clock)
     macs = {k: count_flops(m, x).macs for k, m in models.items()}
     out = {"goal": goal, "dense_acc": by_flops["acc_before"]}
-    for key, metrics in (("flops", by_flops), ("layer", by_layer), ("global", by_global)):
+    runs = (
+        ("flops", by_flops),
+        ("layer", by_layer),
+        ("global", by_global),
+        ("capped", by_capped),
+    )
+    for key, metrics in runs:
         speed = final["dense"] / final[key]
         reduction = macs["dense"] / macs[key]
         out |= {
@@ -122,6 +141,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--min-run-time", type=float, default=0.5)
     p.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
+    p.add_argument("--max-ratio", type=float, default=0.5, help="of the capped global run")
     p.add_argument("--work", default="runs/latency-accuracy", help="baselines and run folders")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args()
@@ -147,6 +167,7 @@ def main() -> None:
             ("flops", f"FLOPs-targeted ({args.target_flops:g}), layer scope"),
             ("layer", "latency-targeted at the FLOPs model's latency, layer scope"),
             ("global", "latency-targeted at the FLOPs model's latency, global scope"),
+            ("capped", f"the same, global scope, max_ratio {args.max_ratio:g}"),
         ):
             lines.append(
                 "| "
