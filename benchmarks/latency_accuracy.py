@@ -74,11 +74,16 @@ def one_seed(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]
     dense = trained.setup.model.eval()
 
     def run(label: str, **target: object) -> tuple[dict, torch.nn.Module]:
-        config = workflow.PruneConfig(**{**base.__dict__, **target})
-        metrics = workflow.run_pruning(
-            config, out=work / label, baseline=trained, latency=False, progress=False
-        )
-        return metrics, load(metrics["pruned_model_file"]).eval()
+        folder = work / label
+        if (folder / "metrics.json").exists():  # finished: a latency-targeted prune measures,
+            # so pruning again could pick other widths than the fine-tuned model has
+            metrics = json.loads((folder / "metrics.json").read_text())
+        else:
+            config = workflow.PruneConfig(**{**base.__dict__, **target})
+            metrics = workflow.run_pruning(
+                config, out=folder, baseline=trained, latency=False, progress=False
+            )
+        return metrics, load(folder / "pruned.pt").eval()
 
     by_flops, flops_model = run("flops", scope="layer", target_flops=args.target_flops)
     goal_file = work / "latency_goal.json"  # measured once: a resumed run aims at the same goal
