@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -186,3 +189,18 @@ def test_max_ratio_caps_what_a_global_selection_takes_from_one_layer() -> None:
         workflow.PruneConfig(model="lenet5", max_ratio=1.5).validate()
     with pytest.raises(ConfigError, match="max_ratio applies to criterion runs"):
         workflow.PruneConfig(model="lenet5", method="fpgm", max_ratio=0.5).validate()
+
+
+def test_a_global_selection_that_nearly_empties_a_layer_says_so() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 8, 1, bias=False), nn.ReLU(), nn.Conv2d(8, 8, 1, bias=False))
+    model.append(nn.Conv2d(8, 2, 1, bias=False))
+    with torch.no_grad():  # seven tiny filters and one large in the first layer: divided by
+        # their layer's mean, the seven score far below every filter of the second layer
+        model[0].weight.copy_(torch.tensor([0.01] * 7 + [10.0]).view(8, 1, 1, 1))
+        model[2].weight.copy_(torch.diag(torch.arange(10.0, 18.0)).view(8, 8, 1, 1))
+    x = torch.randn(1, 1, 2, 2)
+    with pytest.warns(UserWarning, match=r"nearly emptied 1 layer\(s\): 0 \(1 of 8 left\)"):
+        prunekit.prune_channels(copy.deepcopy(model), x, ratio=0.5, scope="global")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # capped: no warning
+        prunekit.prune_channels(model, x, ratio=0.5, scope="global", max_ratio=0.5)

@@ -222,7 +222,32 @@ def prune_channels(
     )
     report = remove_selected(graph, picks, dense)
     _warn_if_short(report, ratio, target_flops, target_params or target_latency)
+    if scope == "global" and max_ratio > COLLAPSE:
+        _warn_if_collapsed(report)
     return report
+
+
+COLLAPSE = 0.9  # a layer left with at most 1 - this of its channels (or one) has collapsed
+
+
+def _warn_if_collapsed(report: PruneReport) -> None:
+    """Name the layers a global selection nearly emptied (one channel left, or at most
+    ``1 - COLLAPSE`` of them): a network through such a layer rarely recovers, and
+    ``max_ratio`` prevents it."""
+    gone = [
+        g
+        for g in report.groups
+        if g.before > 1 and g.after <= max(1.0, (1.0 - COLLAPSE) * g.before)
+    ]
+    if not gone:
+        return
+    shown = ", ".join(f"{g.name} ({g.after} of {g.before} left)" for g in gone[:5])
+    more = f" and {len(gone) - 5} more" if len(gone) > 5 else ""
+    warnings.warn(
+        f"the global selection nearly emptied {len(gone)} layer(s): {shown}{more}; "
+        "max_ratio (--max-ratio) caps the fraction of any layer removed",
+        stacklevel=3,
+    )
 
 
 _EXPECTED = ("model input", "model output", "protected layer", "ignored layer")
