@@ -264,8 +264,8 @@ def test_nm_keeps_n_largest_of_every_m() -> None:
 
 
 def test_nm_target_must_match_and_odd_layers_are_skipped() -> None:
-    with pytest.raises(ConfigError, match=r"target_sparsity=0\.5"):
-        methods.get("nm_sparsity").prune(_ctx(_convnet(4), _images(channels=4), 0.6))
+    with pytest.raises(ConfigError, match=r"target_sparsity=0\.5"):  # 2:4 set, 0.6 asked
+        methods.get("nm_sparsity").prune(_ctx(_convnet(4), _images(channels=4), 0.6, n=2, m=4))
     method = methods.get("nm_sparsity")
     method.prune(_ctx(_convnet(3), _images(), 0.75, n=1, m=4))
     assert method.skipped == ["0.weight"]  # 3 input channels
@@ -273,6 +273,33 @@ def test_nm_target_must_match_and_odd_layers_are_skipped() -> None:
     data = TensorDataset(torch.randn(4, 6), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ConfigError, match=r"divisible by m=4 \(input sizes: 6\)"):
         methods.get("nm_sparsity").prune(_ctx(layer, data, 0.75, n=1, m=4))
+
+
+def test_nm_pattern_follows_the_target_when_unset() -> None:
+    from prunekit.methods.nm_sparsity import pattern_for
+
+    # the smallest M from 4 up with (1 - s) * M whole
+    assert pattern_for(0.5, None, None) == (2, 4)
+    assert pattern_for(0.75, None, None) == (1, 4)
+    assert pattern_for(0.8, None, None) == (1, 5)
+    assert pattern_for(0.9, None, None) == (1, 10)
+    assert pattern_for(0.95, None, None) == (1, 20)
+    assert pattern_for(0.7, None, None) == (3, 10)
+    assert pattern_for(0.75, None, 8) == (2, 8) and pattern_for(0.75, 2, None) == (2, 8)
+    assert pattern_for(0.5, 2, 4) == (2, 4)
+    with pytest.raises(ConfigError, match=r"no N makes N:3 keep 0\.5"):
+        pattern_for(0.5, None, 3)
+    with pytest.raises(ConfigError, match="no N:M pattern with M <= 128"):
+        pattern_for(0.123456, None, None)
+    # through the method: 1:5 at 80%, the largest of every five kept
+    layer = nn.Linear(10, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -5.0, 3.0, 2.0, 0.1, -0.2, 4.0, -3.0, 0.5, 0.3]]))
+    data = TensorDataset(torch.randn(4, 10), torch.zeros(4, dtype=torch.long))
+    method = methods.get("nm_sparsity")
+    report = method.prune(_ctx(layer, data, 0.8))
+    assert method.pattern == (1, 5) and report.sparsity == 0.8
+    assert layer.weight.tolist() == [[0.0, -5.0, 0.0, 0.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0]]
 
 
 def test_nm_end_to_end() -> None:

@@ -2,8 +2,12 @@
 sparsity"; the 2:4 pattern sparse tensor cores accelerate).
 
 In every group of ``m`` consecutive input weights (along the input-channel axis, at each
-kernel position) the ``n`` largest magnitudes are kept (options ``n`` 2, ``m`` 4). The
-sparsity is then ``1 - n/m`` in every pruned layer; a different ``target_sparsity`` is refused.
+kernel position) the ``n`` largest magnitudes are kept. The sparsity is then ``1 - n/m`` in
+every pruned layer. Options ``n`` and ``m`` left unset follow the target: the smallest ``m``
+from 4 up for which ``(1 - target) * m`` is a whole ``n`` (2:4 at 50%, the pattern sparse
+tensor cores accelerate; 1:4 at 75%, 1:5 at 80%, 1:10 at 90%, 1:20 at 95%), as the N:M
+literature sweeps patterns by their density; set, they must give the target, and a different
+``target_sparsity`` is refused.
 Layers whose input size is not divisible by ``m`` are left dense, logged, and listed in the
 method's ``skipped`` attribute; the overall sparsity is then below ``1 - n/m``.
 """
@@ -28,13 +32,52 @@ log = logging.getLogger(__name__)
 _AMPERE = "the 2:4 pattern of sparse tensor cores (Mishra et al. 2021, NVIDIA ASP)"
 
 
+_DERIVED = f"prunekit: None follows the target (2:4 at 50%, {_AMPERE})"
+LARGEST_M = 128
+
+
+def pattern_for(sparsity: float, n: int | None, m: int | None) -> tuple[int, int]:
+    """The ``(n, m)`` of a ``sparsity``: the given ones, the missing one solved from
+    ``n / m = 1 - sparsity``, or with both unset the smallest ``m >= 4`` that makes ``n`` whole
+    (at most :data:`LARGEST_M`); a pattern that cannot give the sparsity is a ConfigError."""
+    keep = 1.0 - sparsity
+
+    def whole(x: float) -> int | None:
+        r = round(x)
+        return r if r >= 1 and abs(x - r) < 1e-6 else None
+
+    if n is None and m is None:
+        for m_ in range(4, LARGEST_M + 1):
+            if (n_ := whole(keep * m_)) is not None and n_ < m_:
+                return n_, m_
+        raise ConfigError(
+            f"nm_sparsity: no N:M pattern with M <= {LARGEST_M} keeps {keep:g} of the weights "
+            "(target_sparsity must be 1 - N/M)"
+        )
+    if m is None:
+        m = whole(n / keep) if keep > 0 else None
+        if m is None:
+            raise ConfigError(f"nm_sparsity: no M makes {n}:M keep {keep:g} of the weights")
+    if n is None:
+        n = whole(keep * m)
+        if n is None:
+            raise ConfigError(f"nm_sparsity: no N makes N:{m} keep {keep:g} of the weights")
+    return n, m
+
+
 @dataclass(frozen=True)
 class NMOptions(Options):
-    n: int = option(2, help="weights kept in every group of m", source=_AMPERE, low=1)
-    m: int = option(
-        4,
-        help="consecutive input weights per group (along the input channels)",
-        source=_AMPERE,
+    n: int | None = option(
+        None,
+        help="weights kept in every group of m (None: from the target)",
+        source=_DERIVED,
+        low=1,
+    )
+    m: int | None = option(
+        None,
+        help="consecutive input weights per group, along the input channels (None: from the "
+        "target)",
+        source=_DERIVED,
         low=2,
     )
 
@@ -42,20 +85,22 @@ class NMOptions(Options):
 @register_method("nm_sparsity")
 class NMSparsity(Method):
     """N:M semi-structured sparsity: keep the ``n`` largest of every ``m`` consecutive input
-    weights (options ``n`` 2, ``m`` 4; the target must be ``1 - n/m``); layers whose input size
-    is not a multiple of ``m`` stay dense and are listed in ``skipped``."""
+    weights (options ``n``, ``m``; unset, they follow the target: 2:4 at 50%); layers whose
+    input size is not a multiple of ``m`` stay dense and are listed in ``skipped``."""
 
     Options = NMOptions
 
     def __init__(self) -> None:
         self.skipped: list[str] = []
+        self.pattern: tuple[int, int] | None = None  # the (n, m) of the last prune
 
     def prune(self, ctx: Context) -> SparsityReport:
         opts = self.options(ctx)
-        n, m = opts.n, opts.m
+        s = target_sparsity(ctx, self.id)
+        n, m = pattern_for(s, opts.n, opts.m)
         if not 1 <= n < m:
             raise ConfigError(f"options n and m must satisfy 1 <= n < m, got n={n}, m={m}")
-        s = target_sparsity(ctx, self.id)
+        self.pattern = (n, m)
         implied = 1.0 - n / m
         if abs(s - implied) > 1e-6:
             raise ConfigError(
@@ -83,4 +128,4 @@ class NMSparsity(Method):
         return SparsityReport.measure(model, before)
 
 
-__all__ = ["NMSparsity"]
+__all__ = ["NMOptions", "NMSparsity", "pattern_for"]
