@@ -185,7 +185,7 @@ KNOWN: dict[tuple[str, str], str] = {
 # (method, net) pairs the method cannot apply to by its definition: a clear error is expected.
 REFUSED: dict[tuple[str, str], str] = {
     ("slimming", "mnist1d_cnn"): "BatchNorm",  # Network Slimming scores BatchNorm scales
-    ("nm_sparsity", "mnist1d_cnn"): "divisible by m=4",  # input sizes 1 and 25
+    ("nm_sparsity", "mnist1d_cnn"): "divides a layer.s input size",  # input sizes 1 and 25
 }
 
 

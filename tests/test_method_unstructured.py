@@ -291,6 +291,11 @@ def test_nm_pattern_follows_the_target_when_unset() -> None:
         pattern_for(0.5, None, 3)
     with pytest.raises(ConfigError, match="no N:M pattern with M <= 128"):
         pattern_for(0.123456, None, None)
+    # the layers' input sizes choose among the patterns: 2:8 divides 8 and 16, 1:4 is smaller
+    assert pattern_for(0.75, None, None, [3, 16, 32]) == (1, 4)
+    assert pattern_for(0.7, None, None, [20, 40]) == (3, 10)  # 3:10 divides both
+    with pytest.raises(ConfigError, match=r"divides a layer's input size \(16, 32\)"):
+        pattern_for(0.8, None, None, [16, 32])  # M = 5, 10, 15 ... none a power of two
     # through the method: 1:5 at 80%, the largest of every five kept
     layer = nn.Linear(10, 1, bias=False)
     with torch.no_grad():
