@@ -28,6 +28,7 @@ least as accurate.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -79,7 +80,7 @@ def one_seed(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]
             # so pruning again could pick other widths than the fine-tuned model has
             metrics = json.loads((folder / "metrics.json").read_text())
         else:
-            config = workflow.PruneConfig(**{**base.__dict__, **target})
+            config = dataclasses.replace(base, **target)
             metrics = workflow.run_pruning(
                 config, out=folder, baseline=trained, latency=False, progress=False
             )

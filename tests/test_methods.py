@@ -175,6 +175,16 @@ def test_targets_follow_the_method_type() -> None:
     assert workflow.PruneConfig(method="hrank").target() == {"target_flops": 0.5}
 
 
+def test_a_criterion_run_with_a_sparsity_target_is_refused_before_training(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def no_training(*args, **kw):  # type: ignore[no-untyped-def]
+        raise AssertionError("trained before refusing the target")
+
+    monkeypatch.setattr(workflow, "train_and_test", no_training)
+    config = workflow.PruneConfig(model="lenet5", target_sparsity=0.5)
+    with pytest.raises(ConfigError, match="--target-sparsity is for unstructured methods"):
+        workflow.run_pruning(config, progress=False, latency=False)
+
+
 # ----------------------------------------------------------------------------- machinery
 
 

@@ -163,6 +163,13 @@ def selection_roots(graph: Graph, picks: dict[str, list[int]]) -> list[int]:
     return [groups[n].units[i] for n, idx in picks.items() for i in idx]
 
 
+def check_max_ratio(value: Any) -> float:
+    """``value`` as a ``max_ratio``: a number in (0, 1], else a ConfigError naming it."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value <= 1):
+        raise ConfigError(f"max_ratio must be a fraction in (0, 1], got {value!r}")
+    return float(value)
+
+
 def _check_fraction(name: str, value: float, *, allow_zero: bool) -> float:
     lo_ok = value >= 0 if allow_zero else value > 0
     if not (isinstance(value, (int, float)) and lo_ok and value < 1):
@@ -360,8 +367,7 @@ def select_channels(
         raise ConfigError(f"scope must be 'layer' or 'global', got {scope!r}")
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise ConfigError(f"round_to must be a positive int, got {round_to!r}")
-    if not (isinstance(max_ratio, (int, float)) and 0 < max_ratio <= 1):
-        raise ConfigError(f"max_ratio must be a fraction in (0, 1], got {max_ratio!r}")
+    check_max_ratio(max_ratio)
     criterion = criteria.get(importance)
     scores = {g.name: criterion(g).double() for g in graph.groups}
     for g in graph.groups:

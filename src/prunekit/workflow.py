@@ -634,12 +634,10 @@ class PruneConfig:
         finetune_config(self)  # TrainConfig checks epochs, batch size, lr and seed
         self.target_object()
         options = self.options()
-        if self.max_ratio is not None and not (
-            isinstance(self.max_ratio, (int, float))
-            and not isinstance(self.max_ratio, bool)
-            and 0 < self.max_ratio <= 1
-        ):
-            raise ConfigError(f"max_ratio must be a fraction in (0, 1], got {self.max_ratio!r}")
+        if self.max_ratio is not None:
+            from prunekit.prune import check_max_ratio
+
+            check_max_ratio(self.max_ratio)
         if self.method is None:
             from prunekit import criteria
 
@@ -748,16 +746,22 @@ def shortfall_warnings(
     ]
 
 
-def _prune(config: PruneConfig, setup: Setup, progress: bool, work_dir: Path | None) -> Any:
-    from prunekit import methods
-    from prunekit.prune import prune_channels
-
-    example = setup.example_input()
+def _check_criterion_target(config: PruneConfig) -> None:
+    """A criterion run (no method, no pruning function of its own) removes channels: a
+    sparsity target is refused, naming what to give instead."""
     if config.method is None and config.target_sparsity is not None:
         raise ConfigError(
             "--target-sparsity is for unstructured methods (prunekit methods --type U); "
             "structured pruning takes --target-flops or --target-params"
         )
+
+
+def _prune(config: PruneConfig, setup: Setup, progress: bool, work_dir: Path | None) -> Any:
+    from prunekit import methods
+    from prunekit.prune import prune_channels
+
+    example = setup.example_input()
+    _check_criterion_target(config)
     if config.method is None:
         return prune_channels(
             setup.model,
@@ -840,6 +844,8 @@ def run_pruning(
     from prunekit.persist import save
 
     config.validate()  # every check that needs no training, before any
+    if prune is None:  # a peer's pruning function may take a sparsity target without a method
+        _check_criterion_target(config)
     out_dir = Path(out) if out is not None else None
     attempts = 1
     if out_dir is not None:

@@ -798,7 +798,7 @@ def render_html(
         out += [
             f"<h3>Matrix: {esc(table.title)}</h3>",
             f'<p class="meta">Dense baseline top-1: {esc(base)}.</p>',
-            f'<p class="meta">{esc(from_init_text(table))}</p>',
+            *([f'<p class="meta">{esc(note)}</p>'] if (note := from_init_text(table)) else []),
             matrix_html(m),
             "<p>prunekit's best against the peers' best:</p>",
             html_table(VERSUS_HEADERS, versus_cells(versus(m)), text_cols=2),
