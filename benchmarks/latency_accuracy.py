@@ -14,6 +14,16 @@ For each model and seed, on a real data set (default: ResNet-20 and MobileNetV2 
 4. The dense and the three pruned models are timed again in interleaved rounds, so a load
    change on the machine hits all of them.
 
+With ``--method ID`` (and ``--option KEY=VALUE``) both runs use that catalogue method instead of
+the L1 criterion, with its own way of spending a budget: ``slimming``, for instance, ranks every
+channel of the network by its raw BatchNorm ``|gamma|`` against a FLOPs target, and by
+``|gamma|`` per millisecond its removal saves against a latency target (a knapsack's greedy
+order, HALP's form, on an importance that compares across layers). The rows are then the
+FLOPs-targeted and the latency-targeted run of that method.
+
+A latency-targeted run verifies its selection on the pruned copy on ``--clock`` (the process's
+CPU time by default: on a shared machine a slow wall-clock round would make it remove more).
+
 Reported per model: top-1 after fine-tuning of each (mean ± sd over seeds), the measured
 latency of each relative to the dense model, the MACs reduction and the ratio speed-up / MACs
 reduction. The claim under test: at the same measured latency the latency-targeted model is at
@@ -22,6 +32,7 @@ least as accurate.
     nice python benchmarks/latency_accuracy.py [--models resnet20 mobilenetv2] [--seeds 0 1 2]
         [--data digits] [--image-size 16] [--epochs 10] [--finetune-epochs 3]
         [--target-flops 0.6] [--rounds 5] [--min-run-time 0.5] [--clock cpu]
+        [--method slimming [--option sparsity_epochs=3]]
         [--work runs/latency-accuracy] [--out benchmarks/results/latency_accuracy.md]
 """
 
@@ -65,6 +76,9 @@ def one_seed(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]
         seed=seed,
         finetune_epochs=args.finetune_epochs,
         importance="l1",
+        method=args.method,
+        option=tuple(args.option),
+        latency_clock=args.clock,
     )
     work = Path(args.work) / f"{name}-{args.data}-{args.image_size}-seed{seed}"
     job, train_cfg = workflow.baseline_config(base)
@@ -75,7 +89,7 @@ def one_seed(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]
     dense = trained.setup.model.eval()
 
     def run(label: str, **target: object) -> tuple[dict, torch.nn.Module]:
-        folder = work / label
+        folder = work / (f"{args.method}-{label}" if args.method else label)
         if (folder / "metrics.json").exists():  # finished: a latency-targeted prune measures,
             # so pruning again could pick other widths than the fine-tuned model has
             metrics = json.loads((folder / "metrics.json").read_text())
@@ -98,31 +112,26 @@ def one_seed(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]
         atomic_write_json({"goal": goal}, goal_file)
     print(f"[{name} seed {seed}] FLOPs-targeted removes {goal:.3f} of the latency", flush=True)
     goal_ = min(max(goal, 0.01), 0.95)
-    by_global, global_model = run("latency", scope="global", target_latency=goal_)
-    by_layer, layer_model = run("latency-layer", scope="layer", target_latency=goal_)
-    by_capped, capped_model = run(
-        f"latency-global-max{args.max_ratio:g}",
-        scope="global",
-        target_latency=goal_,
-        max_ratio=args.max_ratio,
+    variants: dict[str, tuple[str, dict]] = (
+        {"latency": ("latency", {"target_latency": goal_})}
+        if args.method
+        else {
+            "global": ("latency", {"scope": "global", "target_latency": goal_}),
+            "layer": ("latency-layer", {"scope": "layer", "target_latency": goal_}),
+            "capped": (
+                f"latency-global-max{args.max_ratio:g}",
+                {"scope": "global", "target_latency": goal_, "max_ratio": args.max_ratio},
+            ),
+        }
     )
-    models = {
-        "dense": dense,
-        "flops": flops_model,
-        "layer": layer_model,
-        "global": global_model,
-        "capped": capped_model,
-    }
+    models = {"dense": dense, "flops": flops_model}
+    runs = {"flops": by_flops}
+    for key, (label, target) in variants.items():
+        runs[key], models[key] = run(label, **target)
     final = interleaved(models, x, args.rounds, args.min_run_time, args.clock)
     macs = {k: count_flops(m, x).macs for k, m in models.items()}
     out = {"goal": goal, "dense_acc": by_flops["acc_before"]}
-    runs = (
-        ("flops", by_flops),
-        ("layer", by_layer),
-        ("global", by_global),
-        ("capped", by_capped),
-    )
-    for key, metrics in runs:
+    for key, metrics in runs.items():
         speed = final["dense"] / final[key]
         reduction = macs["dense"] / macs[key]
         out |= {
@@ -148,6 +157,8 @@ def main() -> None:
     p.add_argument("--min-run-time", type=float, default=0.5)
     p.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
     p.add_argument("--max-ratio", type=float, default=0.5, help="of the capped global run")
+    p.add_argument("--method", default=None, help="a catalogue method for both runs (not L1)")
+    p.add_argument("--option", action="append", default=[], help="KEY=VALUE of --method")
     p.add_argument("--work", default="runs/latency-accuracy", help="baselines and run folders")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args()
@@ -169,12 +180,20 @@ def main() -> None:
         def col(key: str, runs: list[dict[str, float]] = runs) -> list[float]:
             return [r[key] for r in runs]
 
-        for key, label in (
-            ("flops", f"FLOPs-targeted ({args.target_flops:g}), layer scope"),
-            ("layer", "latency-targeted at the FLOPs model's latency, layer scope"),
-            ("global", "latency-targeted at the FLOPs model's latency, global scope"),
-            ("capped", f"the same, global scope, max_ratio {args.max_ratio:g}"),
-        ):
+        rows = (
+            (
+                ("flops", f"{args.method}, FLOPs-targeted ({args.target_flops:g})"),
+                ("latency", f"{args.method}, latency-targeted at the FLOPs model's latency"),
+            )
+            if args.method
+            else (
+                ("flops", f"FLOPs-targeted ({args.target_flops:g}), layer scope"),
+                ("layer", "latency-targeted at the FLOPs model's latency, layer scope"),
+                ("global", "latency-targeted at the FLOPs model's latency, global scope"),
+                ("capped", f"the same, global scope, max_ratio {args.max_ratio:g}"),
+            )
+        )
+        for key, label in rows:
             lines.append(
                 "| "
                 + " | ".join(
@@ -202,9 +221,12 @@ def main() -> None:
         f"{args.image_size}x{args.image_size}, baseline {args.epochs} epochs, "
         f"{args.finetune_epochs} fine-tuning epochs for both, seeds {args.seeds} (mean ± sd); "
         f"latency at batch 1, one thread, torch, {args.clock} clock, the fastest block of "
-        f"{args.rounds} interleaved rounds; load average {load_avg} at the end. L1 filter norm "
-        "for both; the latency goal is the fraction of the dense latency the FLOPs-targeted "
-        "model removed.\n\n" + "\n".join(lines) + "\n"
+        f"{args.rounds} interleaved rounds; load average {load_avg} at the end. "
+        + (f"Method {args.method} {args.option or ''}" if args.method else "L1 filter norm")
+        + " for both; the latency goal is the fraction of the dense latency the FLOPs-targeted "
+        "model removed; latency-targeted selections verified on the same clock.\n\n"
+        + "\n".join(lines)
+        + "\n"
     )
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -71,11 +71,11 @@ def interleaved(
     """Each model's latency (ms): the fastest of its timed blocks over ``rounds`` rounds, the
     models taken in turn (the statistic of the latency table; on a shared machine every slower
     block holds other processes' time)."""
-    setting = LatencySetting("torch", 1, 1)
+    setting = LatencySetting("torch", 1, 1, clock)
     times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(rounds):
         for k, m in models.items():
-            times[k].append(measure_model(m, x, setting, min_run_time=run, clock=clock))
+            times[k].append(measure_model(m, x, setting, min_run_time=run))
     return {k: min(v) for k, v in times.items()}
 
 
@@ -91,12 +91,11 @@ def bench(name: str, args: argparse.Namespace) -> list[list[str]]:
     goal = 1.0 - first["flops"] / first["dense"]
     print(f"[{name}] FLOPs-targeted model removes {goal:.3f} of the latency", flush=True)
     meter = LatencyMeter(
-        LatencySetting("torch", 1, 1),
+        LatencySetting("torch", 1, 1, args.clock),
         cache_dir=args.cache,
         model_run_time=args.min_run_time,
         min_run_time=args.layer_run_time,
         max_points=args.max_points,
-        clock=args.clock,
         progress=True,
     )
     t0 = time.perf_counter()

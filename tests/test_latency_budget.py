@@ -283,6 +283,57 @@ def test_prune_config_and_spec_carry_the_latency_setting():
         parse_spec({**spec_dict(), "latency": {"runtime": "tvm"}})
 
 
+def test_the_clock_is_part_of_the_setting_from_cli_to_spec():
+    """The cpu clock (process CPU time) travels from the CLI config and the spec to the target,
+    is refused where it cannot measure (another runtime, several threads), and a latency spec
+    that does not name it keeps its run ids."""
+    from prunekit.bench.spec import expand, parse_spec
+    from prunekit.workflow import PruneConfig
+
+    cpu = LatencySetting(clock="cpu")
+    assert str(cpu) == "torch, batch 1, 1 thread(s), cpu clock"
+    assert LatencySetting.from_flat(cpu.flat()) == cpu
+    assert PruneConfig(target_latency=0.3, latency_clock="cpu").target_object().setting == cpu
+    with pytest.raises(
+        ConfigError, match=r"cpu latency clock .* needs runtime 'torch' and threads 1"
+    ):
+        LatencySetting("onnxruntime", clock="cpu")
+    with pytest.raises(ConfigError, match="threads 1"):
+        LatencySetting(threads=2, clock="cpu")
+    with pytest.raises(ConfigError, match="latency clock must be one of wall, cpu"):
+        LatencySetting(clock="gpu")
+    (plain,) = expand(parse_spec(spec_dict()))
+    assert "latency_clock" not in plain.hashed()  # ids of stores written before the field
+    (timed,) = expand(parse_spec({**spec_dict(), "latency": {"clock": "cpu"}}))
+    assert timed.id != plain.id
+    assert timed.prune_config().target_object().setting == cpu
+    with pytest.raises(ConfigError, match=r"latency\.clock: expected one of wall, cpu"):
+        parse_spec({**spec_dict(), "latency": {"clock": "sun"}})
+
+
+class Sleeper(nn.Module):
+    """Waits without computing: the wall clock sees the wait, the process's CPU clock does not."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.002)
+        return x
+
+
+def test_the_cpu_clock_leaves_out_time_the_process_does_not_run(tmp_path):
+    from prunekit.measure.latency_table import measure_model
+
+    x = torch.zeros(1, 3)
+    wall = measure_model(Sleeper(), x, LatencySetting(), min_run_time=0.01)
+    cpu = measure_model(Sleeper(), x, LatencySetting(clock="cpu"), min_run_time=0.01)
+    assert wall >= 2.0
+    assert cpu < 1.0
+    # the meter times layers and verifies on its setting's clock, and caches per clock
+    assert "-cpu-" in meter(tmp_path, setting=LatencySetting(clock="cpu")).cache_file().name
+    assert "-cpu-" not in meter(tmp_path).cache_file().name
+
+
 def spec_dict() -> dict:
     return {
         "name": "s",

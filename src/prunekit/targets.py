@@ -17,6 +17,7 @@ The runner, the bench and the methods all read the target through this class. Th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 
 from prunekit.errors import ConfigError
 
-__all__ = ["KINDS", "RUNTIMES", "STRUCTURED", "LatencySetting", "Target"]
+__all__ = ["CLOCKS", "KINDS", "RUNTIMES", "STRUCTURED", "LatencySetting", "Target"]
 
 KINDS: dict[str, str] = {
     "flops": "fraction of the FLOPs removed",
@@ -34,17 +35,25 @@ KINDS: dict[str, str] = {
 }
 STRUCTURED = ("flops", "params", "latency")  # the kinds met by removing channels
 RUNTIMES = ("torch", "onnxruntime")
+CLOCKS = ("wall", "cpu")
 
 
 @dataclass(frozen=True)
 class LatencySetting:
     """Where a latency is measured: ``runtime`` (``"torch"`` or ``"onnxruntime"``, CPU), the
-    ``batch`` size of the input and the number of ``threads``. The default (batch 1, one thread,
-    torch) is the setting of ``benchmarks/graph_speed.py``."""
+    ``batch`` size of the input and the number of ``threads``; and on which ``clock``: ``"wall"``
+    (elapsed time, what a user waits for) or ``"cpu"`` (the process's CPU time; torch on one
+    thread only). On a machine shared with other processes the CPU clock leaves out the time they
+    take, so a latency target verified on it is not missed by a slow round. The default (batch
+    1, one thread, torch, wall clock) is the setting of ``benchmarks/graph_speed.py``.
+
+    The flat form (:meth:`flat`, :meth:`from_flat`): ``latency_runtime``, ``latency_batch``,
+    ``latency_threads`` and ``latency_clock``, the fields of run configs and specs."""
 
     runtime: str = "torch"
     batch: int = 1
     threads: int = 1
+    clock: str = "wall"
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -55,9 +64,29 @@ class LatencySetting:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"latency {name} must be a positive int, got {v!r}")
+        if self.clock not in CLOCKS:
+            raise ConfigError(
+                f"latency clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}"
+            )
+        if self.clock == "cpu" and (self.runtime != "torch" or self.threads != 1):
+            raise ConfigError(
+                "the cpu latency clock times one torch thread's CPU time: it needs runtime "
+                f"'torch' and threads 1, got runtime {self.runtime!r} and {self.threads} thread(s)"
+            )
 
     def __str__(self) -> str:
-        return f"{self.runtime}, batch {self.batch}, {self.threads} thread(s)"
+        clock = ", cpu clock" if self.clock == "cpu" else ""
+        return f"{self.runtime}, batch {self.batch}, {self.threads} thread(s){clock}"
+
+    def flat(self) -> dict[str, Any]:
+        """``{"latency_runtime": ..., "latency_batch": ..., ...}``: the config fields."""
+        return {f"latency_{k}": v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_flat(cls, obj: Any) -> LatencySetting:
+        """From an object (or mapping) with the :meth:`flat` fields."""
+        get = obj.get if isinstance(obj, Mapping) else lambda k: getattr(obj, k)
+        return cls(**{f.name: get(f"latency_{f.name}") for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)

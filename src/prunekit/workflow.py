@@ -513,6 +513,14 @@ class PruneConfig:
     )
     latency_batch: int = field(default=1, metadata={"help": "batch size of --target-latency"})
     latency_threads: int = field(default=1, metadata={"help": "threads of --target-latency"})
+    latency_clock: str = field(
+        default="wall",
+        metadata={
+            "help": "clock --target-latency is measured on: wall, or cpu (the process's CPU "
+            "time: torch, one thread; on a machine shared with other processes)",
+            "choices": ("wall", "cpu"),
+        },
+    )
     calib_batches: int = field(default=4, metadata={"help": "batches for data-driven criteria"})
     finetune_epochs: int = field(default=3, metadata={"help": "fine-tuning epochs after pruning"})
     finetune_lr: float = field(default=0.01, metadata={"help": "fine-tuning learning rate"})
@@ -590,12 +598,12 @@ class PruneConfig:
 
     def target_object(self) -> Any:
         """:meth:`target` as a :class:`~prunekit.targets.Target` (a latency target with its
-        runtime, batch size and threads)."""
+        runtime, batch size, threads and clock)."""
         from prunekit.targets import LatencySetting, Target
 
         target = self.target()
         if "target_latency" in target:
-            setting = LatencySetting(self.latency_runtime, self.latency_batch, self.latency_threads)
+            setting = LatencySetting.from_flat(self)
             return Target.from_mapping({**target, "latency": setting})
         return Target.from_mapping(target)
 

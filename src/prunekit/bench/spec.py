@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from prunekit.errors import ConfigError, PrunekitError
-from prunekit.targets import LatencySetting
+from prunekit.targets import CLOCKS, RUNTIMES, LatencySetting
 
 __all__ = [
     "BaselineSpec",
@@ -162,6 +162,7 @@ class RunConfig:
     latency_runtime: str = "torch"  # where a latency target is measured
     latency_batch: int = 1
     latency_threads: int = 1
+    latency_clock: str = "wall"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -225,9 +226,7 @@ class RunConfig:
             target_params=self.target if self.target_kind == "params" else None,
             target_sparsity=self.target if self.target_kind == "sparsity" else None,
             target_latency=self.target if self.target_kind == "latency" else None,
-            latency_runtime=self.latency_runtime,
-            latency_batch=self.latency_batch,
-            latency_threads=self.latency_threads,
+            **LatencySetting.from_flat(self).flat(),
             calib_batches=self.calib_batches,
             finetune_epochs=self.finetune_epochs,
             finetune_lr=self.finetune_lr,
@@ -259,6 +258,7 @@ _LATER_DEFAULTS: dict[str, Any] = {
     "latency_runtime": "torch",
     "latency_batch": 1,
     "latency_threads": 1,
+    "latency_clock": "wall",
 }
 
 
@@ -322,15 +322,7 @@ def expand(spec: Spec) -> list[RunConfig]:
             distill_temperature=spec.finetune.temperature,
             distill_alpha=spec.finetune.alpha,
             round_to=spec.round_to,
-            **(
-                {
-                    "latency_runtime": spec.latency.runtime,
-                    "latency_batch": spec.latency.batch,
-                    "latency_threads": spec.latency.threads,
-                }
-                if kind == "latency"
-                else {}
-            ),
+            **(spec.latency.flat() if kind == "latency" else {}),
         )
         for model in spec.models
         for ds in spec.datasets
@@ -647,18 +639,20 @@ MEASURE_CHECKS: dict[str, Callable[[_Validator, Any, str], Any]] = {
 }
 
 
-def _runtime(v: _Validator, value: Any, path: str) -> str:
-    from prunekit.targets import RUNTIMES
+def _one_of(choices: tuple[str, ...]) -> Callable[[_Validator, Any, str], str]:
+    def check(v: _Validator, value: Any, path: str) -> str:
+        if value not in choices:
+            raise v.error(path, f"expected one of {', '.join(choices)}, got {_shown(value)}")
+        return str(value)
 
-    if value not in RUNTIMES:
-        raise v.error(path, f"expected one of {', '.join(RUNTIMES)}, got {_shown(value)}")
-    return str(value)
+    return check
 
 
 LATENCY_CHECKS: dict[str, Callable[[_Validator, Any, str], Any]] = {
-    "runtime": _runtime,
+    "runtime": _one_of(RUNTIMES),
     "batch": lambda v, x, p: v.integer(x, p, 1),
     "threads": lambda v, x, p: v.integer(x, p, 1),
+    "clock": _one_of(CLOCKS),
 }
 
 

@@ -12,7 +12,7 @@ predicts a whole model from those curves:
   CPU kernels block by), always with the full width. Identical layers are timed once.
 * **The timing.** Each width is the fastest block of ``torch.utils.benchmark``'s blocked
   autorange (on a shared machine the slower blocks hold other processes' time), on the wall
-  clock or, with ``clock="cpu"`` (torch, one thread), the process's CPU time.
+  clock or, with the setting's ``clock="cpu"`` (torch, one thread), the process's CPU time.
 * **The cache.** Curves are kept on disk, one JSON file per runtime, machine (CPU model,
   architecture, runtime version), batch size and thread count, keyed by the layer's signature
   (type, widths, kernel, stride, padding, input shape); every finished layer is written at once
@@ -121,9 +121,7 @@ def _fastest(timer: Any, min_run_time: float) -> float:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def _torch_layer_timer(
-    setting: LatencySetting, min_run_time: float, clock: str = "wall"
-) -> LayerTimer:
+def _torch_layer_timer(setting: LatencySetting, min_run_time: float) -> LayerTimer:
     import torch.utils.benchmark as tbench
 
     def time_it(module: nn.Module, x: torch.Tensor) -> float:
@@ -133,7 +131,7 @@ def _torch_layer_timer(
                 stmt="m(x)",
                 globals={"m": module, "x": x},
                 num_threads=setting.threads,
-                timer=CLOCKS[clock],
+                timer=CLOCKS[setting.clock],
             )
             return _fastest(timer, min_run_time)
 
@@ -190,9 +188,7 @@ def _onnx_node(module: nn.Module, x: torch.Tensor) -> Any:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
-def _onnx_layer_timer(
-    setting: LatencySetting, min_run_time: float, clock: str = "wall"
-) -> LayerTimer:
+def _onnx_layer_timer(setting: LatencySetting, min_run_time: float) -> LayerTimer:
     import onnxruntime as ort
     import torch.utils.benchmark as tbench
 
@@ -210,7 +206,7 @@ def _onnx_layer_timer(
             stmt="run(None, feed)",
             globals={"run": session.run, "feed": feed},
             num_threads=setting.threads,
-            timer=CLOCKS[clock],
+            timer=CLOCKS[setting.clock],  # the wall clock: the cpu one is refused here
         )
         return _fastest(timer, min_run_time)
 
@@ -223,13 +219,12 @@ def measure_model(
     setting: LatencySetting,
     *,
     min_run_time: float = 0.5,
-    clock: str = "wall",
 ) -> float:
     """Latency in ms of ``model`` on ``inputs`` cut or repeated to the setting's batch, on its
     runtime and thread count: the fastest timed block (torch; see :func:`_fastest`), the median
-    run (onnxruntime, :func:`prunekit.export.onnx_latency`). ``clock="cpu"`` (torch, one
-    thread) times the process's CPU time instead of the wall clock: on a machine shared with
-    other processes it leaves out the time they take."""
+    run (onnxruntime, :func:`prunekit.export.onnx_latency`). The setting's ``clock="cpu"``
+    (torch, one thread) times the process's CPU time instead of the wall clock: on a machine
+    shared with other processes it leaves out the time they take."""
     from prunekit.measure.summary import batch_of
 
     args = batch_of(as_args(inputs), setting.batch)
@@ -254,7 +249,7 @@ def measure_model(
             stmt="model(*args)",
             globals={"model": model, "args": args},
             num_threads=setting.threads,
-            timer=CLOCKS[clock],
+            timer=CLOCKS[setting.clock],
         )
         return _fastest(timer, min_run_time)
 
@@ -368,6 +363,7 @@ class LatencyCheck:
             "latency_budget_runtime": self.setting.runtime,
             "latency_budget_batch": self.setting.batch,
             "latency_budget_threads": self.setting.threads,
+            "latency_budget_clock": self.setting.clock,
             "latency_budget_dense_ms": self.dense_ms,
             "latency_budget_predicted_ms": self.predicted_ms,
             "latency_budget_measured_ms": self.measured_ms,
@@ -396,7 +392,6 @@ class LatencyMeter:
     verify: bool = True
     rounds: int = 3
     pairs: int = 2  # dense / pruned timings alternated per verification
-    clock: str = "wall"  # or "cpu": process CPU time (torch, one thread; a shared machine)
     tolerance: float = 0.02
     progress: bool = True
 
@@ -407,13 +402,6 @@ class LatencyMeter:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"LatencyMeter.{name} must be a positive int, got {v!r}")
-        if self.clock not in CLOCKS:
-            raise ConfigError(f"LatencyMeter.clock must be 'wall' or 'cpu', got {self.clock!r}")
-        if self.clock == "cpu" and (self.setting.runtime != "torch" or self.setting.threads != 1):
-            raise ConfigError(
-                "LatencyMeter.clock='cpu' times one torch thread's CPU time: it needs runtime "
-                f"'torch' and threads 1, got {self.setting}"
-            )
         if not 0 <= self.tolerance < 1:
             raise ConfigError(f"LatencyMeter.tolerance must be in [0, 1), got {self.tolerance}")
 
@@ -433,15 +421,13 @@ class LatencyMeter:
             make = (
                 _onnx_layer_timer if self.setting.runtime == "onnxruntime" else _torch_layer_timer
             )
-            self.layer_timer = make(self.setting, self.min_run_time, self.clock)
+            self.layer_timer = make(self.setting, self.min_run_time)
         return float(self.layer_timer(module, x))
 
     def time_model(self, model: nn.Module, inputs: Inputs) -> float:
         if self.model_timer is not None:
             return float(self.model_timer(model, inputs))
-        return measure_model(
-            model, inputs, self.setting, min_run_time=self.model_run_time, clock=self.clock
-        )
+        return measure_model(model, inputs, self.setting, min_run_time=self.model_run_time)
 
     # ---------------------------------------------------------------- cache
     def cache_file(self) -> Path | None:
@@ -450,7 +436,7 @@ class LatencyMeter:
         folder = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
         s = self.setting
         machine = hashlib.sha256(_machine(s).encode()).hexdigest()[:12]
-        clock = "" if self.clock == "wall" else f"-{self.clock}"
+        clock = "" if s.clock == "wall" else f"-{s.clock}"
         return folder / f"{s.runtime}-{machine}-b{s.batch}-t{s.threads}{clock}-v{_FORMAT}.json"
 
     def _load(self) -> dict[str, Any]:
