@@ -110,6 +110,19 @@ def test_width_grid_every_width_when_small_else_multiples_of_the_step():
     assert width_grid(100, max_points=8, granularity=8) == [16, 32, 48, 64, 80, 96, 100]
 
 
+def test_granularity_follows_the_vector_width_kernels_block_channels_by(monkeypatch):
+    from prunekit.measure import latency_table
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert latency_table.default_granularity() == 16
+    assert LatencyMeter(progress=False).granularity == 16
+    # 144 channels (a MobileNetV2 width), 32 points: every multiple of 16, never 8 * odd
+    assert width_grid(144, 32, 16) == list(range(16, 145, 16))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert latency_table.default_granularity() == 8
+    assert width_grid(144, 32, 8) == list(range(8, 145, 8))
+
+
 def test_table_is_measured_once_then_read_from_the_cache(tmp_path):
     first = meter(tmp_path)
     first.predictor(build(net(), X))

@@ -8,8 +8,9 @@ predicts a whole model from those curves:
   on its real input shape (batch set to the setting's), once with its output width swept over a
   grid and its input width whole, once the other way round (a depthwise conv has one width).
   The grid holds every width up to :attr:`LatencyMeter.max_points`, else multiples of a step
-  that is itself a multiple of :attr:`LatencyMeter.granularity` (8: the fp32 vector width
-  CPU kernels block by), always with the full width. Identical layers are timed once.
+  that is itself a multiple of :attr:`LatencyMeter.granularity` (the fp32 vector width the
+  CPU's kernels block channels by: 16 on AVX-512, else 8; :func:`default_granularity`), always
+  with the full width. Identical layers are timed once.
 * **The timing.** Each width is the fastest block of ``torch.utils.benchmark``'s blocked
   autorange (on a shared machine the slower blocks hold other processes' time), on the wall
   clock or, with the setting's ``clock="cpu"`` (torch, one thread), the process's CPU time.
@@ -61,6 +62,7 @@ __all__ = [
     "LatencyMeter",
     "LatencyPredictor",
     "default_cache_dir",
+    "default_granularity",
     "measure_model",
     "width_grid",
 ]
@@ -79,6 +81,13 @@ def default_cache_dir() -> Path:
         return Path(root) / "latency"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "prunekit" / "latency"
+
+
+def default_granularity() -> int:
+    """fp32 lanes of the vector unit torch dispatches to: 16 on AVX-512, 8 otherwise (AVX2; on
+    ARM two NEON registers). oneDNN's and MLAS's blocked layouts pad channels to this multiple,
+    so widths between two multiples cost as much as the next one."""
+    return 16 if torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512") else 8
 
 
 def width_grid(size: int, max_points: int = 32, granularity: int = 8) -> list[int]:
@@ -386,7 +395,7 @@ class LatencyMeter:
     cache_dir: Path | str | None = None
     use_cache: bool = True
     max_points: int = 32
-    granularity: int = 8
+    granularity: int = field(default_factory=default_granularity)
     min_run_time: float = 0.05  # seconds per layer width (torch.utils.benchmark autorange)
     model_run_time: float = 1.0  # seconds per whole-model measurement
     verify: bool = True
