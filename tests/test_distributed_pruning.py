@@ -28,6 +28,7 @@ METHODS = {
     "taylor": {"finetune_steps": 0, "maps_per_step": 2},
     "taylor+sgd": {"finetune_steps": 2, "maps_per_step": 2},
     "thinet": {"samples_per_image": 4},
+    "thinet_lc": {"samples_per_image": 4},  # ThiNet's driver: samples gathered over the ranks
     "lasso_channel": {"samples_per_image": 4},
     "fsm": {},
     # global ranking moves in steps of one channel, too coarse for this net: one rate per layer
@@ -39,8 +40,8 @@ METHODS = {
 }
 # the ranks' samples are drawn per rank, so these are compared across ranks, not to one process
 # HRel's mutual information is a statistic of each batch (Gram matrices over its images)
-PER_RANK_SAMPLING = ("taylor+sgd", "thinet", "lasso_channel", "hrel")
-SENSITIVE = ("taylor", "thinet", "lasso_channel", "hap", "sosp", "hrel")
+PER_RANK_SAMPLING = ("taylor+sgd", "thinet", "thinet_lc", "lasso_channel", "hrel")
+SENSITIVE = ("taylor", "thinet", "thinet_lc", "lasso_channel", "hap", "sosp", "hrel")
 PER_RANK = 16  # two batches of 8 per rank: every sample is calibration data
 TARGET = {"target_flops": 0.4}
 
