@@ -431,6 +431,41 @@ def test_prunekit_against_peer_and_distillation_tables(decided, tmp_path):
     assert 'class="sep"' in page
 
 
+def test_every_method_against_random_channels(decided, tmp_path):
+    """By hand, seeds 0 and 1: random_channel 90.00 ± 1.41 at 50%, 80.20 ± 0.28 at 70%; hrank
+    89.00 ± 1.41 and 79.20 ± 0.28. sfp is +1.00 (inside 1.41) then +4.90 (beyond 0.28); hrank
+    -1.00 inside, then -1.00 beyond: ahead at no target. Peer rows are not compared."""
+    extra = {
+        ("random_channel", 0.5): (89.0, 91.0),
+        ("random_channel", 0.7): (80.0, 80.4),
+        ("hrank", 0.5): (88.0, 90.0),
+        ("hrank", 0.7): (79.0, 79.4),
+    }
+    records = list(decided)
+    for (method, target), accs in extra.items():
+        for seed, acc in enumerate(accs):
+            metrics = structured(0.5, seed) | {"acc_finetuned": acc, "acc_drop": 95.0 - acc}
+            records.append(
+                record(len(records), config(method, "flops", target, seed), metrics=metrics)
+            )
+    files = write_report(records, tmp_path)
+    top = section(files.markdown.read_text(), "Decision matrix")
+    part = top.split("Against random channels:")[1]
+    rows = {r["method"]: r for r in markdown_rows(part.split("Not ahead")[0])}
+    assert set(rows) == {"hrank", "sfp", "sfp (distilled T=4 alpha=0.9)"}
+    assert (rows["sfp"]["flops -50%"], rows["sfp"]["flops -70%"]) == ("+1.00 ≈", "+4.90")
+    assert (rows["hrank"]["flops -50%"], rows["hrank"]["flops -70%"]) == ("-1.00 ≈", "-1.00")
+    assert rows["sfp (distilled T=4 alpha=0.9)"]["flops -70%"] == "-"
+    assert "Not ahead of random channels beyond the spread at any target: hrank." in part
+    (m,) = json.loads(files.data.read_text())["matrices"]
+    assert m["against_random"]["not_ahead"] == ["hrank"]
+    assert "Against random channels" in files.html.read_text()
+    # no random-channel row: no section
+    assert (
+        "Against random channels" not in write_report(decided, tmp_path / "b").markdown.read_text()
+    )
+
+
 def test_pareto_front_by_hand():
     points = [(1.0, 90.0), (2.0, 95.0), (1.5, 89.0), (3.0, 94.0), (0.5, 80.0), (1.0, 85.0)]
     assert plots.pareto_front(points) == [(0.5, 80.0), (1.0, 90.0), (2.0, 95.0)]

@@ -525,6 +525,53 @@ def versus_cells(items: Sequence[Versus]) -> list[list[str]]:
     ]
 
 
+RANDOM = "random_channel"  # the control a structured method has to beat (CVPR 2022)
+
+
+def against_random(m: Matrix) -> tuple[list[str], list[list[str]], list[str]]:
+    """Every prunekit row against random channels at each target: the gap in top-1 after
+    fine-tuning, marked ``≈`` where it is inside the seed spread (the larger sd), and the rows
+    that are ahead beyond the spread at no target (``[]`` each when the matrix has no
+    random-channel row or nothing to compare)."""
+    base = next((r for r in m.rows if r.label == RANDOM), None)
+    if base is None:
+        return [], [], []
+    rows, never = [], []
+    for r in m.rows:
+        if r.kind != "prunekit" or r is base:
+            continue
+        cells, ahead, seen = [], False, False
+        for c, b in zip(r.cells, base.cells, strict=True):
+            if c.acc is None or b.acc is None:
+                cells.append("-")
+                continue
+            seen = True
+            gap = c.acc.mean - b.acc.mean
+            inside = abs(gap) <= spread(c.acc, b.acc)
+            ahead |= gap > 0 and not inside
+            cells.append(f"{gap:+.2f}" + (f" {LEVEL_MARK}" if inside else ""))
+        if seen:
+            rows.append([r.label, *cells])
+            if not ahead:
+                never.append(r.label)
+    if not rows:
+        return [], [], []
+    return ["method", *m.headers[1:]], rows, never
+
+
+RANDOM_NOTE = (
+    "Each prunekit method's top-1 after fine-tuning minus random channels' (random_channel: "
+    "random layer widths and random channels, the control of Li et al., CVPR 2022), in points; "
+    f"{LEVEL_MARK}: inside the seed spread."
+)
+
+
+def random_text(never: Sequence[str]) -> str:
+    if not never:
+        return "Every method is ahead of random channels, beyond the spread, at some target."
+    return "Not ahead of random channels beyond the spread at any target: " + ", ".join(never) + "."
+
+
 DISTILL_HEADERS = ("method", "target", "plain fine-tuning", "distilled", "distilled - plain")
 
 
@@ -710,6 +757,10 @@ def render_markdown(
         parts += [matrix_md(m), ""]
         parts += ["prunekit's best against the peers' best:", ""]
         parts += [md_table(VERSUS_HEADERS, versus_cells(versus(m))), ""]
+        headers, rows, never = against_random(m)
+        if rows:
+            parts += ["Against random channels:", "", RANDOM_NOTE, ""]
+            parts += [md_table(headers, rows), "", random_text(never), ""]
         if pairs := distill_pairs(table):
             parts += [
                 "Distilled against plain fine-tuning:",
@@ -803,6 +854,14 @@ def render_html(
             "<p>prunekit's best against the peers' best:</p>",
             html_table(VERSUS_HEADERS, versus_cells(versus(m)), text_cols=2),
         ]
+        headers, rows, never = against_random(m)
+        if rows:
+            out += [
+                "<p>Against random channels:</p>",
+                f'<p class="meta">{esc(RANDOM_NOTE)}</p>',
+                html_table(headers, rows),
+                f"<p>{esc(random_text(never))}</p>",
+            ]
         if pairs := distill_pairs(table):
             out += [
                 "<p>Distilled against plain fine-tuning:</p>",
@@ -901,8 +960,10 @@ def matrix_json(m: Matrix) -> dict[str, Any]:
     def stat(s: Stat | None) -> dict[str, Any] | None:
         return None if s is None else dataclasses.asdict(s)
 
+    _, random_rows, never = against_random(m)
     return {
         "title": m.title,
+        "against_random": {"rows": random_rows, "not_ahead": never},
         "columns": [{"kind": k, "target": v} for k, v in m.columns],
         "rows": [
             {
