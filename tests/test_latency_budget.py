@@ -178,6 +178,31 @@ def test_snap_moves_a_width_to_the_fastest_at_or_above(tmp_path):
     assert predictor.snap(g1, 12) == 12
 
 
+def test_unmeasured_widths_cost_their_padded_block(tmp_path):
+    """Between measured widths a blocked kernel computes whole blocks: with block 16 and widths
+    16, 32, 64 measured at 1, 2 and 4 ms, 20 channels cost what 32 cost (2), 40 what 48 costs
+    (3, read between 32 and 64), 16 its measurement; before padding, 20 read 1.25."""
+    from prunekit.measure.latency_table import _Curve, padded
+
+    assert (padded(20, 16, 64), padded(40, 16, 64), padded(60, 16, 50), padded(0, 16, 64)) == (
+        32,
+        48,
+        50,
+        0,
+    )
+    curve = _Curve.of({"16": 1.0, "32": 2.0, "64": 4.0}, block=16)
+    assert [curve(w) for w in (16, 20, 32, 40, 64)] == [1.0, 2.0, 2.0, 3.0, 4.0]
+    assert _Curve.of({"16": 1.0, "32": 2.0, "64": 4.0})(20) == 1.25  # block 1: linear
+    # the snap: conv1's 12 outputs measured at 8 and 12 only (2 points, block 8): 9 channels
+    # cost the padded 12, so the tie goes to the wider; 8 is measured and cheaper, and stays
+    graph = build(net(), X)
+    predictor = meter(tmp_path, max_points=2, granularity=8).predictor(graph)
+    g1 = graph.groups[0]
+    assert width_grid(12, 2, 8) == [8, 12]
+    assert predictor.snap(g1, 9) == 12
+    assert predictor.snap(g1, 8) == 8
+
+
 def test_latency_target_is_met_on_knee_widths_and_reported(tmp_path):
     model = net()
     report = prune_channels(model, X, target_latency=0.6, latency=meter(tmp_path))

@@ -19,13 +19,15 @@ predicts a whole model from those curves:
   (type, widths, kernel, stride, padding, input shape); every finished layer is written at once
   (atomic replace), so an interrupted build resumes and other models reuse what is there.
 * **The prediction.** A layer with kept widths ``(i, o)`` costs ``t_out(o) * t_in(i) / t_full``
-  (each curve linear between its measured widths). Whatever the table does not hold
+  (each curve read at a measured width, else at the width padded to the channel block and
+  linearly between measured widths: blocked kernels compute whole blocks, so 22 channels cost
+  what 32 cost). Whatever the table does not hold
   (normalisation, activations, additions, pooling) is the dense model's measured latency less
   the table's layers; it is scaled by the fraction of the layers' output elements kept. The
   sum is rescaled so that the dense model predicts its measured latency exactly.
 * **The knees.** Real kernels are not linear in the width: a width just past a vector multiple
   can be slower than the next multiple. :meth:`LatencyPredictor.snap` moves a group's kept width
-  to the fastest measured width at or above it (the latency of every layer the group touches,
+  to the fastest measured or block-padded width at or above it (the latency of every layer the group touches,
   the other widths whole; ties go to the wider).
 
 ``layer_timer(module, x) -> ms`` and ``model_timer(model, inputs) -> ms`` are injectable, so
@@ -327,22 +329,36 @@ def _layer(graph: Any, name: str, batch: int) -> _Layer | None:
     return _Layer(name, key, cin, cout, depthwise, make, out_elems * len(site.calls))
 
 
+def padded(w: int, block: int, size: int) -> int:
+    """``w`` rounded up to a multiple of ``block`` (at most ``size``): the width a blocked kernel
+    computes when asked for ``w`` channels."""
+    return min(size, math.ceil(w / block) * block) if w > 0 else 0
+
+
 @dataclass
 class _Curve:
-    """Latency over one width, piecewise linear between measured widths."""
+    """Latency over one width: a measured width reads its measurement; any other is first
+    padded to the channel block (:func:`padded`: kernels compute whole blocks, so 22 channels
+    cost what 32 cost), then read piecewise linearly between the measured widths."""
 
     widths: np.ndarray
     ms: np.ndarray
+    block: int = 1
 
     def __call__(self, w: int) -> float:
+        if w not in self._measured:
+            w = padded(w, self.block, int(self.widths[-1]))
         return float(np.interp(w, self.widths, self.ms))
 
+    def __post_init__(self) -> None:
+        self._measured = {int(v) for v in self.widths}
+
     @classmethod
-    def of(cls, points: dict[str, float]) -> _Curve:
+    def of(cls, points: dict[str, float], block: int = 1) -> _Curve:
         items = sorted((int(k), float(v)) for k, v in points.items())
         w = np.array([0] + [k for k, _ in items], dtype=np.float64)
         t = np.array([0.0] + [v for _, v in items], dtype=np.float64)
-        return cls(w, t)
+        return cls(w, t, block)
 
 
 # ------------------------------------------------------------------------------------ meter
@@ -546,8 +562,12 @@ class LatencyPredictor:
         self.meter = meter
         self.inputs = inputs
         self.dense_ms = float(dense_ms)
+        block = meter.granularity
         self.curves = {
-            lay.key: (_Curve.of(table[lay.key]["in"]), _Curve.of(table[lay.key]["out"]))
+            lay.key: (
+                _Curve.of(table[lay.key]["in"], block),
+                _Curve.of(table[lay.key]["out"], block),
+            )
             for lay in layers
         }
         self.last: LatencyCheck | None = None
@@ -610,8 +630,9 @@ class LatencyPredictor:
         return out
 
     def snap(self, group: Any, keep: int) -> int:
-        """The fastest measured width of ``group`` at or above ``keep`` (ties: the wider), timing
-        every table layer the group's channels cross with the other widths whole."""
+        """The fastest width of ``group`` at or above ``keep`` among the measured ones and
+        ``keep`` padded to the channel block (ties: the wider), timing every table layer the
+        group's channels cross with the other widths whole."""
         if keep >= group.size:
             return group.size
         cached = self._knees.get((group.name, keep))
@@ -631,10 +652,9 @@ class LatencyPredictor:
         if not touched:
             return keep
         grid = width_grid(group.size, self.meter.max_points, self.meter.granularity)
+        block = padded(keep, self.meter.granularity, group.size)  # as fast as keep, or faster
         best, best_ms = group.size, math.inf
-        for w in sorted({keep, *(v for v in grid if v >= keep)}, reverse=True):
-            if w != keep and w not in grid:
-                continue
+        for w in sorted({keep, block, *(v for v in grid if v >= keep)}, reverse=True):
             ms = 0.0
             for lay, side, per_unit, full in touched:
                 gone = (group.size - w) * per_unit
