@@ -227,6 +227,28 @@ def test_runs_then_skips_what_is_done(tmp_path: Path) -> None:
     assert baseline.stat().st_mtime_ns == stamp
 
 
+def test_a_larger_spec_reuses_the_finished_runs_of_another_store(tmp_path: Path) -> None:
+    """Run ids hash the run, not the spec: a spec with one more target adopts the two finished
+    runs of a smaller spec's store (metrics as recorded there) and runs only the third."""
+    small = tmp_path / "small.sqlite"
+    run_spec(parse_spec(tiny()), small, progress=False)
+    before = {r.id: r for r in load_records([small])}
+    larger = parse_spec(tiny(targets={"flops": [0.3, 0.5], "sparsity": [0.5]}))
+    big = tmp_path / "big.sqlite"
+    summary = run_spec(larger, big, progress=False, reuse=[small], work_dir=tmp_path / "w")
+    assert (summary.total, summary.skipped_done, summary.ran, summary.failed) == (3, 2, 1, 0)
+    after = {r.id: r for r in load_records([big])}
+    assert set(before) < set(after) and len(after) == 3
+    for rid, rec in before.items():
+        assert after[rid].metrics == rec.metrics and after[rid].finished == rec.finished
+    with Store(big, create=False) as store:
+        adopted = {e.run_id for e in store.events() if e.event == "adopt"}
+        assert adopted == set(before)
+        store.start("x", {"model": "lenet5"})
+        with pytest.raises(ConfigError, match="only finished runs are adopted"):
+            store.adopt(store.get("x"))
+
+
 def test_latency_and_onnx_figures(tmp_path: Path) -> None:
     spec = parse_spec(
         tiny(

@@ -263,6 +263,7 @@ def cmd_bench_run(args: argparse.Namespace) -> None:
         threads=args.threads,
         work_dir=args.work_dir,
         progress=args.progress,
+        reuse=args.reuse,
     )
     print(
         f"{spec.name}: {summary.total} runs; {summary.skipped_done} already done, "
@@ -398,6 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--work-dir", default=None, help="baselines and run folders (default: beside the store)"
+    )
+    p.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="STORE",
+        help="another store whose finished runs this spec also has: copied in, not run again "
+        "(repeatable)",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -15,6 +15,7 @@ import os
 import platform
 import socket
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prunekit.bench.spec import MeasureSpec, RunConfig, Spec, expand, load_spec
-from prunekit.bench.store import Store, shard_path
+from prunekit.bench.store import Store, load_records, shard_path
 from prunekit.errors import ConfigError, PrunekitError, one_line
 
 __all__ = [
@@ -112,9 +113,15 @@ def run_spec(
     threads: int | None = None,
     progress: bool = True,
     work_dir: str | os.PathLike[str] | None = None,
+    reuse: Sequence[str | os.PathLike[str]] = (),
 ) -> RunSummary:
     """Run the runs of ``spec`` (a :class:`Spec` or the path of a YAML spec) that ``store_path``
     does not hold as done, recording each as it starts, finishes or fails.
+
+    ``reuse``: other stores (files or folders of shards) whose finished runs this spec also
+    has (a run's id hashes its model, data, method, target, seed and schedule, not the spec)
+    are copied into this store first and not run again: a larger spec resumes from a smaller
+    one's results.
 
     ``workers``: processes running runs at once (``spawn``ed, each with ``threads`` torch threads,
     default the CPU cores divided among them); ``threads`` with one worker sets this process's
@@ -144,6 +151,11 @@ def run_spec(
     ordered = sorted(expand(spec), key=lambda c: c.id)
     mine = [c for i, c in enumerate(ordered) if i % world == rank]
     with Store(shard) as store:  # created here, before any worker opens it
+        if reuse:
+            wanted = {c.id for c in mine} - store.done_ids()
+            for rec in load_records(list(reuse)):
+                if rec.status == "done" and rec.id in wanted:
+                    store.adopt(rec)  # the same run (ids hash the run), finished elsewhere
         done = store.done_ids()
     todo = [c for c in mine if c.id not in done]
     todo.sort(key=lambda c: c.baseline_key)  # runs sharing a baseline run back to back

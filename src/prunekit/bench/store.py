@@ -220,6 +220,35 @@ class Store:
                 raise ConfigError(f"run {record_id!r} was never started in {self.path}")
             self._event(c, record_id, "finish", now)
 
+    def adopt(self, record: RunRecord) -> None:
+        """Copy a finished run of another store into this one, as it was recorded there (its
+        metrics, timings, environment and times); the log notes the adoption."""
+        if record.status != "done":
+            raise ConfigError(f"only finished runs are adopted; {record.id!r} is {record.status}")
+        now = time.time()
+        with self._write() as c:
+            c.execute(
+                """INSERT INTO runs (id, config, status, metrics, timings, env, error,
+                                     attempts, started, finished)
+                   VALUES (?, ?, 'done', ?, ?, ?, NULL, ?, ?, ?)
+                   ON CONFLICT (id) DO UPDATE SET
+                       config = excluded.config, status = 'done', metrics = excluded.metrics,
+                       timings = excluded.timings, env = excluded.env, error = NULL,
+                       attempts = excluded.attempts, started = excluded.started,
+                       finished = excluded.finished""",
+                (
+                    record.id,
+                    _dumps(record.config),
+                    _dumps(record.metrics),
+                    _dumps(record.timings),
+                    _dumps(record.env),
+                    record.attempts,
+                    record.started,
+                    record.finished,
+                ),
+            )
+            self._event(c, record.id, "adopt", now)
+
     def fail(self, record_id: str, error: str) -> None:
         """Mark a started run ``failed`` with its error message."""
         now = time.time()
