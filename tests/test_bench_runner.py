@@ -467,3 +467,65 @@ def test_a_killed_runner_resumes_without_repeating_finished_runs(tmp_path: Path)
         assert records[rid].attempts == 1
     for rid in interrupted:
         assert records[rid].attempts == 2
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; only its parent's reaping is left
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_workers_end_when_their_runner_is_killed(tmp_path: Path) -> None:
+    """SIGKILL gives the pool no chance to stop its workers: each ends by itself once its runner
+    is gone, instead of finishing its run on a core the resumed runner needs."""
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        yaml.safe_dump(tiny(methods=["hrank"], targets={"flops": [0.3, 0.5]}, seeds=[0, 1]))
+    )
+    store = tmp_path / "results.sqlite"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(HELPER), str(spec_file), str(store), "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, "the runner ended before it could be killed"
+            assert time.monotonic() < deadline, "no run started in time"
+            seen = _progress(store)
+            if seen is not None and seen[1]:  # a run is running in a worker
+                break
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for w in _children(proc.pid):
+            os.kill(w, signal.SIGKILL)

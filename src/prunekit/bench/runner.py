@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import platform
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -292,6 +293,18 @@ def _init_worker(job: _Job, threads: int) -> None:
     global _WORKER
     torch.set_num_threads(threads)
     _WORKER = _Runner(job)
+    threading.Thread(target=_exit_with_runner, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_runner(runner: int, every: float = 1.0) -> None:
+    """End this worker once its runner is gone (killed, even by SIGKILL, which leaves the pool
+    no chance to stop it): an orphaned worker would go on with its run, holding a core that the
+    resumed runner needs. The interrupted run stays ``running`` in the store, and the resumed
+    runner runs it again."""
+    while True:
+        time.sleep(every)
+        if os.getppid() != runner:
+            os._exit(1)
 
 
 def _worker_baseline(cfg: RunConfig) -> str | None:
