@@ -412,6 +412,28 @@ def _progress(store_path: Path) -> tuple[list[Any], list[Any]] | None:
         return None  # the runner is creating it
 
 
+def _start_runner(spec_file: Path, store: Path, workers: int = 1) -> subprocess.Popen[bytes]:
+    """``tests/bench_kill_helper.py`` running ``spec_file`` into ``store`` in a subprocess."""
+    return subprocess.Popen(
+        [sys.executable, str(HELPER), str(spec_file), str(store), str(workers)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_for(proc: subprocess.Popen[bytes], store: Path, ready: Any, timeout_message: str) -> None:
+    """Poll ``store`` until ``ready(done, running)`` holds; the runner must still be running."""
+    deadline = time.monotonic() + 180
+    while True:
+        assert proc.poll() is None, "the runner ended before it could be killed"
+        assert time.monotonic() < deadline, timeout_message
+        seen = _progress(store)
+        if seen is not None and ready(*seen):
+            return
+        time.sleep(0.02)
+
+
 def test_a_killed_runner_resumes_without_repeating_finished_runs(tmp_path: Path) -> None:
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(
@@ -420,25 +442,14 @@ def test_a_killed_runner_resumes_without_repeating_finished_runs(tmp_path: Path)
     spec: Spec = parse_spec(yaml.safe_load(spec_file.read_text()))
     assert len(expand(spec)) == 4
     store = tmp_path / "results.sqlite"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(HELPER), str(spec_file), str(store)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _start_runner(spec_file, store)
+
+    def one_done_then_another_started(done: list[Any], running: list[Any]) -> bool:
+        last = max((r.finished for r in done), default=None)
+        return last is not None and any(r.started >= last for r in running)
+
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, "the runner ended before it could be killed"
-            assert time.monotonic() < deadline, "no run finished in time"
-            seen = _progress(store)
-            if seen is not None:
-                done, running = seen
-                last = max((r.finished for r in done), default=None)
-                if last is not None and any(r.started >= last for r in running):
-                    break
-            time.sleep(0.02)
+        _wait_for(proc, store, one_done_then_another_started, "no run finished in time")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -499,22 +510,9 @@ def test_workers_end_when_their_runner_is_killed(tmp_path: Path) -> None:
         yaml.safe_dump(tiny(methods=["hrank"], targets={"flops": [0.3, 0.5]}, seeds=[0, 1]))
     )
     store = tmp_path / "results.sqlite"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(HELPER), str(spec_file), str(store), "2"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _start_runner(spec_file, store, workers=2)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, "the runner ended before it could be killed"
-            assert time.monotonic() < deadline, "no run started in time"
-            seen = _progress(store)
-            if seen is not None and seen[1]:  # a run is running in a worker
-                break
-            time.sleep(0.05)
+        _wait_for(proc, store, lambda done, running: bool(running), "no run started in time")
         workers = _children(proc.pid)
         assert workers
         os.kill(proc.pid, signal.SIGKILL)
