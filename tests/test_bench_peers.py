@@ -242,6 +242,7 @@ def peers_fields() -> set[str]:
         "round_to",
         "latency_runtime",
         "latency_batch",
+        "latency_clock",
         "latency_threads",
     }
 
