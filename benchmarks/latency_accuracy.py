@@ -55,6 +55,7 @@ from prunekit import workflow
 from prunekit.io import atomic_write_json
 from prunekit.measure import count_flops
 from prunekit.persist import load
+from prunekit.targets import CLOCKS
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latency_accuracy.md"
 
@@ -155,7 +156,7 @@ def main() -> None:
     p.add_argument("--target-flops", type=float, default=0.6)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--min-run-time", type=float, default=0.5)
-    p.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
+    p.add_argument("--clock", choices=CLOCKS, default="cpu")
     p.add_argument("--max-ratio", type=float, default=0.5, help="of the capped global run")
     p.add_argument("--method", default=None, help="a catalogue method for both runs (not L1)")
     p.add_argument("--option", action="append", default=[], help="KEY=VALUE of --method")

@@ -47,7 +47,7 @@ from prunekit.graph import build
 from prunekit.measure import count_flops
 from prunekit.measure.latency_table import LatencyMeter, measure_model
 from prunekit.prune import prune_channels
-from prunekit.targets import LatencySetting
+from prunekit.targets import CLOCKS, LatencySetting
 
 SIDE = 224
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latency_budget.md"
@@ -166,7 +166,7 @@ def main() -> None:
     )
     p.add_argument(
         "--clock",
-        choices=("wall", "cpu"),
+        choices=CLOCKS,
         default="wall",
         help="cpu: time the process's CPU time (one thread), for a machine shared with others",
     )

@@ -43,6 +43,7 @@ from prunekit.configs import run_hash, to_dict
 from prunekit.errors import ConfigError
 from prunekit.io import atomic_write_json, remove_orphan_temps
 from prunekit.tables import markdown_table
+from prunekit.targets import CLOCKS, RUNTIMES
 from prunekit.train import (
     TrainConfig,
     TrainResult,
@@ -508,7 +509,7 @@ class PruneConfig:
         default="torch",
         metadata={
             "help": "runtime --target-latency is measured on",
-            "choices": ("torch", "onnxruntime"),
+            "choices": RUNTIMES,
         },
     )
     latency_batch: int = field(default=1, metadata={"help": "batch size of --target-latency"})
@@ -518,7 +519,7 @@ class PruneConfig:
         metadata={
             "help": "clock --target-latency is measured on: wall, or cpu (the process's CPU "
             "time: torch, one thread; on a machine shared with other processes)",
-            "choices": ("wall", "cpu"),
+            "choices": CLOCKS,
         },
     )
     calib_batches: int = field(default=4, metadata={"help": "batches for data-driven criteria"})

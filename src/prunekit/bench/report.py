@@ -531,7 +531,7 @@ RANDOM = "random_channel"  # the control a structured method has to beat (CVPR 2
 def against_random(m: Matrix) -> tuple[list[str], list[list[str]], list[str]]:
     """Every prunekit row against random channels at each target: the gap in top-1 after
     fine-tuning, marked ``≈`` where it is inside the seed spread (the larger sd), and the rows
-    that are ahead beyond the spread at no target (``[]`` each when the matrix has no
+    that are ahead beyond the spread at no target (no rows when the matrix has no
     random-channel row or nothing to compare)."""
     base = next((r for r in m.rows if r.label == RANDOM), None)
     if base is None:
@@ -554,8 +554,6 @@ def against_random(m: Matrix) -> tuple[list[str], list[list[str]], list[str]]:
             rows.append([r.label, *cells])
             if not ahead:
                 never.append(r.label)
-    if not rows:
-        return [], [], []
     return ["method", *m.headers[1:]], rows, never
 
 

@@ -652,9 +652,9 @@ class LatencyPredictor:
         if not touched:
             return keep
         grid = width_grid(group.size, self.meter.max_points, self.meter.granularity)
-        block = padded(keep, self.meter.granularity, group.size)  # as fast as keep, or faster
+        keep_padded = padded(keep, self.meter.granularity, group.size)  # costs what keep costs
         best, best_ms = group.size, math.inf
-        for w in sorted({keep, block, *(v for v in grid if v >= keep)}, reverse=True):
+        for w in sorted({keep, keep_padded, *(v for v in grid if v >= keep)}, reverse=True):
             ms = 0.0
             for lay, side, per_unit, full in touched:
                 gone = (group.size - w) * per_unit
