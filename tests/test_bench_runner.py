@@ -527,3 +527,28 @@ def test_workers_end_when_their_runner_is_killed(tmp_path: Path) -> None:
             proc.wait()
         for w in _children(proc.pid):
             os.kill(w, signal.SIGKILL)
+
+
+def test_a_run_folder_left_by_another_pruning_is_set_aside(tmp_path: Path) -> None:
+    """A run's folder whose fine-tuning checkpoint does not fit the pruned model (written for other
+    widths with the same run id, e.g. by an earlier version) is renamed aside, kept, and the run
+    starts over instead of failing."""
+    spec = parse_spec(tiny(methods=["hrank"], targets={"flops": [0.3]}, finetune={"epochs": 1}))
+    store = tmp_path / "results.sqlite"
+    work = tmp_path / "w"
+    assert run_spec(spec, store, progress=False, work_dir=work).failed == 0
+    (rec,) = load_records([store])
+    run_dir = work / "runs" / rec.id
+    ckpt = torch.load(run_dir / "finetune.pt", weights_only=False)
+    name = next(k for k, v in ckpt["model"].items() if v.ndim == 4)
+    ckpt["model"][name] = ckpt["model"][name][:1]  # one filter: another pruning's width
+    torch.save(ckpt, run_dir / "finetune.pt")
+    with Store(store) as s:
+        s.fail(rec.id, "forced rerun")
+    summary = run_spec(spec, store, progress=False, work_dir=work)
+    assert (summary.ran, summary.failed) == (1, 0)
+    (again,) = load_records([store])
+    assert again.status == "done"
+    aside = work / "runs" / f"{rec.id}.stale-1" / "finetune.pt"
+    assert torch.load(aside, weights_only=False)["model"][name].shape[0] == 1
+    assert (run_dir / "finetune.pt").exists()

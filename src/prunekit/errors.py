@@ -38,6 +38,11 @@ class CheckpointError(PrunekitError, ValueError):
     """A checkpoint that cannot be read or does not match what is asked of it."""
 
 
+class StaleCheckpointError(CheckpointError):
+    """A resume checkpoint whose tensors do not fit the model it is asked to resume: it was
+    written for another model (a pruning that produced other widths, e.g. by an older version)."""
+
+
 class UnsupportedError(PrunekitError, TypeError):
     """A layer or op that the structural core cannot prune through, named with its module path."""
 

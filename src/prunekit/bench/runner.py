@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from prunekit.bench.spec import MeasureSpec, RunConfig, Spec, expand, load_spec
 from prunekit.bench.store import Store, load_records, shard_path
-from prunekit.errors import ConfigError, PrunekitError, one_line
+from prunekit.errors import ConfigError, PrunekitError, StaleCheckpointError, one_line
 
 __all__ = [
     "LAUNCHER_VARS",
@@ -321,6 +321,15 @@ def _worker_run(cfg: RunConfig) -> str | None:
     return _WORKER.run(cfg)
 
 
+def _set_aside(run_dir: Path) -> Path:
+    """Rename a run's folder to a free ``<id>.stale-N`` beside it (nothing is deleted)."""
+    n = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.stale-{n}")).exists():
+        n += 1
+    run_dir.rename(aside)
+    return aside
+
+
 class BaselineError(RuntimeError):
     """A run's baseline could not be trained (the message says why)."""
 
@@ -398,9 +407,17 @@ class _Runner:
         prune = None
         if peers.is_baseline(cfg.method):  # a peer or reference: not a catalogue method
             prune = peers.pruner(cfg.method, config, cfg.options, run_dir)
-        raw = workflow.run_pruning(
-            config, out=run_dir, progress=False, baseline=trained, latency=False, prune=prune
-        )
+        try:
+            raw = workflow.run_pruning(
+                config, out=run_dir, progress=False, baseline=trained, latency=False, prune=prune
+            )
+        except StaleCheckpointError:
+            # the run's folder holds the checkpoints of another pruning with this run's id (an
+            # earlier version's widths): set them aside, kept, and run it from the start
+            _set_aside(run_dir)
+            raw = workflow.run_pruning(
+                config, out=run_dir, progress=False, baseline=trained, latency=False, prune=prune
+            )
         pruning_s = time.perf_counter() - t0
         metrics = {k: v for k, v in raw.items() if k not in _CONFIG_ECHO}
         t0 = time.perf_counter()

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from prunekit.errors import CheckpointError, ConfigError, DataError
+from prunekit.errors import CheckpointError, ConfigError, DataError, StaleCheckpointError
 from prunekit.io import PathLike
 
 from . import distributed as dist_
@@ -338,7 +338,7 @@ def _restore(run: _Run, path: PathLike) -> None:
         run.model.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(
+        raise StaleCheckpointError(
             f"checkpoint {path} does not fit this model: {str(e).strip().splitlines()[0]}"
         ) from e
     run.scheduler.load_state_dict(ckpt["scheduler"])
