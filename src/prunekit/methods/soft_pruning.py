@@ -1,5 +1,6 @@
-"""The soft filter pruning mechanism shared by SFP and FPGM: zero the weakest filters before the
-first epoch and after every epoch, keep them in the model, remove them physically at the end.
+"""The soft filter pruning mechanism shared by SFP and FPGM (and MFP, ``neighbor_switch``, which
+chooses its criterion anew at every step): zero the weakest filters before the first epoch and
+after every epoch, keep them in the model, remove them physically at the end.
 
 What the official code does (``he-y/soft-filter-pruning``, ``pruning_cifar10_resnet.py`` and
 ``pruning_train.py``; ``he-y/filter-pruning-geometric-median``, ``pruning_cifar10.py``), and
@@ -313,17 +314,23 @@ class SoftPruningMethod(Method):
 
     def __init__(self) -> None:
         self.history: list[dict[str, list[int]]] = []
+        self.pruner: SoftPruner | None = None  # the last prune()'s, for its records
 
-    def prune(self, ctx: Context) -> PruneReport:
-        opts = self.options(ctx)
-        target = ctx.target.require("flops", "params", "latency", method=self.id)
-        pruner = SoftPruner(
+    def make_pruner(self, ctx: Context, target: Target, opts: Options) -> SoftPruner:
+        """The pruner of the soft phase: a :class:`SoftPruner` with :attr:`criterion` (a method
+        that chooses its criterion anew at every step returns its own subclass)."""
+        return SoftPruner(
             ctx.model,
             ctx.example_input,
             target,
             self.criterion,
             mask_gradients=opts["mask_gradients"],
         )
+
+    def prune(self, ctx: Context) -> PruneReport:
+        opts = self.options(ctx)
+        target = ctx.target.require("flops", "params", "latency", method=self.id)
+        pruner = self.make_pruner(ctx, target, opts)
         if opts["epochs"] > 0:
             pruner.begin()
             try:
@@ -342,6 +349,7 @@ class SoftPruningMethod(Method):
                 pruner.detach()
         report = pruner.finish()
         self.history = pruner.history
+        self.pruner = pruner
         return report
 
 
