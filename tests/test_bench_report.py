@@ -509,3 +509,31 @@ def test_rows_trained_from_initialisation_are_named_with_their_epochs(records, t
     # a report without such rows says nothing about it
     plain = write_report(records, tmp_path / "p").markdown.read_text()
     assert "From the architecture's initialisation" not in plain
+
+
+def test_the_epochs_a_method_trained_are_shown_beside_its_result(decided, tmp_path):
+    """sfp trained 3 epochs inside its pruning at 70% (seeds 0 and 1: 2 and 4); the peer none.
+    prunekit's best is named with that budget, the peer without one, and the detail table and
+    the JSON carry the figure."""
+    for rec in decided:
+        if rec.config["method"] == "sfp" and not rec.config.get("distill"):
+            rec.metrics["method_epochs"] = 2 + 2 * rec.config["seed"]
+        elif rec.config["method"] == "peer:tp_l2":
+            rec.metrics["method_epochs"] = 0
+    files = write_report(decided, tmp_path)
+    text = files.markdown.read_text()
+    versus = markdown_rows(
+        section(text, "Decision matrix")
+        .split("prunekit's best against the peers' best:")[1]
+        .split("Distilled")[0]
+    )
+    at70 = next(v for v in versus if v["target"] == "flops -70%")
+    assert (at70["prunekit's best"], at70["peer's best"]) == (
+        "sfp (+3 epochs in the method)",
+        "peer:tp_l2",
+    )
+    detail = [r for r in markdown_rows(text) if r.get("method") == "sfp" and "prune s" in r]
+    assert {r["target"]: r["epochs in the method"] for r in detail}["flops 0.7"] == "3.0 ± 1.4"
+    (m,) = json.loads(files.data.read_text())["matrices"]
+    cells = {r["label"]: r["cells"] for r in m["rows"]}
+    assert cells["sfp"][1]["method_epochs"]["mean"] == 3.0

@@ -48,6 +48,7 @@ from prunekit.train import (
     TrainConfig,
     TrainResult,
     barrier,
+    epochs_trained,
     evaluate,
     fit,
     init_from_env,
@@ -898,7 +899,7 @@ def run_pruning(
     metrics.update(_stage_figures(model, example, "before", latency, warnings))
 
     teacher = copy.deepcopy(model) if config.distill else None
-    t0 = time.perf_counter()
+    t0, epochs0 = time.perf_counter(), epochs_trained()
     work_dir = out_dir / METHOD_DIR if out_dir is not None else None
     report = (
         prune(setup)
@@ -906,6 +907,9 @@ def run_pruning(
         else prune_step(config, setup, progress=progress, work_dir=work_dir)
     )
     metrics["prune_time_s"] = time.perf_counter() - t0
+    # the training budget the method spent inside its pruning (recoveries, sparsity training,
+    # soft phases), beyond the fine-tuning every run gets
+    metrics["method_epochs"] = epochs_trained() - epochs0
     _record_accuracy(metrics, "pruned", evaluate(model, setup.test_set))
 
     if getattr(report, "at_initialisation", False):

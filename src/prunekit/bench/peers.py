@@ -33,6 +33,12 @@ ignored; ``max_pruning_ratio`` 1.0; pruning is global (``global_pruning=True``, 
 target within 1%. Taylor scores come from the gradients of the cross-entropy on the
 ``calib_batches`` calibration batches (the model in eval mode, so BatchNorm statistics stay).
 BN scale is the criterion alone, without the sparsity training of network slimming.
+Options ``steps`` and ``step_epochs`` give the iterative form of Torch-Pruning's README
+(``MetaPruner(iterative_steps=N)``, one ``pruner.step()`` per step with the user's fine-tuning
+between): the target is reached in ``steps`` equal shares, each met within 1% as above, with
+``step_epochs`` epochs of fine-tuning (the run's lr) after every step but the last. That gives
+a peer the training budget a catalogue method spends inside its own pruning (recorded as the
+run's ``method_epochs``), for comparisons at equal epochs.
 """
 
 from __future__ import annotations
@@ -340,8 +346,11 @@ def _compose(
 
 
 def _tp_prune(baseline: Baseline, job: _Job) -> Any:
-    """Search the ``MetaPruner`` ratio whose pruned copy meets the target within 1%, then
-    prune the model itself at that ratio."""
+    """Prune with Torch-Pruning's ``MetaPruner`` to the target: in one step (option ``steps``
+    1), or iteratively as its ``iterative_steps`` do (the target reached in ``steps`` equal
+    steps, ``step_epochs`` epochs of fine-tuning at the run's fine-tuning lr after every step
+    but the last). Each step searches the ratio whose pruned copy meets that step's share of the
+    target within 1%, then prunes the model itself at that ratio."""
     if baseline.extra.get("needs_norm") and not any(
         isinstance(m, nn.modules.batchnorm._BatchNorm) for m in job.setup.model.modules()
     ):
@@ -350,8 +359,51 @@ def _tp_prune(baseline: Baseline, job: _Job) -> Any:
             f"{job.config.model!r} has no BatchNorm layer"
         )
     model, example = job.setup.model, job.setup.example_input()
-    kind, fraction = job.target
+    fraction = job.target[1]
+    steps, step_epochs = int(job.options.get("steps", 1)), int(job.options.get("step_epochs", 0))
+    if steps < 1 or step_epochs < 0:
+        raise ConfigError(
+            f"{baseline.id}: steps must be >= 1 and step_epochs >= 0, got {steps} and {step_epochs}"
+        )
     before = _measure(model, example)
+    widths = _widths(model)
+    structure = copy.deepcopy(getattr(model, "_prunekit_structure", {}) or {})
+    for i in range(1, steps + 1):
+        ratio = _tp_ratio(baseline, job, model, example, fraction * i / steps, before)
+        step = _tp_step(model, example, job, baseline.extra["importance"](), ratio)
+        model.zero_grad(set_to_none=True)
+        _compose(structure, step)
+        if i < steps and step_epochs > 0:
+            _tp_finetune(model, job, step_epochs, i)
+    model._prunekit_structure = structure  # type: ignore[assignment]
+    return _report(before, model, example, widths)
+
+
+def _tp_finetune(model: nn.Module, job: _Job, epochs: int, step: int) -> None:
+    """Fine-tune ``model`` between two iterative steps: the run's fine-tuning schedule and lr,
+    ``epochs`` epochs, checkpointed (a killed run resumes it)."""
+    import dataclasses
+
+    from prunekit.train import fit
+    from prunekit.workflow import finetune_config
+
+    config = dataclasses.replace(finetune_config(job.config), epochs=epochs)
+    checkpoint = None if job.work is None else job.work / f"tp_step{step}.pt"
+    fit(model, job.setup.train_set, config, checkpoint=checkpoint, progress=False)
+
+
+def _tp_ratio(
+    baseline: Baseline,
+    job: _Job,
+    model: nn.Module,
+    example: torch.Tensor,
+    fraction: float,
+    before: tuple[int, int],
+) -> float:
+    """The ``MetaPruner`` ratio that, applied to ``model`` as it is now, leaves ``1 -
+    fraction`` of the dense model's FLOPs (or params, ``before``) within 1%, by bisection; where
+    one channel more jumps over that band, the nearest ratio removing more, up to 3% more."""
+    kind = job.target[0]
     dense = before[1] if kind == "flops" else before[0]
     goal = (1.0 - fraction) * dense
     make = baseline.extra["importance"]
@@ -391,13 +443,7 @@ def _tp_prune(baseline: Baseline, job: _Job) -> Any:
                 "dense figure"
             )
         best = over
-    widths = _widths(model)
-    step = _tp_step(model, example, job, make(), best)
-    structure = copy.deepcopy(getattr(model, "_prunekit_structure", {}) or {})
-    model.zero_grad(set_to_none=True)
-    _compose(structure, step)
-    model._prunekit_structure = structure  # type: ignore[assignment]
-    return _report(before, model, example, widths)
+    return best
 
 
 def _register_tp(
@@ -418,7 +464,12 @@ def _register_tp(
             source=f"torch_pruning.importance.{importance}({args}) through MetaPruner",
             prune=_tp_prune,
             requires="torch_pruning",
-            defaults={"global_pruning": True, "max_pruning_ratio": 1.0},
+            defaults={
+                "global_pruning": True,
+                "max_pruning_ratio": 1.0,
+                "steps": 1,  # MetaPruner(iterative_steps=...): 1 is one-shot
+                "step_epochs": 0,  # fine-tuning epochs between two steps
+            },
             extra={"importance": make, **extra},
         ),
     )

@@ -42,6 +42,7 @@ ENV_KEYS = ("torch", "threads", "workers", "device")
 DIRECT_KEYS = (
     "scratch_epochs",  # pruned at initialisation: epochs from there (the baseline's)
     "from_init_epochs",  # epochs the method itself trained the network from scratch
+    "method_epochs",  # epochs the method trained inside its pruning (beyond the fine-tuning)
     "acc_before",
     "acc_pruned",
     "acc_finetuned",
@@ -107,6 +108,7 @@ COLUMNS = (
     Column("bytes_dense", "bytes dense", 0),
     Column("bytes_sparse", "bytes sparse", 0),
     Column("bytes_result_file", "bytes of its quantised file", 0),
+    Column("method_epochs", "epochs in the method", 1),
     Column("prune_time_s", "prune s", 2),
     Column("finetune_time_s", "fine-tune s", 2),
 )
@@ -343,6 +345,7 @@ class Cell:
     drop: Stat | None
     best: bool = False
     level: bool = False
+    epochs: Stat | None = None  # training epochs inside the method (beyond the fine-tuning)
 
     def text(self) -> str:
         if self.acc is None:
@@ -411,7 +414,11 @@ def matrix(table: Table) -> Matrix:
             label,
             kinds[label],
             [
-                Cell(cells[c].stats.get("acc_finetuned"), cells[c].stats.get("acc_drop"))
+                Cell(
+                    cells[c].stats.get("acc_finetuned"),
+                    cells[c].stats.get("acc_drop"),
+                    epochs=cells[c].stats.get("method_epochs"),
+                )
                 if c in cells
                 else Cell(None, None)
                 for c in columns
@@ -506,7 +513,12 @@ VERSUS_HEADERS = (
 
 def versus_cells(items: Sequence[Versus]) -> list[list[str]]:
     def name(x: tuple[str, Cell] | None) -> str:
-        return "-" if x is None else x[0]
+        if x is None:
+            return "-"
+        epochs = x[1].epochs
+        if epochs is None or epochs.mean <= 0:
+            return x[0]
+        return f"{x[0]} (+{epochs.mean:.0f} epochs in the method)"
 
     def acc(x: tuple[str, Cell] | None) -> str:
         return "-" if x is None else x[1].text().removesuffix(f" {LEVEL_MARK}")
@@ -968,7 +980,13 @@ def matrix_json(m: Matrix) -> dict[str, Any]:
                 "label": r.label,
                 "kind": r.kind,
                 "cells": [
-                    {"acc": stat(c.acc), "drop": stat(c.drop), "best": c.best, "level": c.level}
+                    {
+                        "acc": stat(c.acc),
+                        "drop": stat(c.drop),
+                        "method_epochs": stat(c.epochs),
+                        "best": c.best,
+                        "level": c.level,
+                    }
                     for c in r.cells
                 ],
             }

@@ -21,7 +21,7 @@ from .distributed import (
     world_size,
 )
 from .evaluate import evaluate
-from .loop import Callback, TrainResult, fit
+from .loop import Callback, TrainResult, epochs_trained, fit
 from .optim import build_loss, build_optimizer
 from .schedules import LRFactor, build_scheduler
 
@@ -36,6 +36,7 @@ __all__ = [
     "build_loss",
     "build_optimizer",
     "build_scheduler",
+    "epochs_trained",
     "evaluate",
     "fit",
     "init_from_env",

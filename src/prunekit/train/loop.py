@@ -54,6 +54,14 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss(x, logits, labels)`` -> per-sample loss (see :func:`fit`)."""
 
 _POSTFIX_INTERVAL_S = 0.5
+_EPOCHS = [0]  # epochs over the training set that fit() has completed in this process
+
+
+def epochs_trained() -> int:
+    """Epochs over a training set that :func:`fit` has completed in this process (a resumed
+    fit counts its restored epochs too). The difference across a call is the training budget
+    the call spent, e.g. a pruning method's own phases."""
+    return _EPOCHS[0]
 
 
 @dataclass
@@ -184,6 +192,7 @@ def fit(
     if val_set is not None and not final:  # resumed a finished run
         final = evaluate(model, val_set, batch_size=config.batch_size, device=device)
 
+    _EPOCHS[0] += run.epoch
     train_time = sum(r["time_s"] for r in run.history)
     images = n_train * len(run.history)
     return TrainResult(
