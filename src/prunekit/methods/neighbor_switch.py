@@ -23,8 +23,9 @@ calibration batches ``B`` from the training set, the number of soft epochs ``E``
       (:func:`neighbour_loss`; lower is better);
    c. switch to ``N_c*`` with ``c* = argmin_c A(N_c)`` (a tie goes to the criterion listed
       first): its filters are zeroed and stay in the model (:class:`NeighborSwitchPruner`);
-   d. train one epoch; the zeroed filters are updated like every other weight and may grow
-      back (``mask_gradients`` False), so the next step can choose again, with any criterion.
+   d. train one epoch with the zeroed filters' gradients masked (``mask_gradients`` True, as
+      the authors' FPGM code); a filter the next step's criterion does not select trains again,
+      so the next step can choose again, with any criterion.
 
 2. Remove the filters of the last selection physically (:meth:`SoftPruner.finish`).
 
@@ -66,8 +67,15 @@ what is prunekit's reconstruction:
   abstract presents using the same criteria for every layer as the limitation it removes.
 * **When**: every soft-pruning step, i.e. before training and after every epoch, since the abstract
   faults a criterion that stays fixed while the weights change during iterative pruning.
-* **Soft, with pruned filters updated** (``mask_gradients`` False): the abstract builds on the
-  finding that updating previously pruned filters keeps the model's capacity (SFP).
+* **Soft, gradients of the zeroed filters masked** (``mask_gradients`` True). The abstract
+  builds on soft pruning (previously pruned filters are updated again once a later step does not
+  select them). Whether zeroed filters get gradients within an epoch is the one point where the
+  authors' two soft-pruning codes differ: SFP's ``train()`` masks nothing, FPGM's calls
+  ``do_grad_mask()`` every iteration. MFP extends FPGM (its distance criterion is FPGM's), so
+  FPGM's code is followed. Measured on ResNet-20 / digits-32 at 70% fewer FLOPs (seed 0, 3 soft
+  epochs, 3 fine-tuning epochs): 97.4% with the mask, 37.0% without (three seeds: 39.8 ±
+  3.0), where behind BatchNorm a zeroed filter regrows at once and the last selection keeps
+  the regrown filters (the failure documented for SFP in :mod:`prunekit.methods.soft_pruning`).
 
 Defaults: ``epochs`` 3 and ``lr`` 0.01 (constant, Nesterov momentum 0.9, weight decay 5e-4) are
 those of prunekit's SFP / FPGM phase (:mod:`prunekit.methods.soft_pruning`, the official FPGM
@@ -303,9 +311,10 @@ class NeighborSwitchOptions(SoftPruningOptions):
         low=1,
     )
     mask_gradients: bool = option(
-        False,
+        True,
         help="mask the gradients of zeroed filters at every iteration and hold them at zero",
-        source="paper abstract: previously pruned filters keep being updated (soft, as SFP)",
+        source="official FPGM pruning_cifar10.py (the authors' code MFP's distance criterion "
+        "comes from): train() calls m.do_grad_mask() before step()",
     )
 
 
