@@ -244,6 +244,8 @@ def peers_fields() -> set[str]:
         "latency_batch",
         "latency_clock",
         "latency_threads",
+        "steps",
+        "step_epochs",
     }
 
 
@@ -388,18 +390,27 @@ def test_committed_specs_are_valid(path: Path) -> None:
 
 
 def test_iterative_peer_prunes_in_steps_with_fine_tuning_between(tmp_path: Path) -> None:
-    """``steps`` 3 and ``step_epochs`` 1: Torch-Pruning's iterative form reaches the target in
-    three steps with one fine-tuning epoch after each of the first two (2 epochs in all, counted
-    by fit); the positions kept over the steps compose into the saved structure, so the saved
-    model loads back computing exactly what the pruned one does."""
+    """``steps`` 3 and ``step_epochs`` 1 (Torch-Pruning's ``iterative_steps``): 60% of the FLOPs
+    in three equal shares of the dense model, so step 1 asks 20%, step 2 1 - 0.6 / 0.8 = 25% of
+    what is left, step 3 1 - 0.4 / 0.6 = 33% (up to the 1% each step may miss by); one
+    fine-tuning epoch after each of the first two steps (2 epochs, counted by fit); the
+    positions kept over the steps compose into the saved structure, so the saved model loads
+    back computing exactly what the pruned one does."""
     from prunekit.train import epochs_trained
 
     setup = conv_bn_setup()
+    asked: list[float] = []
+
+    def once(step: workflow.PruneConfig, folder: Path | None) -> Any:
+        asked.append(step.target_flops)
+        return peers.pruner("peer:tp_l2", step, {}, folder)(setup)
+
     start = epochs_trained()
-    options = {"steps": 3, "step_epochs": 1}
-    report = peers.pruner("peer:tp_l2", config(target_flops=0.6), options, tmp_path)(setup)
+    cfg = config(target_flops=0.6, steps=3, step_epochs=1)
+    report = workflow.prune_in_steps(cfg, setup, once, tmp_path)
     assert epochs_trained() - start == 2
-    assert sorted(p.name for p in tmp_path.glob("tp_step*.pt")) == ["tp_step1.pt", "tp_step2.pt"]
+    assert sorted(p.name for p in tmp_path.glob("step*.pt")) == ["step1.pt", "step2.pt"]
+    assert asked == pytest.approx([0.2, 0.25, 1 / 3], abs=0.02)
     assert abs(report.flops_reduction - 0.6) <= 0.01
     assert report.flops_after == flops(setup.model, setup.shape)
     setup.model.eval()
@@ -408,5 +419,25 @@ def test_iterative_peer_prunes_in_steps_with_fine_tuning_between(tmp_path: Path)
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), setup.model(x), rtol=0, atol=0)
-    with pytest.raises(ConfigError, match="steps must be >= 1"):
-        peers.pruner("peer:tp_l2", config(), {"steps": 0})(conv_bn_setup())
+
+
+def test_steps_are_checked_in_configs_and_specs() -> None:
+    with pytest.raises(ConfigError, match="steps must be an integer >= 1"):
+        workflow.PruneConfig(model="lenet5", method="fpgm", target_flops=0.5, steps=0).validate()
+    with pytest.raises(ConfigError, match="not to a sparsity target"):
+        workflow.PruneConfig(
+            model="lenet5", method="magnitude", target_sparsity=0.5, steps=2
+        ).validate()
+    spec = {
+        "name": "p",
+        "models": ["mnist1d_cnn"],
+        "datasets": ["mnist1d"],
+        "methods": [{"id": "peer:tp_l2", "steps": 4, "step_epochs": 1}, "fpgm"],
+    }
+    iterative, one_shot = expand(parse_spec(spec))
+    assert (iterative.steps, iterative.step_epochs, one_shot.steps) == (4, 1, 1)
+    assert "steps" not in one_shot.hashed()  # runs stored before the field keep their ids
+    assert iterative.prune_config().steps == 4
+    spec["methods"] = [{"id": "ref:width_scaled", "steps": 2}]
+    with pytest.raises(ConfigError, match=r"methods\[0\]\.steps: ref:width_scaled does not"):
+        parse_spec(spec, source="p.yaml")

@@ -76,7 +76,7 @@ def test_defaults_fill_everything_but_the_required_keys() -> None:
 ERRORS = [
     (
         BASE.replace("methods: [hrank]", "methods:\n  - hrank\n  - {id: fpgm, optoins: {}}"),
-        "methods[1].optoins: unknown key (expected one of: id, options, distill)",
+        "methods[1].optoins: unknown key (expected one of: id, options, distill, steps, step_epochs)",
     ),
     (BASE + "finetune: {epochs: three}\n", "finetune.epochs: expected an integer, got 'three'"),
     (

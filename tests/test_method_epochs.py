@@ -22,7 +22,7 @@ def test_fit_counts_its_epochs_and_a_resumed_finished_fit_counts_them_again(tmp_
     assert epochs_trained() - start == 4  # the phase's budget is spent whether run or restored
 
 
-def run(method: str, *options: str) -> dict:
+def run(method: str, *options: str, **fields: int) -> dict:
     config = workflow.PruneConfig(
         model="lenet5",
         epochs=1,
@@ -30,6 +30,7 @@ def run(method: str, *options: str) -> dict:
         method=method,
         target_flops=0.5,
         option=options,
+        **fields,  # type: ignore[arg-type]
     )
     return workflow.run_pruning(config, progress=False, latency=False)
 
@@ -37,3 +38,11 @@ def run(method: str, *options: str) -> dict:
 def test_a_run_records_the_epochs_its_method_trained_but_not_the_fine_tuning():
     assert run("sfp", "epochs=2")["method_epochs"] == 2  # its soft phase
     assert run("l1_filter")["method_epochs"] == 0  # one-shot: only the common fine-tuning
+
+
+def test_a_method_pruned_in_steps_meets_its_target_and_counts_the_epochs_between():
+    """l1_filter in 3 steps with 2 fine-tuning epochs between: 4 epochs in the method, the
+    FLOPs target met within 1% of the dense model's figure."""
+    m = run("l1_filter", steps=3, step_epochs=2)
+    assert m["method_epochs"] == 4
+    assert abs(1 - m["flops_after"] / m["flops_before"] - 0.5) <= 0.01

@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -550,6 +551,17 @@ class PruneConfig:
             "(its search_budget option)"
         },
     )
+    steps: int = field(
+        default=1,
+        metadata={
+            "help": "reach the FLOPs or params target in N equal steps, fine-tuning "
+            "--step-epochs between two steps (structured; 1: one shot)"
+        },
+    )
+    step_epochs: int = field(
+        default=0,
+        metadata={"help": "fine-tuning epochs between two of the --steps (at --finetune-lr)"},
+    )
     distill: bool = field(
         default=False,
         metadata={"help": "fine-tune by distillation from the unpruned model (Hinton et al.)"},
@@ -642,7 +654,16 @@ class PruneConfig:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
             raise ConfigError(f"finetune_lr must be a number > 0, got {lr!r}")
         finetune_config(self)  # TrainConfig checks epochs, batch size, lr and seed
-        self.target_object()
+        target = self.target_object()
+        for name, minimum in (("steps", 1), ("step_epochs", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if self.steps > 1 and target.kind not in ("flops", "params"):
+            raise ConfigError(
+                f"steps > 1 prunes to a FLOPs or params target in steps, not to a {target.kind} "
+                "target"
+            )
         options = self.options()
         if self.max_ratio is not None:
             from prunekit.prune import check_max_ratio
@@ -799,6 +820,65 @@ def _prune(config: PruneConfig, setup: Setup, progress: bool, work_dir: Path | N
     return method.prune(ctx)
 
 
+def prune_in_steps(
+    config: PruneConfig,
+    setup: Setup,
+    once: Callable[[PruneConfig, Path | None], Any],
+    work_dir: Path | None,
+    *,
+    progress: bool = False,
+) -> Any:
+    """Prune ``setup.model`` to ``config``'s target in ``config.steps`` equal steps: step ``i``
+    asks ``once(step_config, folder)`` to leave ``1 - i / steps`` of the target's share of the
+    dense model's FLOPs (or params), expressed as a fraction of the model as it is then, and
+    ``config.step_epochs`` epochs of fine-tuning (the run's fine-tuning lr, checkpointed in
+    ``work_dir``) follow every step but the last. The iterative pruning of Torch-Pruning's
+    ``MetaPruner(iterative_steps=N)`` and of the pruning literature's prune / fine-tune cycles,
+    for any structured method or peer. Returns one report from the dense model to the last
+    step's (``steps`` 1: ``once``'s own)."""
+    if config.steps == 1:
+        return once(config, work_dir)
+    from prunekit.measure import count_flops, count_params
+    from prunekit.prune import GroupChange, PruneReport
+
+    model, example = setup.model, setup.example_input()
+    ((key, fraction),) = config.target().items()
+
+    def figure() -> int:
+        if key == "target_flops":
+            return count_flops(model, (example,)).flops
+        return count_params(model).total
+
+    dense = figure()
+    reports = []
+    for i in range(1, config.steps + 1):
+        share = 1.0 - (1.0 - fraction * i / config.steps) * dense / figure()
+        if share > 1e-3:  # an earlier step that removed more than asked may leave nothing
+            step = dataclasses.replace(config, steps=1, step_epochs=0, **{key: share})
+            reports.append(once(step, None if work_dir is None else work_dir / f"step{i}"))
+        if i < config.steps and config.step_epochs > 0:
+            fit(
+                model,
+                setup.train_set,
+                dataclasses.replace(finetune_config(config), epochs=config.step_epochs),
+                checkpoint=None if work_dir is None else work_dir / f"step{i}.pt",
+                progress=progress,
+            )
+    first, last = reports[0], reports[-1]
+    widths: dict[str, list[int]] = {}
+    for r in reports:
+        for g in r.groups:
+            widths.setdefault(g.name, [g.before, g.after])[1] = g.after
+    return PruneReport(
+        params_before=first.params_before,
+        params_after=last.params_after,
+        flops_before=first.flops_before,
+        flops_after=last.flops_after,
+        groups=[GroupChange(n, b, a) for n, (b, a) in widths.items()],
+        pinned=list(last.pinned),
+    )
+
+
 def finetune_config(config: PruneConfig) -> TrainConfig:
     """The fine-tuning config: the baseline's, with ``finetune_epochs`` (at least 1: with 0
     nothing is fine-tuned) and ``finetune_lr``."""
@@ -846,7 +926,8 @@ def run_pruning(
     :func:`baseline_config`'s configs) to prune a copy of, instead of training one; it is left
     unchanged, so one baseline serves every method of a comparison.
 
-    ``prune(setup)``, when given, prunes ``setup.model`` in place instead of ``config.method``
+    ``prune(config, setup)``, when given, prunes ``setup.model`` in place to ``config``'s target
+    (each step's, with ``config.steps`` > 1: :func:`prune_in_steps`) instead of ``config.method``
     or the criterion and returns a :class:`~prunekit.prune.PruneReport` (the benchmark's peer
     and reference baselines). With ``config.distill`` the fine-tuning learns from a copy of the
     unpruned model (:mod:`prunekit.train.distill`).
@@ -901,11 +982,13 @@ def run_pruning(
     teacher = copy.deepcopy(model) if config.distill else None
     t0, epochs0 = time.perf_counter(), epochs_trained()
     work_dir = out_dir / METHOD_DIR if out_dir is not None else None
-    report = (
-        prune(setup)
-        if prune is not None
-        else prune_step(config, setup, progress=progress, work_dir=work_dir)
-    )
+
+    def once(step: PruneConfig, folder: Path | None) -> Any:
+        if prune is not None:
+            return prune(step, setup)
+        return prune_step(step, setup, progress=progress, work_dir=folder)
+
+    report = prune_in_steps(config, setup, once, work_dir, progress=progress)
     metrics["prune_time_s"] = time.perf_counter() - t0
     # the training budget the method spent inside its pruning (recoveries, sparsity training,
     # soft phases), beyond the fine-tuning every run gets

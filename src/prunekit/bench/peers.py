@@ -33,12 +33,13 @@ ignored; ``max_pruning_ratio`` 1.0; pruning is global (``global_pruning=True``, 
 target within 1%. Taylor scores come from the gradients of the cross-entropy on the
 ``calib_batches`` calibration batches (the model in eval mode, so BatchNorm statistics stay).
 BN scale is the criterion alone, without the sparsity training of network slimming.
-Options ``steps`` and ``step_epochs`` give the iterative form of Torch-Pruning's README
-(``MetaPruner(iterative_steps=N)``, one ``pruner.step()`` per step with the user's fine-tuning
-between): the target is reached in ``steps`` equal shares, each met within 1% as above, with
-``step_epochs`` epochs of fine-tuning (the run's lr) after every step but the last. That gives
-a peer the training budget a catalogue method spends inside its own pruning (recorded as the
-run's ``method_epochs``), for comparisons at equal epochs.
+A run's ``steps`` and ``step_epochs`` (a spec's method entry) give the iterative form of
+Torch-Pruning's README (``MetaPruner(iterative_steps=N)``, one ``pruner.step()`` per step with
+the user's fine-tuning between): :func:`prunekit.workflow.prune_in_steps` reaches the target in
+``steps`` equal shares, each met within 1% as above, with ``step_epochs`` epochs of fine-tuning
+after every step but the last, as it does for prunekit's own methods. That gives a peer the
+training budget a catalogue method spends inside its own pruning (the run's ``method_epochs``),
+for comparisons at equal epochs.
 """
 
 from __future__ import annotations
@@ -346,11 +347,9 @@ def _compose(
 
 
 def _tp_prune(baseline: Baseline, job: _Job) -> Any:
-    """Prune with Torch-Pruning's ``MetaPruner`` to the target: in one step (option ``steps``
-    1), or iteratively as its ``iterative_steps`` do (the target reached in ``steps`` equal
-    steps, ``step_epochs`` epochs of fine-tuning at the run's fine-tuning lr after every step
-    but the last). Each step searches the ratio whose pruned copy meets that step's share of the
-    target within 1%, then prunes the model itself at that ratio."""
+    """Search the ``MetaPruner`` ratio whose pruned copy meets the target within 1%, then
+    prune the model itself at that ratio (the iterative form is the run's ``steps``:
+    :func:`prunekit.workflow.prune_in_steps` calls this once per step)."""
     if baseline.extra.get("needs_norm") and not any(
         isinstance(m, nn.modules.batchnorm._BatchNorm) for m in job.setup.model.modules()
     ):
@@ -359,37 +358,15 @@ def _tp_prune(baseline: Baseline, job: _Job) -> Any:
             f"{job.config.model!r} has no BatchNorm layer"
         )
     model, example = job.setup.model, job.setup.example_input()
-    fraction = job.target[1]
-    steps, step_epochs = int(job.options.get("steps", 1)), int(job.options.get("step_epochs", 0))
-    if steps < 1 or step_epochs < 0:
-        raise ConfigError(
-            f"{baseline.id}: steps must be >= 1 and step_epochs >= 0, got {steps} and {step_epochs}"
-        )
     before = _measure(model, example)
     widths = _widths(model)
+    ratio = _tp_ratio(baseline, job, model, example, job.target[1], before)
+    step = _tp_step(model, example, job, baseline.extra["importance"](), ratio)
     structure = copy.deepcopy(getattr(model, "_prunekit_structure", {}) or {})
-    for i in range(1, steps + 1):
-        ratio = _tp_ratio(baseline, job, model, example, fraction * i / steps, before)
-        step = _tp_step(model, example, job, baseline.extra["importance"](), ratio)
-        model.zero_grad(set_to_none=True)
-        _compose(structure, step)
-        if i < steps and step_epochs > 0:
-            _tp_finetune(model, job, step_epochs, i)
+    model.zero_grad(set_to_none=True)
+    _compose(structure, step)
     model._prunekit_structure = structure  # type: ignore[assignment]
     return _report(before, model, example, widths)
-
-
-def _tp_finetune(model: nn.Module, job: _Job, epochs: int, step: int) -> None:
-    """Fine-tune ``model`` between two iterative steps: the run's fine-tuning schedule and lr,
-    ``epochs`` epochs, checkpointed (a killed run resumes it)."""
-    import dataclasses
-
-    from prunekit.train import fit
-    from prunekit.workflow import finetune_config
-
-    config = dataclasses.replace(finetune_config(job.config), epochs=epochs)
-    checkpoint = None if job.work is None else job.work / f"tp_step{step}.pt"
-    fit(model, job.setup.train_set, config, checkpoint=checkpoint, progress=False)
 
 
 def _tp_ratio(
@@ -464,12 +441,7 @@ def _register_tp(
             source=f"torch_pruning.importance.{importance}({args}) through MetaPruner",
             prune=_tp_prune,
             requires="torch_pruning",
-            defaults={
-                "global_pruning": True,
-                "max_pruning_ratio": 1.0,
-                "steps": 1,  # MetaPruner(iterative_steps=...): 1 is one-shot
-                "step_epochs": 0,  # fine-tuning epochs between two steps
-            },
+            defaults={"global_pruning": True, "max_pruning_ratio": 1.0},
             extra={"importance": make, **extra},
         ),
     )

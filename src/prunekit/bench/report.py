@@ -196,7 +196,16 @@ def options_text(options: Any) -> str:
 
 
 def row_key(config: dict[str, Any]) -> str:
-    shared = {k: v for k, v in config.items() if k not in ("seed", "root")}
+    """What puts runs in one row: their config less the seed and the data folder, and less the
+    fields added since a store was written left at their defaults (a store written before
+    them holds the same runs without the keys)."""
+    from prunekit.bench.spec import _LATER_DEFAULTS
+
+    shared = {
+        k: v
+        for k, v in config.items()
+        if k not in ("seed", "root") and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
+    }
     return json.dumps(shared, sort_keys=True, default=str)
 
 
@@ -241,6 +250,8 @@ def make_rows(records: Sequence[RunRecord], varying: Sequence[str]) -> list[Row]
             )
         if config.get("round_to"):
             extras.append(f"round_to={config.get('round_to')}")
+        if (config.get("steps") or 1) > 1:
+            extras.append(f"{config['steps']} steps, {config.get('step_epochs', 0)} epochs between")
         extra = ", ".join(e for e in extras if e)
         values: dict[str, list[float]] = {}
         for r in members:

@@ -416,7 +416,10 @@ class _Runner:
         config = cfg.prune_config()
         prune = None
         if peers.is_baseline(cfg.method):  # a peer or reference: not a catalogue method
-            prune = peers.pruner(cfg.method, config, cfg.options, run_dir)
+
+            def prune(step: Any, setup: Any) -> Any:  # each step's target (config.steps)
+                return peers.pruner(cfg.method, step, cfg.options, run_dir)(setup)
+
         try:
             raw = workflow.run_pruning(
                 config, out=run_dir, progress=False, baseline=trained, latency=False, prune=prune

@@ -60,6 +60,8 @@ class MethodSpec:
     id: str
     options: Mapping[str, Any] = field(default_factory=dict)
     distill: bool | None = None  # None: the spec's finetune.distill
+    steps: int = 1  # reach the target in this many steps (prunekit.workflow.prune_in_steps)
+    step_epochs: int = 0  # fine-tuning epochs between two steps
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ class RunConfig:
     latency_batch: int = 1
     latency_threads: int = 1
     latency_clock: str = "wall"
+    steps: int = 1  # the target reached in this many steps, fine-tuning step_epochs between
+    step_epochs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -237,11 +241,15 @@ class RunConfig:
             distill=self.distill,
             distill_temperature=self.distill_temperature,
             distill_alpha=self.distill_alpha,
+            steps=self.steps,
+            step_epochs=self.step_epochs,
         )
 
     def label(self) -> str:
-        extra = (f" baseline {self.baseline}" if self.baseline else "") + (
-            " distilled" if self.distill else ""
+        extra = (
+            (f" baseline {self.baseline}" if self.baseline else "")
+            + (" distilled" if self.distill else "")
+            + (f" in {self.steps} steps" if self.steps > 1 else "")
         )
         return (
             f"{self.model}/{self.data} {self.method} {self.target_kind}={self.target:g} "
@@ -259,6 +267,8 @@ _LATER_DEFAULTS: dict[str, Any] = {
     "latency_batch": 1,
     "latency_threads": 1,
     "latency_clock": "wall",
+    "steps": 1,
+    "step_epochs": 0,
 }
 
 
@@ -323,6 +333,8 @@ def expand(spec: Spec) -> list[RunConfig]:
             distill_alpha=spec.finetune.alpha,
             round_to=spec.round_to,
             **(spec.latency.flat() if kind == "latency" else {}),
+            steps=m.steps,
+            step_epochs=m.step_epochs,
         )
         for model in spec.models
         for ds in spec.datasets
@@ -561,11 +573,15 @@ class _Validator:
         if isinstance(value, str):
             value = {"id": value}
         mapping = self.mapping(value, path)
-        self.keys(mapping, path, ("id", "options", "distill"), required=("id",))
+        self.keys(
+            mapping, path, ("id", "options", "distill", "steps", "step_epochs"), required=("id",)
+        )
         method_id = self.string(mapping["id"], id_path)
         distill = mapping.get("distill")
         if distill is not None:
             distill = self.boolean(distill, _join(path, "distill"))
+        steps = self.integer(mapping.get("steps", 1), _join(path, "steps"), 1)
+        step_epochs = self.integer(mapping.get("step_epochs", 0), _join(path, "step_epochs"), 0)
         try:
             if peers.is_baseline(method_id):
                 method: Any = peers.get(method_id)
@@ -585,7 +601,13 @@ class _Validator:
                 options[key] = method.resolve({key: val})[key]
             except ConfigError as e:
                 raise self.error(key_path, str(e)) from None
-        return MethodSpec(method_id, options, distill)
+        if steps > 1 and (method_id.startswith("ref:") or peers.method_type(method_id) != "S"):
+            raise self.error(
+                _join(path, "steps"),
+                f"{method_id} does not prune channels to a FLOPs or params target in steps "
+                "(steps > 1 is for structured methods and Torch-Pruning's criteria)",
+            )
+        return MethodSpec(method_id, options, distill, steps, step_epochs)
 
     def targets(self, value: Any, path: str) -> Targets:
         mapping = self.mapping(value, path)
