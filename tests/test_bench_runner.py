@@ -554,19 +554,19 @@ def test_a_run_folder_left_by_another_pruning_is_set_aside(tmp_path: Path) -> No
     assert (run_dir / "finetune.pt").exists()
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="max_tasks_per_child needs Python 3.11")
 def test_pool_workers_are_replaced_after_their_quota_of_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A worker's memory grows over its runs, so the pool replaces each worker after
-    ``RUNS_PER_WORKER`` tasks; the fresh worker reloads its baseline and the runs all finish."""
+    """A worker's memory grows over its runs, so runs go to fresh pools of workers, at most
+    ``RUNS_PER_WORKER`` runs per worker each; the fresh workers reload their baselines and the
+    runs all finish."""
     from prunekit.bench import runner
 
     monkeypatch.setattr(runner, "RUNS_PER_WORKER", 1)
-    spec = parse_spec(tiny(seeds=[0, 1]))
+    spec = parse_spec(tiny(seeds=[0, 1, 2]))
     store = tmp_path / "results.sqlite"
     summary = run_spec(spec, store, workers=2, threads=1, progress=False)
-    assert (summary.total, summary.ran, summary.failed) == (4, 4, 0)
+    assert (summary.total, summary.ran, summary.failed) == (6, 6, 0)
     with Store(store) as s:
         finish_pids = {e.pid for e in s.events() if e.event == "finish"}
-    assert len(finish_pids) >= 3  # more processes than the pool's two workers
+    assert len(finish_pids) >= 4  # 3 pools of 2 workers ran the 6 runs

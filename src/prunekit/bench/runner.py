@@ -14,11 +14,10 @@ import multiprocessing
 import os
 import platform
 import socket
-import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,46 +242,53 @@ def _run_pool(
     job: _Job, todo: list[RunConfig], threads: int | None, bar: Any
 ) -> list[tuple[str, str]]:
     """Baselines first (each once, in parallel), then the runs; a run whose baseline failed is
-    recorded as failed without running."""
+    recorded as failed without running. The runs go to pools of fresh workers, at most
+    :data:`RUNS_PER_WORKER` runs per worker each (in the order of ``todo``)."""
     per_worker = threads or max(1, _cores() // job.workers)
-    context = multiprocessing.get_context("spawn")
     failures = []
-    fresh: dict[str, Any] = {}
-    if sys.version_info >= (3, 11):  # a worker's memory grows over its runs: replace it
-        fresh["max_tasks_per_child"] = RUNS_PER_WORKER
-    with ProcessPoolExecutor(
-        max_workers=job.workers,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(job, per_worker),
-        **fresh,
-    ) as pool:
-        firsts: dict[str, RunConfig] = {}
-        for cfg in todo:
-            firsts.setdefault(cfg.baseline_key, cfg)
+    firsts: dict[str, RunConfig] = {}
+    for cfg in todo:
+        firsts.setdefault(cfg.baseline_key, cfg)
+    errors: dict[str, str] = {}
+    with _pool(job, per_worker) as pool:
         baseline_jobs = {pool.submit(_worker_baseline, cfg): key for key, cfg in firsts.items()}
-        errors: dict[str, str] = {}
         for fut in as_completed(baseline_jobs):
             error = fut.result()
             if error is not None:
                 errors[baseline_jobs[fut]] = error
-        runs: dict[Future[str | None], RunConfig] = {}
-        with Store(job.store) as store:
-            for cfg in todo:
-                if cfg.baseline_key in errors:
-                    store.start(cfg.id, cfg.to_dict())
-                    store.fail(cfg.id, errors[cfg.baseline_key])
-                    failures.append((cfg.label(), errors[cfg.baseline_key]))
-                    bar.update()
-                else:
-                    runs[pool.submit(_worker_run, cfg)] = cfg
-        for fut in as_completed(runs):
-            error = fut.result()
-            if error is not None:
-                failures.append((runs[fut].label(), error))
-            bar.set_postfix_str(runs[fut].label())
-            bar.update()
+    ready = []
+    with Store(job.store) as store:
+        for cfg in todo:
+            if cfg.baseline_key in errors:
+                store.start(cfg.id, cfg.to_dict())
+                store.fail(cfg.id, errors[cfg.baseline_key])
+                failures.append((cfg.label(), errors[cfg.baseline_key]))
+                bar.update()
+            else:
+                ready.append(cfg)
+    size = job.workers * RUNS_PER_WORKER
+    for start in range(0, len(ready), size):
+        with _pool(job, per_worker) as pool:
+            runs = {pool.submit(_worker_run, cfg): cfg for cfg in ready[start : start + size]}
+            for fut in as_completed(runs):
+                error = fut.result()
+                if error is not None:
+                    failures.append((runs[fut].label(), error))
+                bar.set_postfix_str(runs[fut].label())
+                bar.update()
     return failures
+
+
+def _pool(job: _Job, per_worker: int) -> ProcessPoolExecutor:
+    """``job.workers`` fresh ``spawn``ed workers with ``per_worker`` torch threads each. (Python's
+    own ``max_tasks_per_child`` would replace workers within one pool, but its pool can hang
+    when a worker retires, CPython gh-115634: pools are renewed between batches instead.)"""
+    return ProcessPoolExecutor(
+        max_workers=job.workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(job, per_worker),
+    )
 
 
 def _cores() -> int:
@@ -292,10 +298,10 @@ def _cores() -> int:
 
 
 _WORKER: _Runner | None = None
-# Runs (and baselines) a pool worker takes before it is replaced by a fresh process: the
-# resident memory of a worker grew by about 5 GB over a dozen MobileNet / ResNet runs on
-# digits-32 (one was killed for memory at 14 GB); a new worker reloads its baseline from the
-# finished checkpoint, which costs a second.
+# Runs a pool worker takes before the pool is replaced by fresh processes: the resident memory
+# of a worker grew by about 5 GB over a dozen MobileNet / ResNet runs on digits-32 (one was
+# killed for memory at 14 GB); a new worker reloads its baseline from the finished checkpoint,
+# which costs a second.
 RUNS_PER_WORKER = 6
 
 
