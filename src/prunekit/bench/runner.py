@@ -287,7 +287,7 @@ def _pool(job: _Job, per_worker: int) -> ProcessPoolExecutor:
         max_workers=job.workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(job, per_worker),
+        initargs=(job, per_worker, os.getpid()),
     )
 
 
@@ -305,11 +305,13 @@ _WORKER: _Runner | None = None
 RUNS_PER_WORKER = 6
 
 
-def _init_worker(job: _Job, threads: int) -> None:
+def _init_worker(job: _Job, threads: int, runner: int) -> None:
     global _WORKER
+    # the runner's pid comes from the runner: one killed while this worker was still starting
+    # would otherwise leave it reparented, and its getppid() would name the new parent
+    threading.Thread(target=_exit_with_runner, args=(runner,), daemon=True).start()
     torch.set_num_threads(threads)
     _WORKER = _Runner(job)
-    threading.Thread(target=_exit_with_runner, args=(os.getppid(),), daemon=True).start()
 
 
 def _exit_with_runner(runner: int, every: float = 1.0) -> None:
@@ -317,10 +319,9 @@ def _exit_with_runner(runner: int, every: float = 1.0) -> None:
     no chance to stop it): an orphaned worker would go on with its run, holding a core that the
     resumed runner needs. The interrupted run stays ``running`` in the store, and the resumed
     runner runs it again."""
-    while True:
+    while os.getppid() == runner:
         time.sleep(every)
-        if os.getppid() != runner:
-            os._exit(1)
+    os._exit(1)
 
 
 def _worker_baseline(cfg: RunConfig) -> str | None:
