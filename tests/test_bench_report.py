@@ -537,3 +537,42 @@ def test_the_epochs_a_method_trained_are_shown_beside_its_result(decided, tmp_pa
     (m,) = json.loads(files.data.read_text())["matrices"]
     cells = {r["label"]: r["cells"] for r in m["rows"]}
     assert cells["sfp"][1]["method_epochs"]["mean"] == 3.0
+
+
+def test_a_plot_of_many_methods_puts_its_legend_beside_the_panels():
+    """Forty methods do not fit a legend inside a panel (it covered the curves of the every-method
+    reports): past LEGEND_INSIDE series one figure legend holds every label, in columns of
+    LEGEND_ROWS, beside the panels, and the figure is made wider and taller for it."""
+    n = 40
+    plot = plots.PlotSeries(
+        "many",
+        "many.png",
+        "many",
+        95.0,
+        panels=[{"name": "flops", "title": "flops", "xlabel": "x"}],
+        series=[
+            {
+                "panel": "flops",
+                "label": f"m{i:02d}",
+                "x": [30.0, 50.0],
+                "y": [90.0, 80.0 + i / 10],
+                "yerr": [0.5, 0.5],
+            }
+            for i in range(n)
+        ],
+    )
+    fig = plots.render(plot)
+    (ax,) = fig.get_axes()
+    assert ax.get_legend() is None
+    (legend,) = fig.legends
+    shown = [t.get_text() for t in legend.get_texts()]
+    assert sorted(shown) == ["dense baseline (95.00)"] + [f"m{i:02d}" for i in range(n)]
+    assert legend._ncols == 2  # 43 entries at 24 rows a column
+    width, height = fig.get_size_inches()
+    assert width > 7.0 and height > 4.5
+    few = plots.PlotSeries(
+        "few", "few.png", "few", 95.0, panels=plot.panels, series=plot.series[:3]
+    )
+    fig_few = plots.render(few)
+    assert fig_few.get_axes()[0].get_legend() is not None and not fig_few.legends
+    assert tuple(fig_few.get_size_inches()) == (7.0, 4.5)

@@ -204,12 +204,23 @@ def describe_pareto(table: Table) -> PlotSeries | None:
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h")
 
 
+LEGEND_INSIDE = 10  # series a panel's own legend holds; more get one legend beside the panels
+LEGEND_ROWS = 24  # rows of a legend column beside the panels
+
+
 def render(plot: PlotSeries) -> Figure:
-    """Draw ``plot`` on a new figure (Agg canvas), one panel per entry of ``plot.panels``."""
-    fig = Figure(figsize=(max(7.0, 5.0 * len(plot.panels)), 4.5), layout="constrained")
+    """Draw ``plot`` on a new figure (Agg canvas), one panel per entry of ``plot.panels``. With
+    more than :data:`LEGEND_INSIDE` series the legend goes beside the panels, in columns of
+    :data:`LEGEND_ROWS`, and the figure grows to hold it (a report of every method has 40)."""
+    labels = list(dict.fromkeys(s["label"] for s in plot.series if "style" not in s))
+    beside = len(labels) > LEGEND_INSIDE
+    entries = len(labels) + 3  # the baseline, a front and a point may join them
+    cols = -(-entries // LEGEND_ROWS) if beside else 0
+    width = max(7.0, 5.0 * len(plot.panels)) + 3.2 * cols
+    height = max(4.5, 0.19 * min(entries, LEGEND_ROWS) + 1.0) if beside else 4.5
+    fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(plot.panels), squeeze=False)[0]
-    labels = list(dict.fromkeys(s["label"] for s in plot.series if "style" not in s))
     colors = matplotlib.colormaps["tab20"].colors
     for ax, panel in zip(axes, plot.panels, strict=True):
         for s in plot.series:
@@ -258,7 +269,20 @@ def render(plot: PlotSeries) -> Figure:
         ax.set_xlabel(panel["xlabel"])
         ax.set_ylabel(Y_LABEL)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        if not beside:
+            ax.legend(fontsize="small")
+    if beside:
+        handles: dict[str, Any] = {}
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(label, handle)
+        fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="outside right upper",
+            fontsize="x-small",
+            ncol=cols,
+        )
     fig.suptitle(plot.title)
     return fig
 
