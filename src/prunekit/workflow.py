@@ -838,7 +838,6 @@ def prune_in_steps(
     step's (``steps`` 1: ``once``'s own)."""
     if config.steps == 1:
         return once(config, work_dir)
-    from prunekit.measure import count_flops, count_params
     from prunekit.prune import GroupChange, PruneReport
 
     model, example = setup.model, setup.example_input()
@@ -846,8 +845,8 @@ def prune_in_steps(
 
     def figure() -> int:
         if key == "target_flops":
-            return count_flops(model, (example,)).flops
-        return count_params(model).total
+            return measure.count_flops(model, (example,)).flops
+        return measure.count_params(model).total
 
     dense = figure()
     reports = []

@@ -199,14 +199,10 @@ def row_key(config: dict[str, Any]) -> str:
     """What puts runs in one row: their config less the seed and the data folder, and less the
     fields added since a store was written left at their defaults (a store written before
     them holds the same runs without the keys)."""
-    from prunekit.bench.spec import _LATER_DEFAULTS
+    from prunekit.bench.spec import without_later_defaults
 
-    shared = {
-        k: v
-        for k, v in config.items()
-        if k not in ("seed", "root") and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
-    }
-    return json.dumps(shared, sort_keys=True, default=str)
+    shared = {k: v for k, v in config.items() if k not in ("seed", "root")}
+    return json.dumps(without_later_defaults(shared), sort_keys=True, default=str)
 
 
 def table_env(records: Sequence[RunRecord]) -> dict[str, str]:

@@ -427,17 +427,18 @@ class _Runner:
             def prune(step: Any, setup: Any) -> Any:  # each step's target (config.steps)
                 return peers.pruner(cfg.method, step, cfg.options, run_dir)(setup)
 
-        try:
-            raw = workflow.run_pruning(
+        def attempt() -> dict[str, Any]:
+            return workflow.run_pruning(
                 config, out=run_dir, progress=False, baseline=trained, latency=False, prune=prune
             )
+
+        try:
+            raw = attempt()
         except StaleCheckpointError:
             # the run's folder holds the checkpoints of another pruning with this run's id (an
             # earlier version's widths): set them aside, kept, and run it from the start
             _set_aside(run_dir)
-            raw = workflow.run_pruning(
-                config, out=run_dir, progress=False, baseline=trained, latency=False, prune=prune
-            )
+            raw = attempt()
         pruning_s = time.perf_counter() - t0
         metrics = {k: v for k, v in raw.items() if k not in _CONFIG_ECHO}
         t0 = time.perf_counter()

@@ -175,10 +175,10 @@ class RunConfig:
         """:meth:`to_dict` less the later fields left at their defaults (and the distillation
         settings of a run without distillation), so runs stored before those fields existed
         keep their ids."""
-        out = self.to_dict()
-        for key, default in _LATER_DEFAULTS.items():
-            if out[key] == default or (key.startswith("distill_") and not self.distill):
-                del out[key]
+        out = without_later_defaults(self.to_dict())
+        if not self.distill:
+            for key in ("distill_temperature", "distill_alpha"):
+                out.pop(key, None)
         return out
 
     @property
@@ -270,6 +270,15 @@ _LATER_DEFAULTS: dict[str, Any] = {
     "steps": 1,
     "step_epochs": 0,
 }
+
+
+def without_later_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` (a run's, as a dict) less the fields added since the first stores were
+    written that are left at their defaults: a store written before them holds the same runs
+    without the keys."""
+    return {
+        k: v for k, v in config.items() if not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
+    }
 
 
 def _short_hash(obj: Any) -> str:
