@@ -4,7 +4,8 @@ For each model (ResNet-50 and MobileNetV2 at 224x224, seeded random weights, syn
 ``benchmarks/graph_speed.py``'s setting: batch 1, one thread, torch on the CPU):
 
 1. **FLOPs-targeted**: ``prune_channels(model, x, target_flops=F)`` (L1 filter norm, one ratio
-   for every group); its latency is measured.
+   for every group); its latency is measured. Beside it, the same with ``round_to`` (default
+   16: every kept width a multiple, the fixed-multiple stand-in for the table's knees).
 2. **Latency-targeted**: ``prune_channels(model, x, target_latency=L, scope=...)`` with ``L``
    the fraction of the dense latency the FLOPs-targeted model removed, so all land at the same
    measured latency; same criterion, in layer scope (one ratio, widths on the table's knees) and
@@ -90,6 +91,10 @@ def bench(name: str, args: argparse.Namespace) -> list[list[str]]:
     first = interleaved(
         {"dense": dense, "flops": by_flops}, x, args.rounds, args.min_run_time, args.clock
     )
+    rounded = None
+    if args.round_to > 1:  # the fixed-multiple approximation of the knees, for comparison
+        rounded = copy.deepcopy(dense)
+        prune_channels(rounded, x, target_flops=args.target_flops, round_to=args.round_to)
     goal = 1.0 - first["flops"] / first["dense"]
     print(f"[{name}] FLOPs-targeted model removes {goal:.3f} of the latency", flush=True)
     meter = LatencyMeter(
@@ -104,6 +109,8 @@ def bench(name: str, args: argparse.Namespace) -> list[list[str]]:
     meter.predictor(build(dense, x), x)  # builds (or reads) the table; timed on its own
     table_s = time.perf_counter() - t0
     pruned: dict[str, nn.Module] = {"dense": dense, "flops": by_flops}
+    if rounded is not None:
+        pruned["rounded"] = rounded
     checks, notes = {}, []
     variants = {scope: {"scope": scope} for scope in SCOPES}
     variants["capped"] = {"scope": "global", "max_ratio": args.max_ratio}
@@ -125,11 +132,14 @@ def bench(name: str, args: argparse.Namespace) -> list[list[str]]:
     labels = {
         "dense": "dense",
         "flops": f"FLOPs-targeted ({args.target_flops:g}), layer scope",
+        "rounded": f"FLOPs-targeted ({args.target_flops:g}), layer scope, round_to {args.round_to}",
         **{scope: f"latency-targeted ({goal:.3f}), {scope} scope" for scope in SCOPES},
         "capped": f"latency-targeted ({goal:.3f}), global scope, max_ratio {args.max_ratio:g}",
     }
     rows = []
     for key, label in labels.items():
+        if key not in pruned:
+            continue
         speed = final["dense"] / final[key]
         mac_red = m["dense"] / m[key]
         check = checks.get(key)
@@ -158,6 +168,9 @@ def main() -> None:
     p.add_argument("--target-flops", type=float, default=0.6)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--min-run-time", type=float, default=1.0)
+    p.add_argument(
+        "--round-to", type=int, default=16, help="a FLOPs-targeted row rounded so; 1: none"
+    )
     p.add_argument("--cache", default=None, help="latency table cache folder")
     p.add_argument("--layer-run-time", type=float, default=0.05, help="seconds per table width")
     p.add_argument("--max-points", type=int, default=32, help="table widths per layer side")

@@ -3,11 +3,13 @@ as ``method_epochs``, beside the fine-tuning every run gets."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from prunekit import workflow
+from prunekit.errors import ConfigError
 from prunekit.train import TrainConfig, epochs_trained, fit
 
 
@@ -46,3 +48,11 @@ def test_a_method_pruned_in_steps_meets_its_target_and_counts_the_epochs_between
     m = run("l1_filter", steps=3, step_epochs=2)
     assert m["method_epochs"] == 4
     assert abs(1 - m["flops_after"] / m["flops_before"] - 0.5) <= 0.01
+
+
+def test_steps_too_small_to_remove_anything_are_refused_before_training():
+    config = workflow.PruneConfig(
+        model="lenet5", epochs=1, method="l1_filter", target_flops=0.002, steps=4
+    )
+    with pytest.raises(ConfigError, match="0.1%"):
+        workflow.prune_in_steps(config, None, lambda *_: None, None)  # type: ignore[arg-type]

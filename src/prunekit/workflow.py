@@ -840,8 +840,13 @@ def prune_in_steps(
         return once(config, work_dir)
     from prunekit.prune import GroupChange, PruneReport
 
-    model, example = setup.model, setup.example_input()
     ((key, fraction),) = config.target().items()
+    if fraction / config.steps <= 1e-3:
+        raise ConfigError(
+            f"steps: {config.steps} steps to {key} {fraction:g} remove {fraction / config.steps:.2g}"
+            " of the model each, at most 0.1%: use fewer steps or a larger target"
+        )
+    model, example = setup.model, setup.example_input()
 
     def figure() -> int:
         if key == "target_flops":
