@@ -54,5 +54,5 @@ def test_steps_too_small_to_remove_anything_are_refused_before_training():
     config = workflow.PruneConfig(
         model="lenet5", epochs=1, method="l1_filter", target_flops=0.002, steps=4
     )
-    with pytest.raises(ConfigError, match="0.1%"):
+    with pytest.raises(ConfigError, match=r"0\.1%"):
         workflow.prune_in_steps(config, None, lambda *_: None, None)  # type: ignore[arg-type]
