@@ -557,9 +557,9 @@ def test_a_run_folder_left_by_another_pruning_is_set_aside(tmp_path: Path) -> No
 def test_pool_workers_are_replaced_after_their_quota_of_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A worker's memory grows over its runs, so runs go to fresh pools of workers, at most
-    ``RUNS_PER_WORKER`` runs per worker each; the fresh workers reload their baselines and the
-    runs all finish."""
+    """A worker's memory grows over its runs, so each lane's worker is replaced after
+    ``RUNS_PER_WORKER`` runs; the fresh workers reload their baselines and the runs all
+    finish."""
     from prunekit.bench import runner
 
     monkeypatch.setattr(runner, "RUNS_PER_WORKER", 1)
@@ -569,4 +569,40 @@ def test_pool_workers_are_replaced_after_their_quota_of_runs(
     assert (summary.total, summary.ran, summary.failed) == (6, 6, 0)
     with Store(store) as s:
         finish_pids = {e.pid for e in s.events() if e.event == "finish"}
-    assert len(finish_pids) >= 4  # 3 pools of 2 workers ran the 6 runs
+    assert len(finish_pids) == 6  # one run per worker: every run in a fresh process
+
+
+def test_a_lane_takes_the_next_run_while_another_lane_is_still_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lanes are not batched: the long first item holds one lane until the three short ones have
+    all finished on the other (which is renewed after its quota of two), so a barrier between
+    batches would leave the long one waiting for ever (here: for its 10 s timeout)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prunekit.bench import runner
+
+    monkeypatch.setattr(runner, "RUNS_PER_WORKER", 2)
+    released = threading.Event()
+    lanes_made, order, results = [], [], {}
+
+    def new_lane() -> ThreadPoolExecutor:
+        lanes_made.append(ThreadPoolExecutor(max_workers=1))
+        return lanes_made[-1]
+
+    def task(item: str) -> str:
+        if item == "long":
+            return "released" if released.wait(timeout=10) else "timed out"
+        return item.upper()
+
+    def done(item: str, result: str) -> None:
+        order.append(item)
+        results[item] = result
+        if item == "c":
+            released.set()
+
+    runner._lanes(new_lane, task, ["long", "a", "b", "c"], 2, done)
+    assert order == ["a", "b", "c", "long"]
+    assert results == {"long": "released", "a": "A", "b": "B", "c": "C"}
+    assert len(lanes_made) == 3  # the short lane was renewed after a and b

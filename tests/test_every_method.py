@@ -152,6 +152,7 @@ FAST: dict[str, dict[str, Any]] = {
     "interspace": {"frequency": 1},
     "l1_filter": {"sensitivity_ratios": "0.25,0.5,0.75"},
     "legr": {"search_budget": "3", "population": 2, "sample": 2, "finetune_steps": 1},
+    "lookahead_rl": {"search_budget": "3", "simulations": 4, "hidden": 16},
     "lth": {"round_epochs": 1, "rate_per_round": 0.5, "rewind_steps": 0},
     "magnitude": {"rounds": 1},
     "one_cycle": {"epochs": 1},

@@ -16,8 +16,16 @@ import platform
 import socket
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    as_completed,
+    wait,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,8 +250,8 @@ def _run_pool(
     job: _Job, todo: list[RunConfig], threads: int | None, bar: Any
 ) -> list[tuple[str, str]]:
     """Baselines first (each once, in parallel), then the runs; a run whose baseline failed is
-    recorded as failed without running. The runs go to pools of fresh workers, at most
-    :data:`RUNS_PER_WORKER` runs per worker each (in the order of ``todo``)."""
+    recorded as failed without running. The runs go to ``job.workers`` lanes of one fresh worker
+    each, at most :data:`RUNS_PER_WORKER` runs per worker (in the order of ``todo``)."""
     per_worker = threads or max(1, _cores() // job.workers)
     failures = []
     firsts: dict[str, RunConfig] = {}
@@ -266,25 +274,62 @@ def _run_pool(
                 bar.update()
             else:
                 ready.append(cfg)
-    size = job.workers * RUNS_PER_WORKER
-    for start in range(0, len(ready), size):
-        with _pool(job, per_worker) as pool:
-            runs = {pool.submit(_worker_run, cfg): cfg for cfg in ready[start : start + size]}
-            for fut in as_completed(runs):
-                error = fut.result()
-                if error is not None:
-                    failures.append((runs[fut].label(), error))
-                bar.set_postfix_str(runs[fut].label())
-                bar.update()
+
+    def done(cfg: RunConfig, error: str | None) -> None:
+        if error is not None:
+            failures.append((cfg.label(), error))
+        bar.set_postfix_str(cfg.label())
+        bar.update()
+
+    _lanes(lambda: _pool(job, per_worker, 1), _worker_run, ready, job.workers, done)
     return failures
 
 
-def _pool(job: _Job, per_worker: int) -> ProcessPoolExecutor:
-    """``job.workers`` fresh ``spawn``ed workers with ``per_worker`` torch threads each. (Python's
-    own ``max_tasks_per_child`` would replace workers within one pool, but its pool can hang
-    when a worker retires, CPython gh-115634: pools are renewed between batches instead.)"""
+def _lanes(
+    new_lane: Callable[[], Executor],
+    task: Callable[[Any], Any],
+    items: list[Any],
+    lanes: int,
+    done: Callable[[Any, Any], None],
+) -> None:
+    """Run ``task`` on ``items`` (in order) in ``lanes`` one-process executors made by
+    ``new_lane``, calling ``done(item, result)`` as each finishes. A lane takes its next item as
+    soon as its last one ends, so no lane waits for another's long run, and it is replaced by a
+    fresh one after :data:`RUNS_PER_WORKER` items (a worker's memory grows over its runs)."""
+    queue = deque(items)
+    running: dict[Future[Any], tuple[Executor, int, Any]] = {}
+
+    def feed(lane: Executor, count: int) -> None:
+        if not queue:
+            lane.shutdown()
+            return
+        if count >= RUNS_PER_WORKER:
+            lane.shutdown()
+            lane, count = new_lane(), 0
+        item = queue.popleft()
+        running[lane.submit(task, item)] = (lane, count + 1, item)
+
+    try:
+        for _ in range(min(lanes, len(queue))):
+            feed(new_lane(), 0)
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                lane, count, item = running.pop(fut)
+                done(item, fut.result())
+                feed(lane, count)
+    finally:
+        for lane, _, _ in running.values():
+            lane.shutdown(wait=False, cancel_futures=True)
+
+
+def _pool(job: _Job, per_worker: int, workers: int | None = None) -> ProcessPoolExecutor:
+    """``workers`` (default ``job.workers``) fresh ``spawn``ed workers with ``per_worker`` torch
+    threads each. (Python's own ``max_tasks_per_child`` would replace workers within one pool,
+    but its pool can hang when a worker retires, CPython gh-115634: the runs go to one-worker
+    pools that are replaced instead, :func:`_lanes`.)"""
     return ProcessPoolExecutor(
-        max_workers=job.workers,
+        max_workers=workers or job.workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
         initargs=(job, per_worker, os.getpid()),
