@@ -13,6 +13,10 @@ padded to a channel multiple (``--round-to``), then, in interleaved rounds:
   pooling, flattening) and the interpreter;
 * counts the MACs of each kind (``prunekit.measure.count_flops`` per layer).
 
+``--allocator steady`` (the default) keeps glibc from faulting activation pages in afresh every
+pass (``prunekit.measure.keep_freed_memory``; see ``latency_budget.py``); the whole-model row
+gives each model's page faults per pass.
+
 Reported per (model, variant, kind): ms dense and pruned, the kind's speed-up and MACs reduction,
 and its share of the pruned model's time. A kind whose speed-up falls far below its MACs
 reduction (a fixed cost per call, a layout conversion) caps the whole model's ratio however the
@@ -39,7 +43,7 @@ import torch
 from torch import nn
 
 from prunekit import models as zoo
-from prunekit.measure import count_flops
+from prunekit.measure import count_flops, faults_per_pass, keep_freed_memory
 from prunekit.prune import prune_channels
 
 SIDE = 224
@@ -147,6 +151,7 @@ def bench(name: str, args: argparse.Namespace) -> list[list[str]]:
     # the round with the fastest whole model of each variant (other processes' time left out)
     best = {k: min(v, key=lambda t: t[1]) for k, v in rounds.items()}
     macs = {k: macs_per_kind(m, x) for k, m in variants.items()}
+    faults = {k: faults_per_pass(m, x) for k, m in variants.items()}
     d_kind, d_total = best["dense"]
     rows = []
     for key in variants:
@@ -185,7 +190,8 @@ def bench(name: str, args: argparse.Namespace) -> list[list[str]]:
                 f"{whole_speed:.2f}x",
                 f"{whole_macs:.2f}x",
                 "100%",
-                f"{whole_speed / whole_macs:.2f} (as measured)",
+                f"{whole_speed / whole_macs:.2f} (as measured); page faults / pass: dense "
+                f"{faults['dense']}, pruned {faults[key]}",
             ]
         )
     return rows
@@ -198,9 +204,18 @@ def main() -> None:
     p.add_argument("--round-to", type=int, default=16, help="1: no rounded variant")
     p.add_argument("--iters", type=int, default=40, help="forward passes per timing")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--allocator",
+        choices=("steady", "default"),
+        default="steady",
+        help="steady: glibc keeps freed memory (prunekit.measure.keep_freed_memory), so no "
+        "model's passes fault pages in afresh; default: the C library as it is",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.allocator == "steady" and not keep_freed_memory():
+        args.allocator = "default (steady not available: the C library is not glibc)"
     rows = [r for name in args.models for r in bench(name, args)]
     head = [
         "model",
@@ -223,7 +238,7 @@ def main() -> None:
         "# Where a pruned model's time goes, per kind of layer\n\n"
         f"`{' '.join(['python', *sys.argv])}`, {datetime.date.today()}, torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}, batch 1, 1 thread, input {SIDE}x{SIDE}, "
-        f"load average {load} at the end. Layers timed inside the network (hooks), median of "
+        f"allocator {args.allocator}, load average {load} at the end. Layers timed inside the network (hooks), median of "
         f"{args.iters} passes; of {args.rounds} interleaved rounds, the one with the fastest "
         "whole model; 'rest' = whole model without hooks less the timed layers.\n\n"
         + "\n".join(lines)

@@ -7,7 +7,13 @@ figures can be logged as data (:func:`summarize` gathers them into one flat dict
 from __future__ import annotations
 
 from prunekit.measure.flops import FlopCount, count_flops
-from prunekit.measure.latency import Latency, latency_warnings, measure_latency
+from prunekit.measure.latency import (
+    Latency,
+    faults_per_pass,
+    keep_freed_memory,
+    latency_warnings,
+    measure_latency,
+)
 from prunekit.measure.memory import peak_memory
 from prunekit.measure.params import ParamCount, count_params
 from prunekit.measure.size import file_size, serialized_size
@@ -20,7 +26,9 @@ __all__ = [
     "batch_of",
     "count_flops",
     "count_params",
+    "faults_per_pass",
     "file_size",
+    "keep_freed_memory",
     "latency_warnings",
     "layer_table",
     "measure_latency",
