@@ -52,7 +52,7 @@ from torch import nn
 
 from prunekit import models as zoo
 from prunekit.graph import build
-from prunekit.measure import count_flops, faults_per_pass, keep_freed_memory
+from prunekit.measure import ALLOCATORS, count_flops, faults_per_pass, use_allocator
 from prunekit.measure.latency_table import LatencyMeter, measure_model
 from prunekit.prune import prune_channels
 from prunekit.targets import CLOCKS, LatencySetting
@@ -193,17 +193,12 @@ def main() -> None:
         help="cpu: time the process's CPU time (one thread), for a machine shared with others",
     )
     p.add_argument(
-        "--allocator",
-        choices=("steady", "default"),
-        default="steady",
-        help="steady: glibc keeps freed memory (prunekit.measure.keep_freed_memory), so no "
-        "model's passes fault pages in afresh; default: the C library as it is",
+        "--allocator", choices=ALLOCATORS, default="steady", help="prunekit.measure.use_allocator"
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args()
     torch.set_num_threads(1)
-    if args.allocator == "steady" and not keep_freed_memory():
-        args.allocator = "default (steady not available: the C library is not glibc)"
+    args.allocator = use_allocator(args.allocator)
     rows = [r for name in args.models for r in bench(name, args)]
     head = [
         "model",

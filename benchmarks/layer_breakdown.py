@@ -43,8 +43,10 @@ import torch
 from torch import nn
 
 from prunekit import models as zoo
-from prunekit.measure import count_flops, faults_per_pass, keep_freed_memory
+from prunekit.io import atomic_open
+from prunekit.measure import ALLOCATORS, count_flops, faults_per_pass, use_allocator
 from prunekit.prune import prune_channels
+from prunekit.tables import markdown_table
 
 SIDE = 224
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "layer_breakdown.md"
@@ -205,17 +207,12 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=40, help="forward passes per timing")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument(
-        "--allocator",
-        choices=("steady", "default"),
-        default="steady",
-        help="steady: glibc keeps freed memory (prunekit.measure.keep_freed_memory), so no "
-        "model's passes fault pages in afresh; default: the C library as it is",
+        "--allocator", choices=ALLOCATORS, default="steady", help="prunekit.measure.use_allocator"
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args()
     torch.set_num_threads(1)
-    if args.allocator == "steady" and not keep_freed_memory():
-        args.allocator = "default (steady not available: the C library is not glibc)"
+    args.allocator = use_allocator(args.allocator)
     rows = [r for name in args.models for r in bench(name, args)]
     head = [
         "model",
@@ -228,8 +225,6 @@ def main() -> None:
         "share of pruned time",
         "whole-model speed-up / MACs reduction had this kind scaled with its MACs",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
     try:
         load = f"{os.getloadavg()[0]:.1f}"
     except OSError:
@@ -241,14 +236,12 @@ def main() -> None:
         f"allocator {args.allocator}, load average {load} at the end. Layers timed inside the network (hooks), median of "
         f"{args.iters} passes; of {args.rounds} interleaved rounds, the one with the fastest "
         "whole model; 'rest' = whole model without hooks less the timed layers.\n\n"
-        + "\n".join(lines)
+        + markdown_table(head, rows)
         + "\n"
     )
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(args.out)
+    with atomic_open(args.out, "w") as f:
+        f.write(text)
 
 
 if __name__ == "__main__":

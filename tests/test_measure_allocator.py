@@ -42,3 +42,14 @@ def test_kept_memory_removes_the_faults_a_large_activation_takes_every_pass() ->
     # about 2,400 pages of 4 KiB faulted in afresh every pass (several MiB of activations)
     assert r["before"] >= 500
     assert r["after"] <= 10
+
+
+def test_an_unknown_allocator_is_refused_by_name_and_default_changes_nothing() -> None:
+    from prunekit.errors import ConfigError
+    from prunekit.measure import use_allocator
+
+    with pytest.raises(
+        ConfigError, match="allocator must be one of steady, default; got 'jemalloc'"
+    ):
+        use_allocator("jemalloc")
+    assert use_allocator("default") == "default"

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from prunekit.measure.flops import FlopCount, count_flops
 from prunekit.measure.latency import (
+    ALLOCATORS,
     Latency,
     faults_per_pass,
     keep_freed_memory,
     latency_warnings,
     measure_latency,
+    use_allocator,
 )
 from prunekit.measure.memory import peak_memory
 from prunekit.measure.params import ParamCount, count_params
@@ -20,6 +22,7 @@ from prunekit.measure.size import file_size, serialized_size
 from prunekit.measure.summary import batch_of, layer_table, summarize
 
 __all__ = [
+    "ALLOCATORS",
     "FlopCount",
     "Latency",
     "ParamCount",
@@ -35,4 +38,5 @@ __all__ = [
     "peak_memory",
     "serialized_size",
     "summarize",
+    "use_allocator",
 ]

@@ -166,3 +166,19 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD_MAX)) and bool(
         mallopt(m_trim_threshold, 2**31 - 1)
     )
+
+
+ALLOCATORS = ("steady", "default")
+"""How a benchmark's process allocates while it times models: ``steady`` applies
+:func:`keep_freed_memory`, ``default`` leaves the C library as it is."""
+
+
+def use_allocator(choice: str) -> str:
+    """Apply ``choice`` (one of :data:`ALLOCATORS`) to this process and return the allocator it
+    ended up with, for a report's header (``steady`` falls back to ``default`` where the C
+    library is not glibc, and says so)."""
+    if choice not in ALLOCATORS:
+        raise ConfigError(f"allocator must be one of {', '.join(ALLOCATORS)}; got {choice!r}")
+    if choice == "steady" and not keep_freed_memory():
+        return "default (steady not available: the C library is not glibc)"
+    return choice
