@@ -1,14 +1,14 @@
 """Latency-targeted against FLOPs-targeted pruning at equal measured latency.
 
 For each model (ResNet-50 and MobileNetV2 at 224x224, seeded random weights, synthetic input;
-``benchmarks/graph_speed.py``'s setting: batch 1, one thread, torch on the CPU):
+``benchmarks/graph_speed.py``'s setting: batch 1, one thread, on the CPU; ``--runtime`` below):
 
 1. **FLOPs-targeted**: ``prune_channels(model, x, target_flops=F)`` (L1 filter norm, one ratio
    for every group); its latency is measured. Beside it, the same with ``round_to`` (default
    16: every kept width a multiple, the fixed-multiple stand-in for the table's knees).
 2. **Latency-targeted**: ``prune_channels(model, x, target_latency=L, scope=...)`` with ``L``
-   the fraction of the dense latency the FLOPs-targeted model removed, so all land at the same
-   measured latency; same criterion, in layer scope (one ratio, widths on the table's knees) and
+   the fraction of the dense latency the faster FLOPs-targeted model (plain or rounded)
+   removed, so all land at the same measured latency; same criterion, in layer scope (one ratio, widths on the table's knees) and
    in global scope (normalised L1 per millisecond a unit of its group saves), and in global
    scope with ``--max-ratio`` (default 0.9: no layer loses more than 90% of its channels, the
    collapse the uncapped global row can show). The per-layer latency table is built (or read
@@ -25,6 +25,18 @@ loaded machine). ``--allocator steady`` (the default) first calls
 ``prunekit.measure.keep_freed_memory`` so every model is timed on its compute; the table gives
 each model's page faults per pass.
 
+The runtime (``--runtime``): ``torch`` times eager PyTorch, where every BatchNorm and
+activation is a call of its own with a fixed cost; ``torchscript`` times every model (and builds
+the table) in :mod:`prunekit.torchscript`'s deployment form (traced, frozen, BatchNorm folded,
+activations fused into oneDNN convolutions), the form a user ships.
+
+The runtime (``--runtime``): ``torch`` times eager PyTorch, where every BatchNorm and
+activation is a call of its own with a fixed cost; ``onnxruntime`` (with ``--clock wall``)
+exports every model to ONNX and times it there (the graph folds BatchNorm and fuses the
+activations into the convolutions), and builds the latency table there, so the latency target
+is met on the runtime the model ships on. ``--compiled`` adds each model's latency under
+``torch.compile`` (inductor), torch's own fusing compiler.
+
 Reported per (model, pruning): MACs and their reduction (dense / pruned), the latency and its
 speed-up (dense / pruned), and **speed-up / MACs reduction**: how much of the MACs removed shows
 up as time saved (1.0: all of it). The latency-targeted row also gives the latency the table
@@ -33,6 +45,7 @@ predicted. The issue's goal: at least 0.9 on ResNet-50 and 0.85 on MobileNetV2.
     nice python benchmarks/latency_budget.py [--models resnet50 mobilenetv2_imagenet]
         [--target-flops 0.6] [--rounds 5] [--min-run-time 1.0] [--cache DIR] [--clock cpu]
         [--layer-run-time 0.05] [--max-points 32] [--max-ratio 0.9]
+        [--runtime torch|onnxruntime] [--compiled] [--runtime torchscript]
         [--out benchmarks/results/latency_budget.md]
 """
 
@@ -52,10 +65,13 @@ from torch import nn
 
 from prunekit import models as zoo
 from prunekit.graph import build
+from prunekit.io import atomic_open
 from prunekit.measure import ALLOCATORS, count_flops, faults_per_pass, use_allocator
+from prunekit.measure.latency_table import CLOCKS as CLOCK_FNS
 from prunekit.measure.latency_table import LatencyMeter, measure_model
 from prunekit.prune import prune_channels
-from prunekit.targets import CLOCKS, LatencySetting
+from prunekit.tables import markdown_table
+from prunekit.targets import CLOCKS, RUNTIMES, LatencySetting
 
 SIDE = 224
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latency_budget.md"
@@ -76,16 +92,42 @@ def macs(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def interleaved(
-    models: dict[str, nn.Module], x: torch.Tensor, rounds: int, run: float, clock: str
+    models: dict[str, nn.Module], x: torch.Tensor, rounds: int, run: float, setting: LatencySetting
 ) -> dict:
-    """Each model's latency (ms): the fastest of its timed blocks over ``rounds`` rounds, the
-    models taken in turn (the statistic of the latency table; on a shared machine every slower
-    block holds other processes' time)."""
-    setting = LatencySetting("torch", 1, 1, clock)
+    """Each model's latency (ms) on ``setting``'s runtime: the fastest of its timed blocks over
+    ``rounds`` rounds, the models taken in turn (the statistic of the latency table; on a shared
+    machine every slower block holds other processes' time)."""
     times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(rounds):
         for k, m in models.items():
             times[k].append(measure_model(m, x, setting, min_run_time=run))
+    return {k: min(v) for k, v in times.items()}
+
+
+def compiled_latency(
+    models: dict[str, nn.Module], x: torch.Tensor, args: argparse.Namespace
+) -> dict:
+    """Each model's latency (ms) under ``torch.compile`` (inductor, CPU: BatchNorm folded and
+    elementwise ops fused into generated kernels), the fastest block of interleaved rounds on
+    ``args.clock``; compiled once per model (tens of seconds each)."""
+    import torch.utils.benchmark as tbench
+
+    runs = {}
+    with torch.no_grad():
+        for k, m in models.items():
+            fn = torch.compile(m.eval())
+            for _ in range(3):  # compiles, then warms up
+                fn(x)
+            runs[k] = fn
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(args.rounds):
+            for k, fn in runs.items():
+                timer = tbench.Timer(
+                    "f(x)", globals={"f": fn, "x": x}, num_threads=1, timer=CLOCK_FNS[args.clock]
+                )
+                times[k].append(
+                    min(timer.blocked_autorange(min_run_time=args.min_run_time).times) * 1e3
+                )
     return {k: min(v) for k, v in times.items()}
 
 
@@ -95,17 +137,17 @@ def bench(name: str, args: argparse.Namespace) -> list[list[str]]:
     print(f"[{name}] FLOPs-targeted prune to {args.target_flops:g}", flush=True)
     by_flops = copy.deepcopy(dense)
     prune_channels(by_flops, x, target_flops=args.target_flops)
-    first = interleaved(
-        {"dense": dense, "flops": by_flops}, x, args.rounds, args.min_run_time, args.clock
-    )
-    rounded = None
+    setting = LatencySetting(args.runtime, 1, 1, args.clock)
+    flops_models = {"dense": dense, "flops": by_flops}
     if args.round_to > 1:  # the fixed-multiple approximation of the knees, for comparison
-        rounded = copy.deepcopy(dense)
+        flops_models["rounded"] = rounded = copy.deepcopy(dense)
         prune_channels(rounded, x, target_flops=args.target_flops, round_to=args.round_to)
-    goal = 1.0 - first["flops"] / first["dense"]
-    print(f"[{name}] FLOPs-targeted model removes {goal:.3f} of the latency", flush=True)
+    first = interleaved(flops_models, x, args.rounds, args.min_run_time, setting)
+    fastest = min((k for k in flops_models if k != "dense"), key=first.__getitem__)
+    goal = 1.0 - first[fastest] / first["dense"]
+    print(f"[{name}] the fastest FLOPs-targeted model ({fastest}) removes {goal:.3f}", flush=True)
     meter = LatencyMeter(
-        LatencySetting("torch", 1, 1, args.clock),
+        setting,
         cache_dir=args.cache,
         model_run_time=args.min_run_time,
         min_run_time=args.layer_run_time,
@@ -115,9 +157,7 @@ def bench(name: str, args: argparse.Namespace) -> list[list[str]]:
     t0 = time.perf_counter()
     meter.predictor(build(dense, x), x)  # builds (or reads) the table; timed on its own
     table_s = time.perf_counter() - t0
-    pruned: dict[str, nn.Module] = {"dense": dense, "flops": by_flops}
-    if rounded is not None:
-        pruned["rounded"] = rounded
+    pruned: dict[str, nn.Module] = dict(flops_models)
     checks, notes = {}, []
     variants = {scope: {"scope": scope} for scope in SCOPES}
     variants["capped"] = {"scope": "global", "max_ratio": args.max_ratio}
@@ -134,7 +174,8 @@ def bench(name: str, args: argparse.Namespace) -> list[list[str]]:
             f"{check.predicted_ms:.1f} ms, measured {check.measured_ms:.1f} ms ({notes[-1]})",
             flush=True,
         )
-    final = interleaved(pruned, x, args.rounds, args.min_run_time, args.clock)
+    final = interleaved(pruned, x, args.rounds, args.min_run_time, setting)
+    compiled = compiled_latency(pruned, x, args) if args.compiled else {}
     m = {k: macs(v, x) for k, v in pruned.items()}
     faults = {k: faults_per_pass(v, x) for k, v in pruned.items()}
     labels = {
@@ -166,8 +207,16 @@ def bench(name: str, args: argparse.Namespace) -> list[list[str]]:
                 f"{speed / mac_red:.2f}",
                 "n/a" if faults[key] is None else f"{faults[key]:.0f}",
             ]
+            + (
+                [f"{compiled[key]:.1f}", f"{compiled['dense'] / compiled[key] / mac_red:.2f}"]
+                if compiled
+                else []
+            )
         )
-    rows.append([name, f"(table {table_s:.0f} s; latency prunes: {'; '.join(notes)})", *[""] * 7])
+    width = len(rows[0])
+    rows.append(
+        [name, f"(table {table_s:.0f} s; latency prunes: {'; '.join(notes)})", *[""] * (width - 2)]
+    )
     return rows
 
 
@@ -193,7 +242,20 @@ def main() -> None:
         help="cpu: time the process's CPU time (one thread), for a machine shared with others",
     )
     p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help="where every model is timed and the latency table built: torch (eager), "
+        "torchscript (traced, frozen, BatchNorm folded, activations fused: "
+        "prunekit.torchscript) or onnxruntime (with --clock wall)",
+    )
+    p.add_argument(
         "--allocator", choices=ALLOCATORS, default="steady", help="prunekit.measure.use_allocator"
+    )
+    p.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also time every model under torch.compile (inductor; needs a C compiler)",
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args()
@@ -211,8 +273,8 @@ def main() -> None:
         "speed-up / MACs reduction",
         "page faults / pass",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if args.compiled:
+        head += ["torch.compile latency (ms)", "torch.compile speed-up / MACs reduction"]
     try:
         load = f"{os.getloadavg()[0]:.1f}"
     except OSError:
@@ -220,16 +282,16 @@ def main() -> None:
     text = (
         f"# Latency-targeted vs FLOPs-targeted pruning at equal measured latency\n\n"
         f"`{' '.join(['python', *sys.argv])}`, {datetime.date.today()}, torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}, batch 1, 1 thread, input {SIDE}x{SIDE}, "
-        f"{args.clock} clock, allocator {args.allocator}, "
+        f"{platform.processor() or platform.machine()}, runtime {args.runtime}, batch 1, 1 thread, "
+        f"input {SIDE}x{SIDE}, {args.clock} clock, allocator {args.allocator}, "
         f"load average {load} at the end. L1 filter norm; the latency-targeted runs aim at "
-        "the latency the FLOPs-targeted model measured. Latencies: the fastest timed block of "
+        "the latency the faster FLOPs-targeted model measured. Latencies: the fastest timed block of "
         "interleaved rounds. predicted: the table's prediction, scaled to this table's dense "
-        "latency.\n\n" + "\n".join(lines) + "\n"
+        "latency.\n\n" + markdown_table(head, rows) + "\n"
     )
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    with atomic_open(args.out, "w") as f:
+        f.write(text)
 
 
 if __name__ == "__main__":
