@@ -172,3 +172,49 @@ def test_search_budget_flag_sets_the_method_option() -> None:
         PruneConfig(search_budget="5").options()
     with pytest.raises(ConfigError, match="has no option 'search_budget'"):
         PruneConfig(method="l1_filter", search_budget="5").validate()
+
+
+def test_search_setup_restores_the_models_modes_and_names_what_is_wrong(tmp_path) -> None:
+    from prunekit.methods.bo_rates import BORatesOptions
+    from prunekit.methods.search import search_setup
+
+    ctx = _ctx(tmp_path)
+    ctx.model.train()
+    ctx.model.b1.eval()  # a part the caller keeps in eval mode
+    opts = BORatesOptions(search_budget="3", progress=False)
+    with (
+        pytest.raises(RuntimeError, match="inside the search"),
+        search_setup("bo_rates", ctx, opts) as setup,
+    ):
+        assert not ctx.model.training  # the search sees the model in eval mode
+        assert setup.names == ["c1", "c2"] and setup.budget.evaluations == 3
+        assert setup.keywords == {"target_flops": 0.3}
+        raise RuntimeError("inside the search")
+    assert ctx.model.training and not ctx.model.b1.training  # every mode as it was
+
+    # a target kind the method does not take, and a model with nothing to allocate, are named
+    with (
+        pytest.raises(ConfigError, match="metapruning"),
+        search_setup("metapruning", _params_ctx(tmp_path), opts, kinds=("flops",)),
+    ):
+        pass
+    ctx.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4))
+    with (
+        pytest.raises(ConfigError, match="bo_rates found no prunable groups"),
+        search_setup("bo_rates", ctx, opts),
+    ):
+        pass
+
+
+def _params_ctx(work_dir) -> Context:  # type: ignore[no-untyped-def]
+    ctx = _ctx(work_dir)
+    return Context(
+        ctx.model,
+        ctx.example_input,
+        ctx.train_set,
+        ctx.val_set,
+        {"target_params": 0.3},
+        batch_size=8,
+        seed=0,
+        work_dir=work_dir,
+    )

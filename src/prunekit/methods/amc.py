@@ -60,23 +60,18 @@ from torch import nn
 
 from prunekit import criteria
 from prunekit.errors import ConfigError
-from prunekit.graph import Graph, build
+from prunekit.graph import Graph
 from prunekit.graph.core import out_weight
 from prunekit.methods.base import Context, Method, register_method
-from prunekit.methods.common import eval_modes, restore_modes
 from prunekit.methods.options import option
 from prunekit.methods.search import (
-    Search,
-    SearchBudget,
     SearchOptions,
     Trial,
     allocate,
-    group_names,
-    identity,
-    target_keywords,
+    search_setup,
     verified,
 )
-from prunekit.prune import PruneReport, remove_selected, selection_roots
+from prunekit.prune import PruneReport, selection_roots
 
 STATIC = 7  # static features of the embedding; then reduced, rest, a_{t-1}
 
@@ -381,40 +376,23 @@ class AMC(Method):
         opts = self.options(ctx)
         if opts.lbound > opts.rbound:
             raise ConfigError(f"amc: lbound {opts.lbound} must not exceed rbound {opts.rbound}")
-        target = ctx.target.require("flops", "params", "latency", method=self.id)
-        budget = SearchBudget.parse(opts.search_budget)
-        modes = eval_modes(ctx.model)
-        try:
-            graph = build(ctx.model, ctx.example_input)
-            dense = graph.plan([])
-            names = group_names(graph)
-            if not names:
-                raise ConfigError("amc found no prunable groups")
+        with search_setup(self.id, ctx, opts) as setup:
+            names, keywords = setup.names, setup.keywords
             within = criteria.get(opts.within)
-            keywords = target_keywords(target, graph, ctx.example_input, progress=opts.progress)
-            env = _Env(graph, names, keywords, target.fraction, opts, within)
+            env = _Env(setup.graph, names, keywords, setup.target.fraction, opts, within)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(ctx.seed)
                 rng = np.random.default_rng(ctx.seed)
                 agent = DDPG(env.emb.shape[1], opts, opts.memory * len(names), rng)
-                picks = self._search(ctx, opts, graph, budget, env, agent, rng)
-            if target.kind == "latency":  # the applied strategy is timed, not only predicted
+                picks = self._search(setup, env, agent, rng)
+            if setup.target.kind == "latency":  # the applied strategy is timed, not predicted
                 picks = env.select(self.strategies[self.best], verified(keywords))  # type: ignore[index]
-            return remove_selected(graph, picks, dense)
-        finally:
-            restore_modes(modes)
+            return setup.remove(picks)
 
-    def _search(self, ctx, opts, graph, budget, env, agent, rng):  # type: ignore[no-untyped-def]
+    def _search(self, setup, env, agent, rng):  # type: ignore[no-untyped-def]
+        opts = setup.opts
         episodes: list[tuple[list, dict[str, list[int]]]] = []  # (transitions, picks)
-        with Search(
-            ctx,
-            self.id,
-            budget,
-            identity(self.id, opts, ctx, graph),
-            val_batches=opts.val_batches,
-            workers=opts.workers,
-            progress=opts.progress,
-        ) as search:
+        with setup.search() as search:
             # warm-up: random episodes, independent of the rewards: one batch
             warm = [
                 env.episode(lambda s: float(rng.uniform(opts.lbound, opts.rbound)))

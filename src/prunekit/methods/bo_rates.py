@@ -44,22 +44,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from prunekit.errors import ConfigError
-from prunekit.graph import build
 from prunekit.methods.base import Context, Method, register_method
-from prunekit.methods.common import eval_modes, restore_modes
 from prunekit.methods.options import option
 from prunekit.methods.search import (
-    Search,
-    SearchBudget,
     SearchOptions,
     Trial,
     allocate,
-    group_names,
-    identity,
-    target_keywords,
+    search_setup,
     verified,
 )
-from prunekit.prune import PruneReport, remove_selected
+from prunekit.prune import PruneReport
 
 
 def expected_improvement(
@@ -168,19 +162,11 @@ class BORates(Method):
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
-        target = ctx.target.require("flops", "params", "latency", method=self.id)
-        budget = SearchBudget.parse(opts.search_budget)
-        modes = eval_modes(ctx.model)
-        try:
-            graph = build(ctx.model, ctx.example_input)
-            dense = graph.plan([])
-            names = group_names(graph)
-            if not names:
-                raise ConfigError("bo_rates found no prunable groups")
-            budget_kw = target_keywords(target, graph, ctx.example_input, progress=opts.progress)
+        with search_setup(self.id, ctx, opts) as setup:
+            graph, names = setup.graph, setup.names
             rng = np.random.default_rng(ctx.seed)
 
-            def picks_of(x: np.ndarray, keywords=budget_kw) -> dict[str, list[int]] | None:  # type: ignore[no-untyped-def]
+            def picks_of(x: np.ndarray, keywords=setup.keywords) -> dict[str, list[int]] | None:  # type: ignore[no-untyped-def]
                 try:
                     rates = dict(zip(names, x.tolist(), strict=True))
                     return allocate(graph, rates, keywords, opts.within)
@@ -188,15 +174,7 @@ class BORates(Method):
                     return None  # too coarse to meet the target
 
             xs: list[np.ndarray] = []
-            with Search(
-                ctx,
-                self.id,
-                budget,
-                identity(self.id, opts, ctx, graph),
-                val_batches=opts.val_batches,
-                workers=opts.workers,
-                progress=opts.progress,
-            ) as search:
+            with setup.search() as search:
                 first = [np.full(len(names), 0.5)] + [
                     rng.uniform(0.0, 1.0, len(names)) for _ in range(opts.initial - 1)
                 ]
@@ -221,14 +199,12 @@ class BORates(Method):
             self.rates = [dict(zip(names, x.tolist(), strict=True)) for x in xs]
             if self.best is None:
                 raise ConfigError(
-                    f"bo_rates: no rate vector met the target {target} within 1% "
+                    f"bo_rates: no rate vector met the target {setup.target} within 1% "
                     "(channels too coarse)"
                 )
-            picks = picks_of(xs[self.best], verified(budget_kw))
+            picks = picks_of(xs[self.best], verified(setup.keywords))
             assert picks is not None
-            return remove_selected(graph, picks, dense)
-        finally:
-            restore_modes(modes)
+            return setup.remove(picks)
 
 
 __all__ = ["BORates", "BORatesOptions", "expected_improvement", "propose", "surrogate"]

@@ -52,19 +52,15 @@ import torch
 
 from prunekit import criteria
 from prunekit.errors import ConfigError
-from prunekit.graph import Graph, Group, build
+from prunekit.graph import Graph, Group
 from prunekit.methods.base import Context, Method, register_method
-from prunekit.methods.common import eval_modes, restore_modes
 from prunekit.methods.options import option
 from prunekit.methods.search import (
-    Search,
-    SearchBudget,
     SearchOptions,
-    identity,
-    target_keywords,
+    search_setup,
     verified,
 )
-from prunekit.prune import PruneReport, remove_selected, select_channels
+from prunekit.prune import PruneReport, select_channels
 from prunekit.targets import Target
 
 Transform = dict[str, tuple[float, float]]  # group -> (alpha, kappa)
@@ -202,17 +198,10 @@ class LeGR(Method):
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
-        target = ctx.target.require("flops", "params", "latency", method=self.id)
-        budget = SearchBudget.parse(opts.search_budget)
-        modes = eval_modes(ctx.model)
-        try:
-            graph = build(ctx.model, ctx.example_input)
-            dense = graph.plan([])
-            budget_kw = target_keywords(target, graph, ctx.example_input, progress=opts.progress)
+        with search_setup(self.id, ctx, opts) as setup:
+            graph, names, budget_kw = setup.graph, setup.names, setup.keywords
+            budget = setup.budget
             self.norms = {g.name: criteria.l2_norm(g).detach().double() for g in graph.groups}
-            names = [g.name for g in graph.groups if g.size > 1]
-            if not names:
-                raise ConfigError("legr found no prunable groups")
             spread = {n: float(self.norms[n].std(unbiased=False)) for n in names}
             rng = np.random.default_rng(ctx.seed)
 
@@ -222,17 +211,7 @@ class LeGR(Method):
                 except ConfigError:
                     return None  # too coarse to meet the target: infeasible
 
-            with Search(
-                ctx,
-                self.id,
-                budget,
-                identity(self.id, opts, ctx, graph),
-                steps=opts.finetune_steps,
-                lr=opts.lr,
-                val_batches=opts.val_batches,
-                workers=opts.workers,
-                progress=opts.progress,
-            ) as search:
+            with setup.search(steps=opts.finetune_steps, lr=opts.lr) as search:
                 # the first population: P - 1 random transforms and the identity, one batch
                 first = [
                     initial_transform(names, spread, rng, opts.sigma)
@@ -263,13 +242,12 @@ class LeGR(Method):
             feasible = [(t, tr) for t, tr in zip(history, self.trials, strict=True) if tr.feasible]
             if not feasible:
                 raise ConfigError(
-                    f"legr: no transform met the target {target} within 1% (channels too coarse)"
+                    f"legr: no transform met the target {setup.target} within 1% "
+                    "(channels too coarse)"
                 )
             self.transform = max(feasible, key=lambda p: p[1].key)[0]
             picks = ranking_picks(graph, self.norms, self.transform, verified(budget_kw))
-            return remove_selected(graph, picks, dense)
-        finally:
-            restore_modes(modes)
+            return setup.remove(picks)
 
 
 __all__ = ["LeGR", "LeGROptions", "initial_transform", "mutate", "ranking_picks"]

@@ -140,23 +140,19 @@ from torch import nn
 from prunekit import criteria
 from prunekit.criteria.filter_similarity import unit_filters
 from prunekit.errors import ConfigError
-from prunekit.graph import Graph, build
+from prunekit.graph import Graph
 from prunekit.methods.amc import STATIC, Accounting, embeddings
 from prunekit.methods.base import Context, Method, register_method
-from prunekit.methods.common import eval_modes, restore_modes
 from prunekit.methods.options import option
 from prunekit.methods.search import (
-    Search,
-    SearchBudget,
     SearchOptions,
+    Setup,
     Trial,
     allocate,
-    group_names,
-    identity,
-    target_keywords,
+    search_setup,
     verified,
 )
-from prunekit.prune import PruneReport, remove_selected
+from prunekit.prune import PruneReport
 
 State = tuple[tuple[int, ...], ...]  # per group (in ``names`` order): filters removed, in order
 Picks = dict[str, list[int]]
@@ -732,53 +728,31 @@ class LookaheadRL(Method):
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
-        target = ctx.target.require("flops", "params", "latency", method=self.id)
-        budget = SearchBudget.parse(opts.search_budget)
-        modes = eval_modes(ctx.model)
-        try:
-            graph = build(ctx.model, ctx.example_input)
-            dense = graph.plan([])
-            names = group_names(graph)
-            if not names:
-                raise ConfigError("lookahead_rl found no prunable groups")
-            keywords = target_keywords(target, graph, ctx.example_input, progress=opts.progress)
-            game = FilterGame(graph, names, keywords, target.fraction, opts.lbound)
+        with search_setup(self.id, ctx, opts) as setup:
+            keywords = setup.keywords
+            game = FilterGame(
+                setup.graph, setup.names, keywords, setup.target.fraction, opts.lbound
+            )
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(ctx.seed)
-                states = self._search(ctx, opts, graph, budget, game)
+                states = self._search(setup, game)
             if self.best is None:
                 raise ConfigError(
                     "lookahead_rl: no selection could be evaluated (budget too small?)"
                 )
             picks = self.selections[self.best]
-            if target.kind == "latency":  # the applied selection is timed, not only predicted
+            if setup.target.kind == "latency":  # the applied selection is timed, not predicted
                 picks = game.selection(states[self.best], verified(keywords))
-            return remove_selected(graph, picks, dense)
-        finally:
-            restore_modes(modes)
+            return setup.remove(picks)
 
-    def _search(
-        self,
-        ctx: Context,
-        opts: LookaheadRLOptions,
-        graph: Graph,
-        budget: SearchBudget,
-        game: FilterGame,
-    ) -> list[State]:
+    def _search(self, setup: Setup, game: FilterGame) -> list[State]:
+        ctx, opts = setup.ctx, setup.opts
         rng = np.random.default_rng(ctx.seed)
         agent = Agent(PolicyValueNet(FEATURES, opts.hidden), opts.net_lr, opts.l2)
         game.agent = agent
         states: list[State] = []  # the terminal state of each selection evaluated
         recent: deque[list[tuple[State, np.ndarray, float]]] = deque(maxlen=opts.window)
-        with Search(
-            ctx,
-            self.id,
-            budget,
-            identity(self.id, opts, ctx, graph),
-            val_batches=opts.val_batches,
-            workers=opts.workers,
-            progress=opts.progress,
-        ) as search:
+        with setup.search() as search:
 
             def score(state: State, picks: Picks) -> float:
                 with _threads(outer):  # the model is evaluated as every search does

@@ -71,19 +71,15 @@ from prunekit.errors import ConfigError
 from prunekit.graph import Graph, Group, build
 from prunekit.graph.core import out_weight
 from prunekit.methods.base import Context, Method, register_method
-from prunekit.methods.common import eval_modes, restore_modes
 from prunekit.methods.options import option
 from prunekit.methods.search import (
-    Search,
-    SearchBudget,
     SearchOptions,
     Trial,
     allocate,
-    group_names,
-    identity,
+    search_setup,
     val_metrics,
 )
-from prunekit.prune import PruneReport, remove_selected, selection_roots
+from prunekit.prune import PruneReport, selection_roots
 
 Widths = dict[str, int]
 
@@ -319,15 +315,8 @@ class MetaPruning(Method):
 
     def prune(self, ctx: Context) -> PruneReport:
         opts = self.options(ctx)
-        target = ctx.target.require("flops", "params", method=self.id)
-        budget = SearchBudget.parse(opts.search_budget)
-        modes = eval_modes(ctx.model)
-        try:
-            graph = build(ctx.model, ctx.example_input)
-            dense = graph.plan([])
-            names = group_names(graph)
-            if not names:
-                raise ConfigError("metapruning found no prunable groups")
+        with search_setup(self.id, ctx, opts, kinds=("flops", "params")) as setup:
+            graph, names, target, dense = setup.graph, setup.names, setup.target, setup.dense
             sizes = {g.name: g.size for g in graph.groups}
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(ctx.seed)  # the generator blocks' initialisation
@@ -361,15 +350,7 @@ class MetaPruning(Method):
 
             rng = np.random.default_rng(ctx.seed)
             evolution = _Evolution(graph, names, sizes, target, opts, rng, reduction)
-            with Search(
-                ctx,
-                self.id,
-                budget,
-                identity(self.id, opts, ctx, graph),
-                workers=opts.workers,
-                progress=opts.progress,
-                scorer=score,
-            ) as search:
+            with setup.search(scorer=score) as search:
                 population = evolution.first()
                 while population and not search.exhausted:
                     trials = search.evaluate(population)
@@ -382,9 +363,7 @@ class MetaPruning(Method):
             net.widths = widths
             recalibrate(net, recal)
             self._apply(ctx.model, net)
-            return remove_selected(graph, tail_picks(graph, widths), dense)
-        finally:
-            restore_modes(modes)
+            return setup.remove(tail_picks(graph, widths))
 
     @staticmethod
     @torch.no_grad()

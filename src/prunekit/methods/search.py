@@ -38,6 +38,7 @@ import multiprocessing
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from prunekit.errors import CheckpointError, ConfigError
 from prunekit.graph import Graph, build
 from prunekit.io import atomic_torch_save
 from prunekit.methods.base import Context
-from prunekit.methods.common import share_importance
+from prunekit.methods.common import eval_modes, restore_modes, share_importance
 from prunekit.methods.options import Options, option
 from prunekit.methods.retraining import batch_stream, sgd_steps
 from prunekit.prune import remove_selected, select_channels
@@ -63,12 +64,14 @@ __all__ = [
     "Search",
     "SearchBudget",
     "SearchOptions",
+    "Setup",
     "Trial",
     "allocate",
     "group_names",
     "identity",
     "rates_of",
     "score_picks",
+    "search_setup",
     "target_keywords",
     "val_metrics",
     "verified",
@@ -501,6 +504,62 @@ class Search:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class Setup:
+    """What every search method starts from (:func:`search_setup`): its target and budget, the
+    model's graph and dense plan, the groups it allocates over, and the target's selection
+    keywords (:func:`target_keywords`; a latency target's predictor is built once)."""
+
+    method: str
+    ctx: Context
+    opts: Any  # the method's options: a SearchOptions subclass
+    target: Target
+    budget: SearchBudget
+    graph: Graph
+    dense: Any  # the dense model's plan
+    names: list[str]
+    keywords: dict[str, Any]
+
+    def search(self, **kwargs: Any) -> Search:
+        """A :class:`Search` of this method under its budget, identified by its options, with its
+        validation batches, workers and progress; ``kwargs`` add or override (``steps``, ``lr``,
+        ``scorer``)."""
+        settings = {
+            "val_batches": self.opts.val_batches,
+            "workers": self.opts.workers,
+            "progress": self.opts.progress,
+            **kwargs,
+        }
+        ident = identity(self.method, self.opts, self.ctx, self.graph)
+        return Search(self.ctx, self.method, self.budget, ident, **settings)
+
+    def remove(self, picks: Picks) -> Any:
+        """Remove the chosen channels from the model: the method's :class:`PruneReport`."""
+        return remove_selected(self.graph, picks, self.dense)
+
+
+@contextmanager
+def search_setup(
+    method_id: str, ctx: Context, opts: Any, kinds: Sequence[str] = ("flops", "params", "latency")
+) -> Iterator[Setup]:
+    """The prologue every search method shares: the run's target (one of ``kinds``, else a clear
+    error), the budget parsed, the model's modes saved and set to eval (restored on the way out,
+    whatever happens), the graph built, the groups of two or more channels (none: an error
+    naming the method) and the target's keywords."""
+    target = ctx.target.require(*kinds, method=method_id)
+    budget = SearchBudget.parse(opts.search_budget)
+    modes = eval_modes(ctx.model)
+    try:
+        graph = build(ctx.model, ctx.example_input)
+        names = group_names(graph)
+        if not names:
+            raise ConfigError(f"{method_id} found no prunable groups")
+        keywords = target_keywords(target, graph, ctx.example_input, progress=opts.progress)
+        yield Setup(method_id, ctx, opts, target, budget, graph, graph.plan([]), names, keywords)
+    finally:
+        restore_modes(modes)
 
 
 def identity(method_id: str, opts: Options, ctx: Context, graph: Graph, **extra: Any) -> dict:
