@@ -142,6 +142,48 @@ def test_peer_meets_the_target_and_saves_like_any_pruned_model(
         torch.testing.assert_close(loaded(x), setup.model(x), rtol=0, atol=0)
 
 
+class InvertedResidualNet(nn.Module):
+    """A MobileNetV2-style block as model libraries write it: expand, depthwise and project as
+    Sequential blocks, ReLU6 called functionally, a residual add, then a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+        self.expand = nn.Sequential(nn.Conv2d(16, 48, 1, bias=False), nn.BatchNorm2d(48))
+        self.dw = nn.Sequential(
+            nn.Conv2d(48, 48, 3, padding=1, groups=48, bias=False), nn.BatchNorm2d(48)
+        )
+        self.project = nn.Sequential(nn.Conv2d(48, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.fc = nn.Linear(16, 4)
+        self.protected_layers = ("fc",)  # as the zoo's models declare their classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.relu6(self.stem(x))
+        h = torch.nn.functional.relu6(self.dw(torch.nn.functional.relu6(self.expand(x))))
+        x = x + self.project(h)
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+@pytest.mark.parametrize("peer", ["peer:tp_l2", "peer:tp_taylor"])
+def test_peer_pruned_depthwise_model_saves_and_loads(peer: str, tmp_path: Path) -> None:
+    """The depthwise conv loses the same positions on both sides: the saved structure must say
+    so, or the reloaded conv keeps its old ``groups`` and fails on its narrower weight."""
+    torch.manual_seed(0)
+    setup = FakeSetup(InvertedResidualNet().eval(), random_data(32), random_data(32), (3, 8, 8))
+    report = peers.pruner(peer, config(target_flops=0.5), {})(setup)
+    assert 0.5 - 0.01 <= report.flops_reduction <= 0.5 + 0.03  # one channel is ~2% here
+    assert setup.model.fc.out_features == 4
+    dw = setup.model.dw[0]
+    assert dw.out_channels < 48 and dw.groups == dw.in_channels == dw.out_channels
+    record = setup.model._prunekit_structure["dw.0"]
+    assert record["in"] == record["out"]
+    prunekit.save(setup.model, tmp_path / "p.pt")
+    loaded = prunekit.load(tmp_path / "p.pt", model=InvertedResidualNet()).eval()
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), setup.model(x), rtol=0, atol=0)
+
+
 def test_taylor_peer_uses_calibration_gradients_where_magnitude_does_not() -> None:
     # channel 0 of c1 has by far the largest weights, but c2 reads nothing from it: its loss
     # gradient is zero, so the Taylor criterion removes it first while group L2 keeps it

@@ -289,7 +289,10 @@ def _tp_step(
             if name is None or out is None or (name, out) in seen or name not in sizes:
                 continue
             seen.add((name, out))
-            sides = ("out", "in") if _is_norm(module) else ("out",) if out else ("in",)
+            # a norm and a depthwise conv lose the same positions on both sides (Torch-Pruning
+            # calls a depthwise conv's input handler by its output handler's name)
+            both = _is_norm(module) or _is_depthwise(module)
+            sides = ("out", "in") if both else ("out",) if out else ("in",)
             rec = kept.setdefault(name, {"in": None, "out": None})
             for side in sides:
                 current = rec[side] if rec[side] is not None else list(range(sizes[name][side]))
@@ -319,6 +322,14 @@ def _copy_with_grads(model: nn.Module) -> nn.Module:
 
 def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.modules.conv._ConvNd)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
 
 
 def _sides(module: nn.Module) -> dict[str, int]:
