@@ -130,6 +130,9 @@ def test_demo_prunes_finetunes_and_writes_metrics(tmp_path, capsys) -> None:
     assert measure.count_params(pruned).total == metrics["params_after"]
     assert measure.count_flops(pruned, setup.example_input()).flops == metrics["flops_after"]
     assert "after/before" in stdout and f"{metrics['params_after']:,}" in stdout
+    # timed with the steady allocator, the CLI's default, and saying so
+    assert metrics["allocator"] == measure.allocator_in_use()
+    assert metrics["allocator"].startswith("steady") or "not glibc" in metrics["allocator"]
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 SCRIPT = """
 import json, torch
 from torch import nn
-from prunekit.measure import faults_per_pass, keep_freed_memory
+from prunekit.measure import allocator_in_use, faults_per_pass, use_allocator
 torch.set_num_threads(1)
 # MobileNetV2's stem and first inverted block at 224x224: activations of 1.5 to 4.6 MiB, freed
 # at the top of the heap and trimmed away every pass by default
@@ -22,10 +22,12 @@ model = nn.Sequential(
     nn.Conv2d(96, 96, 3, 2, 1, groups=96), nn.Conv2d(96, 24, 1),
 ).eval()
 x = torch.randn(1, 3, 224, 224)
-before = faults_per_pass(model, x)
-applied = keep_freed_memory()
+before, was = faults_per_pass(model, x), allocator_in_use()
+applied = use_allocator("steady")
 after = faults_per_pass(model, x)
-print(json.dumps({"before": before, "applied": applied, "after": after}))
+undo = use_allocator("default")  # steady lasts for the rest of the process
+print(json.dumps({"before": before, "applied": applied, "after": after, "was": was,
+                  "undo": undo, "now": allocator_in_use()}))
 """
 
 
@@ -38,7 +40,8 @@ def test_kept_memory_removes_the_faults_a_large_activation_takes_every_pass() ->
         [sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, timeout=120
     )
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["applied"] is True
+    assert r["was"] == "default" and r["applied"] == "steady"
+    assert r["undo"] == r["now"] == "steady"
     # about 2,400 pages of 4 KiB faulted in afresh every pass (several MiB of activations)
     assert r["before"] >= 500
     assert r["after"] <= 10

@@ -172,6 +172,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     config = config_from_args(workflow.PruneConfig, args)  # --target-params wins over flops
+    measure.use_allocator(args.allocator)
     metrics = workflow.run_pruning(
         config, out=args.out, progress=args.progress, overwrite=args.overwrite
     )
@@ -345,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
         p.add_argument(
             "--no-progress", dest="progress", action="store_false", help="no progress bars"
+        )
+        p.add_argument(
+            "--allocator",
+            choices=measure.ALLOCATORS,
+            default="steady",
+            help="steady (default): freed memory stays with the process, so a model's passes "
+            "do not fault their pages in afresh and latencies time the compute "
+            "(prunekit.measure.keep_freed_memory); default: the C library's malloc as it is",
         )
         p.set_defaults(func=cmd_demo)
 

@@ -1047,6 +1047,7 @@ def run_pruning(
         model = load_model(result_file)
     _record_accuracy(metrics, "finetuned", evaluate(model, setup.test_set))
     metrics.update(_stage_figures(model, example, "after", latency, warnings))
+    metrics["allocator"] = measure.allocator_in_use()  # what the latency figures were timed with
     if result_file is not None:
         metrics["bytes_after"] = measure.file_size(result_file)
         metrics["result_file"] = str(result_file) if out_dir is not None else None

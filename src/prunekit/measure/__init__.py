@@ -10,6 +10,7 @@ from prunekit.measure.flops import FlopCount, count_flops
 from prunekit.measure.latency import (
     ALLOCATORS,
     Latency,
+    allocator_in_use,
     faults_per_pass,
     keep_freed_memory,
     latency_warnings,
@@ -26,6 +27,7 @@ __all__ = [
     "FlopCount",
     "Latency",
     "ParamCount",
+    "allocator_in_use",
     "batch_of",
     "count_flops",
     "count_params",

@@ -173,12 +173,23 @@ ALLOCATORS = ("steady", "default")
 :func:`keep_freed_memory`, ``default`` leaves the C library as it is."""
 
 
+_IN_USE = ["default"]  # what use_allocator last applied in this process
+
+
 def use_allocator(choice: str) -> str:
     """Apply ``choice`` (one of :data:`ALLOCATORS`) to this process and return the allocator it
     ended up with, for a report's header (``steady`` falls back to ``default`` where the C
-    library is not glibc, and says so)."""
+    library is not glibc, and says so). ``steady`` lasts for the rest of the process."""
     if choice not in ALLOCATORS:
         raise ConfigError(f"allocator must be one of {', '.join(ALLOCATORS)}; got {choice!r}")
     if choice == "steady" and not keep_freed_memory():
         return "default (steady not available: the C library is not glibc)"
-    return choice
+    if choice == "steady" or _IN_USE[0] != "steady":  # steady cannot be undone
+        _IN_USE[0] = choice
+    return _IN_USE[0]
+
+
+def allocator_in_use() -> str:
+    """The allocator this process times models with: ``steady`` once :func:`use_allocator` has
+    applied it, else ``default``. Run metrics record it beside their latency figures."""
+    return _IN_USE[0]
