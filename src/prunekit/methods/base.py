@@ -30,7 +30,11 @@ method defined anywhere else. The file reads top to bottom like the paper's algo
    in :mod:`prunekit.masks`, training through :meth:`Context.train`, least squares and chains in
    :mod:`prunekit.methods.reconstruct` / :mod:`prunekit.methods.common`, re-initialisation in
    :mod:`prunekit.methods.initialisation`, the fine-grained target accounting in
-   :mod:`prunekit.methods.fine_grained`. A method that prunes while it trains writes a
+   :mod:`prunekit.methods.fine_grained`. A method that *searches* a channel allocation opens
+   :func:`prunekit.methods.search.search_setup` (target, budget, eval modes, graph, groups,
+   target keywords) and evaluates its candidates in ``setup.search()`` (budgeted, shown,
+   checkpointed, parallel), ending in ``setup.remove(picks)``; ``bo_rates.py`` is the shortest
+   example. A method that prunes while it trains writes a
    :class:`prunekit.masks.Pruner` (``prepare / step / state_dict / load_state_dict``, driven by a
    :mod:`prunekit.masks.schedules` schedule; :class:`~prunekit.masks.StraightThroughMask` where
    pruned weights keep learning) and passes it to :meth:`Context.train` as a callback: each
