@@ -8,7 +8,8 @@ For each model (ResNet-50 and MobileNetV2 at 224x224, seeded random weights, syn
    16: every kept width a multiple, the fixed-multiple stand-in for the table's knees).
 2. **Latency-targeted**: ``prune_channels(model, x, target_latency=L, scope=...)`` with ``L``
    the fraction of the dense latency the faster FLOPs-targeted model (plain or rounded)
-   removed, so all land at the same measured latency; same criterion, in layer scope (one ratio, widths on the table's knees) and
+   removed, so all land at the same measured latency; same criterion, in layer scope (one
+   ratio, widths on the table's knees) and
    in global scope (normalised L1 per millisecond a unit of its group saves), and in global
    scope with ``--max-ratio`` (default 0.9: no layer loses more than 90% of its channels, the
    collapse the uncapped global row can show). The per-layer latency table is built (or read
@@ -26,11 +27,6 @@ loaded machine). ``--allocator steady`` (the default) first calls
 each model's page faults per pass.
 
 The runtime (``--runtime``): ``torch`` times eager PyTorch, where every BatchNorm and
-activation is a call of its own with a fixed cost; ``torchscript`` times every model (and builds
-the table) in :mod:`prunekit.torchscript`'s deployment form (traced, frozen, BatchNorm folded,
-activations fused into oneDNN convolutions), the form a user ships.
-
-The runtime (``--runtime``): ``torch`` times eager PyTorch, where every BatchNorm and
 activation is a call of its own with a fixed cost; ``onnxruntime`` (with ``--clock wall``)
 exports every model to ONNX and times it there (the graph folds BatchNorm and fuses the
 activations into the convolutions), and builds the latency table there, so the latency target
@@ -45,7 +41,7 @@ predicted. The issue's goal: at least 0.9 on ResNet-50 and 0.85 on MobileNetV2.
     nice python benchmarks/latency_budget.py [--models resnet50 mobilenetv2_imagenet]
         [--target-flops 0.6] [--rounds 5] [--min-run-time 1.0] [--cache DIR] [--clock cpu]
         [--layer-run-time 0.05] [--max-points 32] [--max-ratio 0.9]
-        [--runtime torch|onnxruntime] [--compiled] [--runtime torchscript]
+        [--runtime torch|onnxruntime] [--compiled]
         [--out benchmarks/results/latency_budget.md]
 """
 
@@ -67,7 +63,6 @@ from prunekit import models as zoo
 from prunekit.graph import build
 from prunekit.io import atomic_open
 from prunekit.measure import ALLOCATORS, count_flops, faults_per_pass, use_allocator
-from prunekit.measure.latency_table import CLOCKS as CLOCK_FNS
 from prunekit.measure.latency_table import LatencyMeter, measure_model
 from prunekit.prune import prune_channels
 from prunekit.tables import markdown_table
@@ -108,27 +103,11 @@ def compiled_latency(
     models: dict[str, nn.Module], x: torch.Tensor, args: argparse.Namespace
 ) -> dict:
     """Each model's latency (ms) under ``torch.compile`` (inductor, CPU: BatchNorm folded and
-    elementwise ops fused into generated kernels), the fastest block of interleaved rounds on
-    ``args.clock``; compiled once per model (tens of seconds each)."""
-    import torch.utils.benchmark as tbench
-
-    runs = {}
-    with torch.no_grad():
-        for k, m in models.items():
-            fn = torch.compile(m.eval())
-            for _ in range(3):  # compiles, then warms up
-                fn(x)
-            runs[k] = fn
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        for _ in range(args.rounds):
-            for k, fn in runs.items():
-                timer = tbench.Timer(
-                    "f(x)", globals={"f": fn, "x": x}, num_threads=1, timer=CLOCK_FNS[args.clock]
-                )
-                times[k].append(
-                    min(timer.blocked_autorange(min_run_time=args.min_run_time).times) * 1e3
-                )
-    return {k: min(v) for k, v in times.items()}
+    elementwise ops fused into generated kernels), timed as :func:`interleaved` times them (on
+    ``args.clock``); each compiles on its first, untimed, warm-up pass (tens of seconds)."""
+    compiled = {k: torch.compile(m.eval()) for k, m in models.items()}
+    setting = LatencySetting("torch", 1, 1, args.clock)
+    return interleaved(compiled, x, args.rounds, args.min_run_time, setting)
 
 
 def bench(name: str, args: argparse.Namespace) -> list[list[str]]:
@@ -245,9 +224,9 @@ def main() -> None:
         "--runtime",
         choices=RUNTIMES,
         default="torch",
-        help="where every model is timed and the latency table built: torch (eager), "
-        "torchscript (traced, frozen, BatchNorm folded, activations fused: "
-        "prunekit.torchscript) or onnxruntime (with --clock wall)",
+        help="where every model is timed and the latency table built: torch (eager) or "
+        "onnxruntime (with --clock wall: the exported graph, BatchNorm folded, activations "
+        "fused)",
     )
     p.add_argument(
         "--allocator", choices=ALLOCATORS, default="steady", help="prunekit.measure.use_allocator"
