@@ -184,6 +184,43 @@ def test_peer_pruned_depthwise_model_saves_and_loads(peer: str, tmp_path: Path) 
         torch.testing.assert_close(loaded(x), setup.model(x), rtol=0, atol=0)
 
 
+class _Head(nn.Linear):
+    """A classifier as libraries subclass it (here with a temperature on the logits)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) / 2.0
+
+
+class UndeclaredNet(InvertedResidualNet):
+    """A user's model: no ``protected_layers``, a subclassed classifier, optionally a
+    log-softmax over the logits."""
+
+    def __init__(self, log_softmax: bool) -> None:
+        super().__init__()
+        del self.protected_layers
+        self.fc = _Head(16, 4)
+        self.log_softmax = log_softmax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return torch.nn.functional.log_softmax(out, dim=1) if self.log_softmax else out
+
+
+@pytest.mark.parametrize("log_softmax", [False, True])
+def test_peer_keeps_the_logits_of_a_model_that_declares_nothing(log_softmax: bool) -> None:
+    """Torch-Pruning prunes a classifier it is not told to ignore; the peer must find the
+    layer that writes the model's output itself, or the pruned model loses classes."""
+    torch.manual_seed(0)
+    model = UndeclaredNet(log_softmax).eval()
+    assert not hasattr(model, "protected_layers")
+    setup = FakeSetup(model, random_data(32), random_data(32), (3, 8, 8))
+    report = peers.pruner("peer:tp_l2", config(target_flops=0.5), {})(setup)
+    assert report.flops_reduction >= 0.49
+    assert setup.model.fc.out_features == 4
+    assert setup.model(torch.randn(2, 3, 8, 8)).shape == (2, 4)
+    assert setup.model.expand[0].out_channels < 48  # the rest is still pruned
+
+
 def test_taylor_peer_uses_calibration_gradients_where_magnitude_does_not() -> None:
     # channel 0 of c1 has by far the largest weights, but c2 reads nothing from it: its loss
     # gradient is zero, so the Taylor criterion removes it first while group L2 keeps it

@@ -28,7 +28,8 @@ every measurement with the catalogue methods.
 Torch-Pruning settings, from its ``reproduce/main.py`` (the script behind its published CIFAR
 tables): the criteria are ``MagnitudeImportance(p=2)`` (group L2), ``GroupTaylorImportance()``,
 ``LAMPImportance(p=2)``, ``BNScaleImportance()`` and ``RandomImportance()``; the classifier is
-ignored; ``max_pruning_ratio`` 1.0; pruning is global (``global_pruning=True``, the
+ignored (the model's ``protected_layers`` and whatever layer writes the model's output, so a
+model that declares nothing keeps its logits too); ``max_pruning_ratio`` 1.0; pruning is global (``global_pruning=True``, the
 ``reproduce/scripts/prune/*/global_*.sh`` runs), which is also what lets a small network meet a
 target within 1%. Taylor scores come from the gradients of the cross-entropy on the
 ``calib_batches`` calibration batches (the model in eval mode, so BatchNorm statistics stay).
@@ -254,6 +255,29 @@ def _out_side(handler: Any) -> bool | None:
     return None
 
 
+def _kept_whole(model: nn.Module, example: torch.Tensor) -> set[str]:
+    """The layers the peer must leave whole: those the model declares (``protected_layers``) and
+    every layer whose outputs are the model's outputs. Torch-Pruning prunes whatever it is not
+    told to ignore, the classifier included (its examples pass the classifier in
+    ``ignored_layers`` by hand), so a user's model that declares nothing would lose logits;
+    prunekit's graph finds the layers that write the model's output."""
+    from prunekit.graph import build
+    from prunekit.models import protected_layers
+
+    graph = build(model, (example,), protected=())
+
+    def to_output(label: int) -> bool:  # a softmax over the logits pins them before the output
+        why = graph.labels.fixed_reason(label) or ""
+        return why == "model output" or "softmax across the channels" in why
+
+    writes_output = {
+        name
+        for name, site in graph.sites.items()
+        if site.out_labels is not None and any(to_output(int(x)) for x in site.out_labels)
+    }
+    return set(protected_layers(model)) | writes_output
+
+
 def _tp_step(
     model: nn.Module, example: torch.Tensor, job: _Job, importance: Any, ratio: float
 ) -> dict[str, dict[str, list[int] | None]]:
@@ -265,9 +289,7 @@ def _tp_step(
     torch.manual_seed(job.config.seed)  # the random criterion draws the same scores each time
     names = {id(m): n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
-    from prunekit.models import protected_layers
-
-    ignored = [modules[n] for n in protected_layers(model) if n in modules]
+    ignored = [modules[n] for n in sorted(_kept_whole(model, example)) if n in modules]
     meta = tp.pruner.MetaPruner(
         model,
         example,
