@@ -162,6 +162,38 @@ def test_onnx_latency_is_positive_for_each_batch_size(tmp_path: Path) -> None:
         onnx_latency(path, example(), batch_sizes=(0,))
 
 
+@needs_onnx
+def test_reused_session_exports_a_model_again_only_when_its_shapes_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prunekit import export as ex
+
+    exported: list[int] = []
+    real = ex.export_onnx
+
+    def counting(model: nn.Module, *a: object, **kw: object) -> Path:
+        exported.append(model.conv1.out_channels)
+        return real(model, *a, **kw)
+
+    monkeypatch.setattr(ex, "export_onnx", counting)
+    monkeypatch.setattr(ex, "_SESSIONS", ex._SessionCache())
+    model, other = TinyNet().eval(), TinyNet().eval()
+    fast = {"batch_sizes": (1,), "min_run_time": 0.01, "reuse": True}
+    onnx_latency(model, example(), **fast)
+    with torch.no_grad():
+        model.classifier.weight.mul_(2.0)  # new values, same shapes: the session serves
+    onnx_latency(model, example(), **fast)
+    assert exported == [8]
+    onnx_latency(other, example(), **fast)  # another object of the same layout: its own export
+    onnx_latency(model, example(), **{**fast, "reuse": False})  # not asked to reuse
+    assert exported == [8, 8, 8]
+    prune_channels(model, example(), ratio=0.5)  # pruned in place: a new layout
+    onnx_latency(model, example(), **fast)
+    assert len(exported) == 4 and exported[-1] < 8
+    onnx_latency(model, example(), **fast)
+    assert len(exported) == 4
+
+
 @pytest.mark.parametrize("package", ["onnx", "onnxscript"])
 def test_export_without_the_onnx_packages_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, package: str

@@ -33,6 +33,7 @@ import os
 import re
 import tempfile
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -259,6 +260,56 @@ def _check_batch_sizes(batch_sizes: Sequence[int]) -> tuple[int, ...]:
     return sizes
 
 
+def _model_session(
+    model: nn.Module, args: Sequence[torch.Tensor], threads: int
+) -> tuple[Any, Path]:
+    """``model`` exported (dynamic batch) to a temporary file and loaded in a session; the
+    session holds the graph in memory, so the file goes. Returns the session and the file's
+    name, for error messages."""
+    with tempfile.TemporaryDirectory(prefix="prunekit-onnx-") as tmp:
+        path = export_onnx(model, args, Path(tmp) / "model.onnx")
+        return _session(path, threads=threads), path
+
+
+def _layout(model: nn.Module) -> tuple[Any, ...]:
+    """What decides a model's compute, not its values: every module's type and settings
+    (``extra_repr``: channels, groups, strides) and every parameter's and buffer's shape."""
+    return tuple(
+        (
+            name,
+            type(m).__qualname__,
+            m.extra_repr(),
+            tuple((k, tuple(t.shape)) for k, t in m.named_parameters(recurse=False)),
+            tuple((k, tuple(t.shape)) for k, t in m.named_buffers(recurse=False) if t is not None),
+        )
+        for name, m in model.named_modules()
+    )
+
+
+class _SessionCache:
+    """The last few models' onnxruntime sessions, each kept while its model object lives and
+    its :func:`_layout` and the inputs' shapes are unchanged (a pruning step in place changes
+    the layout, so the model is exported again)."""
+
+    KEPT = 4
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[weakref.ref[nn.Module], tuple[Any, ...], Any, Path]] = []
+
+    def get(self, model: nn.Module, args: Sequence[torch.Tensor], threads: int) -> tuple[Any, Path]:
+        key = (_layout(model), tuple((tuple(a.shape), a.dtype) for a in args), threads)
+        for ref, k, session, path in self._entries:
+            if ref() is model and k == key:
+                return session, path
+        session, path = _model_session(model, args, threads)
+        alive = [e for e in self._entries if e[0]() is not None and e[0]() is not model]
+        self._entries = [*alive[-(self.KEPT - 1) :], (weakref.ref(model), key, session, path)]
+        return session, path
+
+
+_SESSIONS = _SessionCache()
+
+
 def onnx_latency(
     model_or_path: nn.Module | str | os.PathLike[str],
     example_input: Inputs,
@@ -266,6 +317,7 @@ def onnx_latency(
     batch_sizes: Sequence[int] = (1, 32),
     threads: int = 1,
     min_run_time: float = 0.5,
+    reuse: bool = False,
 ) -> dict[int, float]:
     """Median latency in milliseconds of one onnxruntime run, per batch size.
 
@@ -274,15 +326,20 @@ def onnx_latency(
     the CPU provider with ``threads`` intra-op threads and one inter-op thread, graph
     optimisations on; a few warm-up runs precede ``torch.utils.benchmark``'s blocked autorange
     for at least ``min_run_time`` seconds.
+
+    ``reuse``: time the session exported for this same model object by an earlier call, as long
+    as its layers are unchanged in shape (:class:`_SessionCache`). A latency depends on the
+    shapes, not on the weights' values, and an export costs seconds, so code that times the same
+    models again and again (a latency target's verification rounds) exports each once.
     """
     sizes = _check_batch_sizes(batch_sizes)
     if not min_run_time > 0:
         raise ConfigError(f"min_run_time must be > 0 seconds, got {min_run_time!r}")
     args = _tensor_args(example_input, "onnx_latency")
-    if isinstance(model_or_path, nn.Module):
-        with tempfile.TemporaryDirectory(prefix="prunekit-onnx-") as tmp:
-            path = export_onnx(model_or_path, args, Path(tmp) / "model.onnx")
-            session = _session(path, threads=threads)  # the session holds the graph in memory
+    if isinstance(model_or_path, nn.Module) and reuse:
+        session, path = _SESSIONS.get(model_or_path, args, threads)
+    elif isinstance(model_or_path, nn.Module):
+        session, path = _model_session(model_or_path, args, threads)
     else:
         path = Path(model_or_path)
         session = _session(path, threads=threads)

@@ -248,6 +248,7 @@ def measure_model(
             batch_sizes=(setting.batch,),
             threads=setting.threads,
             min_run_time=min_run_time,
+            reuse=True,
         )[setting.batch]
     import torch.utils.benchmark as tbench
 
