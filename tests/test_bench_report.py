@@ -400,6 +400,63 @@ def test_matrix_marks_the_best_and_results_inside_the_spread(decided, tmp_path):
     assert by["ref:width_scaled"]["flops -70%"] == "-"
 
 
+def test_matrices_read_back_from_report_json_give_the_same_verdicts(decided, tmp_path):
+    """benchmarks/standings.py compares committed reports through their report.json."""
+    from prunekit.bench.report import matrix, matrix_from_json, versus, versus_cells
+
+    files = write_report(decided, tmp_path)
+    data = json.loads(files.data.read_text())
+    (table,) = aggregate(decided)
+    (stored,) = data["matrices"]
+    again = matrix_from_json(stored)
+    original = matrix(table)
+    assert again.rows == original.rows and again.columns == original.columns
+    assert versus_cells(versus(again)) == versus_cells(versus(original))
+    with pytest.raises(ConfigError, match="not a report matrix"):
+        matrix_from_json({"title": "t", "columns": [{"kind": "flops"}], "rows": []})
+
+
+def test_standings_script_tables_every_report_it_is_given(decided, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    files = write_report(decided, tmp_path / "my-report")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "standings.py"
+    out = tmp_path / "standings.md"
+    subprocess.run([sys.executable, str(script), str(files.data), "--out", str(out)], check=True)
+    rows = markdown_rows(out.read_text().split("\n\n", 2)[2])
+    assert [(r["report"], r["target"], r["prunekit's best"], r["verdict"]) for r in rows] == [
+        (
+            "my-report",
+            "flops -50%",
+            "sfp (distilled T=4 alpha=0.9)",
+            "level: +1.00 is inside the spread 1.41",
+        ),
+        ("my-report", "flops -70%", "sfp", "ahead by 5.00, beyond the spread 0.14"),
+    ]
+    (tmp_path / "bad.json").write_text("{not json")
+    bad = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "bad.json"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "bad.json: not a readable bench report.json" in bad.stderr
+
+
+def test_a_single_seed_verdict_does_not_claim_a_spread(decided):
+    from prunekit.bench.report import matrix, versus
+
+    one_seed = [r for r in decided if r.config["seed"] == 0]
+    (table,) = aggregate(one_seed)
+    verdicts = [v.verdict() for v in versus(matrix(table))]
+    # seed 0: sfp distilled 93 against the peer's 91 at 50%; sfp 85 against 80 at 70%
+    assert verdicts == [
+        "ahead by 2.00 (one seed: no spread)",
+        "ahead by 5.00 (one seed: no spread)",
+    ]
+
+
 def test_prunekit_against_peer_and_distillation_tables(decided, tmp_path):
     files = write_report(decided, tmp_path)
     top = section(files.markdown.read_text(), "Decision matrix")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from prunekit.bench import paper as paper_mod
 from prunekit.bench import plots as plots_mod
 from prunekit.bench.results import Row, Stat, Table
+from prunekit.errors import ConfigError
 from prunekit.io import atomic_open, atomic_write_json
 from prunekit.tables import markdown_table
 
@@ -480,6 +481,8 @@ class Versus:
         a, b = self.ours[1].acc, self.peer[1].acc
         assert a is not None and b is not None
         gap, sd = a.mean - b.mean, spread(a, b)
+        if a.sd is None or b.sd is None:  # one seed: no spread to judge the gap by
+            return f"{'ahead' if gap >= 0 else 'behind'} by {abs(gap):.2f} (one seed: no spread)"
         if abs(gap) <= sd:
             return f"level: {gap:+.2f} is inside the spread {sd:.2f}"
         return f"{'ahead' if gap > 0 else 'behind'} by {abs(gap):.2f}, beyond the spread {sd:.2f}"
@@ -1002,6 +1005,40 @@ def matrix_json(m: Matrix) -> dict[str, Any]:
     }
 
 
+def matrix_from_json(data: dict[str, Any]) -> Matrix:
+    """The :class:`Matrix` a report's JSON holds (:func:`matrix_json`), so committed reports can
+    be compared with one another without their stores (the baseline is not in the JSON)."""
+
+    def stat(d: dict[str, Any] | None) -> Stat | None:
+        return None if d is None else Stat(float(d["mean"]), d.get("sd"), int(d["n"]))
+
+    try:
+        return Matrix(
+            str(data["title"]),
+            [(str(c["kind"]), float(c["target"])) for c in data["columns"]],
+            [
+                MatrixRow(
+                    str(r["label"]),
+                    str(r["kind"]),
+                    [
+                        Cell(
+                            stat(c["acc"]),
+                            stat(c["drop"]),
+                            best=bool(c["best"]),
+                            level=bool(c["level"]),
+                            epochs=stat(c.get("method_epochs")),
+                        )
+                        for c in r["cells"]
+                    ],
+                )
+                for r in data["rows"]
+            ],
+            None,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"not a report matrix (as report.json's 'matrices' hold): {e!r}") from e
+
+
 def write_report(
     records: Sequence[RunRecord], out_dir: str | Path, *, title: str = "prunekit benchmark"
 ) -> ReportFiles:
@@ -1052,7 +1089,6 @@ def write_report(
 def report_from_stores(paths: Sequence[str | Path], out_dir: str | Path, **kw: Any) -> ReportFiles:
     """:func:`write_report` for every record in the store files (or folders of them) ``paths``."""
     from prunekit.bench.store import load_records
-    from prunekit.errors import ConfigError
 
     records = load_records(paths)
     if not records:
