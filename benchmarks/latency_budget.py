@@ -9,8 +9,8 @@ For each model (ResNet-50 and MobileNetV2 at 224x224, seeded random weights, syn
 2. **Latency-targeted**: ``prune_channels(model, x, target_latency=L, scope=...)`` with ``L``
    the fraction of the dense latency the faster FLOPs-targeted model (plain or rounded)
    removed, so all land at the same measured latency; same criterion, in layer scope (one
-   ratio, widths on the table's knees) and
-   in global scope (normalised L1 per millisecond a unit of its group saves), and in global
+   ratio, widths on the table's knees) and in global scope (normalised L1 per millisecond a
+   unit of its group saves), and in global
    scope with ``--max-ratio`` (default 0.9: no layer loses more than 90% of its channels, the
    collapse the uncapped global row can show). The per-layer latency table is built (or read
    from the cache) first, with its time reported.

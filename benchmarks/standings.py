@@ -31,7 +31,7 @@ def standings(paths: list[Path]) -> tuple[list[str], list[list[str]]]:
         try:
             data = json.loads(path.read_text())
             matrices = [matrix_from_json(m) for m in data.get("matrices", [])]
-        except (OSError, json.JSONDecodeError, ConfigError) as e:
+        except (OSError, json.JSONDecodeError, AttributeError, ConfigError) as e:
             raise ConfigError(f"{path}: not a readable bench report.json ({e})") from e
         for m in matrices:
             items = [v for v in versus(m) if v.ours is not None and v.peer is not None]

@@ -1351,3 +1351,24 @@ def test_equivalence_on_cuda(arch: str) -> None:
     assert all(p.is_cuda for p in model.parameters())
     scores = graph.groups[0].scores(lambda w: w.abs().reshape(len(w), -1).sum(1))
     assert scores.shape == (graph.groups[0].size,) and bool((scores >= 0).all())
+
+
+def test_output_layers_are_the_layers_whose_channels_the_model_returns() -> None:
+    class TwoHeads(nn.Module):
+        """A detection-style head: a conv and a shortcut conv summed, then a log-softmax over
+        the channels; a second output straight from a 1x1 conv."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.cls = nn.Conv2d(8, 4, 1)
+            self.skip = nn.Conv2d(8, 4, 1)
+            self.box = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            h = torch.relu(self.stem(x))
+            logits = torch.log_softmax(self.cls(h) + self.skip(h), dim=1)
+            return logits, self.box(h)
+
+    graph = pg.build(TwoHeads(), (torch.zeros(1, 3, 8, 8),), protected=())
+    assert sorted(graph.output_layers()) == ["box", "cls", "skip"]

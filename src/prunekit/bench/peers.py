@@ -29,9 +29,9 @@ Torch-Pruning settings, from its ``reproduce/main.py`` (the script behind its pu
 tables): the criteria are ``MagnitudeImportance(p=2)`` (group L2), ``GroupTaylorImportance()``,
 ``LAMPImportance(p=2)``, ``BNScaleImportance()`` and ``RandomImportance()``; the classifier is
 ignored (the model's ``protected_layers`` and whatever layer writes the model's output, so a
-model that declares nothing keeps its logits too); ``max_pruning_ratio`` 1.0; pruning is global (``global_pruning=True``, the
-``reproduce/scripts/prune/*/global_*.sh`` runs), which is also what lets a small network meet a
-target within 1%. Taylor scores come from the gradients of the cross-entropy on the
+model that declares nothing keeps its logits too); ``max_pruning_ratio`` 1.0; pruning is global
+(``global_pruning=True``, the ``reproduce/scripts/prune/*/global_*.sh`` runs), which is also
+what lets a small network meet a target within 1%. Taylor scores come from the gradients of the cross-entropy on the
 ``calib_batches`` calibration batches (the model in eval mode, so BatchNorm statistics stay).
 BN scale is the criterion alone, without the sparsity training of network slimming.
 A run's ``steps`` and ``step_epochs`` (a spec's method entry) give the iterative form of
@@ -48,7 +48,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,31 +255,26 @@ def _out_side(handler: Any) -> bool | None:
     return None
 
 
-def _kept_whole(model: nn.Module, example: torch.Tensor) -> set[str]:
+def _kept_whole(model: nn.Module, example: torch.Tensor) -> list[str]:
     """The layers the peer must leave whole: those the model declares (``protected_layers``) and
-    every layer whose outputs are the model's outputs. Torch-Pruning prunes whatever it is not
-    told to ignore, the classifier included (its examples pass the classifier in
-    ``ignored_layers`` by hand), so a user's model that declares nothing would lose logits;
-    prunekit's graph finds the layers that write the model's output."""
+    every layer whose outputs the model returns (:meth:`prunekit.graph.Graph.output_layers`).
+    Torch-Pruning prunes whatever it is not told to ignore, the classifier included (its
+    examples pass the classifier in ``ignored_layers`` by hand), so a user's model that declares
+    nothing would otherwise lose logits."""
     from prunekit.graph import build
     from prunekit.models import protected_layers
 
-    graph = build(model, (example,), protected=())
-
-    def to_output(label: int) -> bool:  # a softmax over the logits pins them before the output
-        why = graph.labels.fixed_reason(label) or ""
-        return why == "model output" or "softmax across the channels" in why
-
-    writes_output = {
-        name
-        for name, site in graph.sites.items()
-        if site.out_labels is not None and any(to_output(int(x)) for x in site.out_labels)
-    }
-    return set(protected_layers(model)) | writes_output
+    writes_output = build(model, (example,), protected=()).output_layers()
+    return sorted(set(protected_layers(model)) | set(writes_output))
 
 
 def _tp_step(
-    model: nn.Module, example: torch.Tensor, job: _Job, importance: Any, ratio: float
+    model: nn.Module,
+    example: torch.Tensor,
+    job: _Job,
+    importance: Any,
+    ratio: float,
+    keep: Sequence[str],
 ) -> dict[str, dict[str, list[int] | None]]:
     """Prune ``model`` in place with Torch-Pruning's ``MetaPruner`` at ``ratio``; returns what
     was kept of each layer, as positions of the layer before this step (``{name: {"in",
@@ -289,7 +284,7 @@ def _tp_step(
     torch.manual_seed(job.config.seed)  # the random criterion draws the same scores each time
     names = {id(m): n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
-    ignored = [modules[n] for n in sorted(_kept_whole(model, example)) if n in modules]
+    ignored = [modules[n] for n in keep if n in modules]
     meta = tp.pruner.MetaPruner(
         model,
         example,
@@ -393,8 +388,9 @@ def _tp_prune(baseline: Baseline, job: _Job) -> Any:
     model, example = job.setup.model, job.setup.example_input()
     before = _measure(model, example)
     widths = _widths(model)
-    ratio = _tp_ratio(baseline, job, model, example, job.target[1], before)
-    step = _tp_step(model, example, job, baseline.extra["importance"](), ratio)
+    keep = _kept_whole(model, example)  # one graph per run, not one per ratio tried
+    ratio = _tp_ratio(baseline, job, model, example, job.target[1], before, keep)
+    step = _tp_step(model, example, job, baseline.extra["importance"](), ratio, keep)
     structure = copy.deepcopy(getattr(model, "_prunekit_structure", {}) or {})
     model.zero_grad(set_to_none=True)
     _compose(structure, step)
@@ -409,6 +405,7 @@ def _tp_ratio(
     example: torch.Tensor,
     fraction: float,
     before: tuple[int, int],
+    keep: Sequence[str],
 ) -> float:
     """The ``MetaPruner`` ratio that, applied to ``model`` as it is now, leaves ``1 -
     fraction`` of the dense model's FLOPs (or params, ``before``) within 1%, by bisection; where
@@ -422,7 +419,7 @@ def _tp_ratio(
 
     def removed(ratio: float) -> float:
         trial = _copy_with_grads(model)
-        _tp_step(trial, example, job, make(), ratio)
+        _tp_step(trial, example, job, make(), ratio, keep)
         params, flops = _measure(trial, example)
         return (flops if kind == "flops" else params) - goal
 

@@ -164,9 +164,23 @@ class Graph:
             None
         )
         self.inputs: tuple[Any, ...] = ()
+        self.output_labels: list[np.ndarray] = []  # the channels the model returns
         self._last_plan: tuple[bytes, dict[str, int]] | None = None
 
     # ------------------------------------------------------------------ reading
+    def output_layers(self) -> list[str]:
+        """The layers whose output channels are channels the model returns (through
+        element-wise ops, a softmax, a residual add): its classifier or prediction heads."""
+        if not self.output_labels:
+            return []
+        returned = set(self.labels.roots(np.concatenate(self.output_labels)).tolist())
+        return [
+            name
+            for name, site in self.sites.items()
+            if site.out_labels is not None
+            and not returned.isdisjoint(self.labels.roots(site.out_labels).tolist())
+        ]
+
     def group(self, name: str) -> Group:
         for g in self.groups:
             if g.name == name:
@@ -620,6 +634,7 @@ class _Propagation:
         if node.op == "output":
             for f in self._all_flows(node.args):
                 self.g.labels.fix(f.labels, "model output")
+                self.g.output_labels.append(f.labels)
             return None
         if node.op == "call_module":
             return self.visit_module(node)
